@@ -1,0 +1,12 @@
+// The ordered list of migrations. A static list (not a directory scan) so the same code runs from
+// TypeScript sources under Jest and from compiled output in production.
+import type { Knex } from 'knex';
+import * as m0001 from './0001_resources.js';
+
+export interface Migration {
+  name: string;
+  up(knex: Knex): Promise<void>;
+  down(knex: Knex): Promise<void>;
+}
+
+export const MIGRATIONS: Migration[] = [{ name: '0001_resources', ...m0001 }];

@@ -1,0 +1,127 @@
+// Environment -> frozen, typed Config. A bad value stops start-up with one line naming the variable.
+import { resolve } from 'node:path';
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface Config {
+  port: number;
+  host: string;
+  baseUrl: string;
+  /** Path under which FHIR is served, taken from BASE_URL ('' for the root). */
+  basePath: string;
+  databaseUrl: string | undefined;
+  databasePoolMax: number;
+  dataDir: string;
+  redisUrl: string | undefined;
+  maxBodyBytes: number;
+  maxBundleEntries: number;
+  searchDefaultCount: number;
+  searchMaxCount: number;
+  logLevel: LogLevel;
+  corsOrigins: '*' | string[];
+  shutdownTimeoutMs: number;
+  pageTokenSecret: string | undefined;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly variable: string, message: string) {
+    super(`${variable}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+function int(env: Env, name: string, def: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return def;
+  if (!/^\d+$/.test(raw.trim())) throw new ConfigError(name, `must be an integer between ${min} and ${max}, got "${raw}"`);
+  const n = Number(raw.trim());
+  if (n < min || n > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${n}`);
+  return n;
+}
+
+const SIZE_UNITS: Record<string, number> = { b: 1, kb: 1024, mb: 1024 ** 2, gb: 1024 ** 3 };
+
+function bytes(env: Env, name: string, def: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return def;
+  const m = /^(\d+)\s*(b|kb|mb|gb)?$/i.exec(raw.trim());
+  if (!m) throw new ConfigError(name, `must be a size like 20mb or 1048576, got "${raw}"`);
+  const n = Number(m[1]) * SIZE_UNITS[(m[2] ?? 'b').toLowerCase()];
+  if (n < 1024 || n > 1024 ** 3) throw new ConfigError(name, 'must be between 1kb and 1gb');
+  return n;
+}
+
+function url(env: Env, name: string, protocols: string[]): string | undefined {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return undefined;
+  let u: URL;
+  try {
+    u = new URL(raw);
+  } catch {
+    throw new ConfigError(name, 'is not a valid URL');
+  }
+  if (!protocols.includes(u.protocol)) throw new ConfigError(name, `must use ${protocols.join(' or ')}`);
+  return raw;
+}
+
+const LEVELS: LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+/** Reads and validates the configuration; throws ConfigError naming the first bad variable. */
+export function loadConfig(env: Env = process.env): Readonly<Config> {
+  const port = int(env, 'PORT', 8080, 0, 65535);
+  const host = env.HOST?.trim() || '0.0.0.0';
+  const baseUrlRaw = url(env, 'BASE_URL', ['http:', 'https:']) ?? `http://localhost:${port}`;
+  const base = new URL(baseUrlRaw);
+  if (base.search || base.hash) throw new ConfigError('BASE_URL', 'must not carry a query or fragment');
+  const basePath = base.pathname.replace(/\/+$/, '');
+  const baseUrl = `${base.origin}${basePath}`;
+
+  const logLevel = (env.LOG_LEVEL?.trim().toLowerCase() || 'info') as LogLevel;
+  if (!LEVELS.includes(logLevel)) throw new ConfigError('LOG_LEVEL', `must be one of ${LEVELS.join(', ')}`);
+
+  const corsRaw = env.CORS_ORIGINS?.trim() || '*';
+  let corsOrigins: '*' | string[] = '*';
+  if (corsRaw !== '*') {
+    corsOrigins = corsRaw.split(',').map((s) => s.trim()).filter(Boolean);
+    for (const o of corsOrigins) {
+      let ok = false;
+      try {
+        const u = new URL(o);
+        ok = (u.protocol === 'http:' || u.protocol === 'https:') && u.origin === o;
+      } catch {
+        ok = false;
+      }
+      if (!ok) throw new ConfigError('CORS_ORIGINS', `"${o}" is not an origin like https://app.example.org`);
+    }
+  }
+
+  const searchMaxCount = int(env, 'SEARCH_MAX_COUNT', 1000, 1, 10000);
+  const searchDefaultCount = int(env, 'SEARCH_DEFAULT_COUNT', 50, 1, 10000);
+  if (searchDefaultCount > searchMaxCount) throw new ConfigError('SEARCH_DEFAULT_COUNT', 'must not exceed SEARCH_MAX_COUNT');
+
+  const pageTokenSecret = env.PAGE_TOKEN_SECRET?.trim() || undefined;
+  if (pageTokenSecret !== undefined && pageTokenSecret.length < 32) {
+    throw new ConfigError('PAGE_TOKEN_SECRET', 'must be at least 32 characters');
+  }
+
+  return Object.freeze({
+    port,
+    host,
+    baseUrl,
+    basePath,
+    databaseUrl: url(env, 'DATABASE_URL', ['postgres:', 'postgresql:']),
+    databasePoolMax: int(env, 'DATABASE_POOL_MAX', 10, 1, 500),
+    dataDir: resolve(env.DATA_DIR?.trim() || './data'),
+    redisUrl: url(env, 'REDIS_URL', ['redis:', 'rediss:']),
+    maxBodyBytes: bytes(env, 'MAX_BODY_SIZE', 32 * 1024 ** 2),
+    maxBundleEntries: int(env, 'MAX_BUNDLE_ENTRIES', 5000, 1, 100000),
+    searchDefaultCount,
+    searchMaxCount,
+    logLevel,
+    corsOrigins,
+    shutdownTimeoutMs: int(env, 'SHUTDOWN_TIMEOUT_MS', 10000, 0, 600000),
+    pageTokenSecret,
+  });
+}

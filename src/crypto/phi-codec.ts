@@ -1,0 +1,36 @@
+// The seam where PHI elements leave the JSONB before it reaches PostgreSQL (design.md "PHI at rest").
+// Storage calls seal() on every write and open() on every read; the PHI issue supplies a JWE codec.
+import type { Resource } from 'fhir/r4.js';
+
+export interface VersionRef {
+  resourceType: string;
+  id: string;
+  versionId: number;
+}
+
+export interface Sealed {
+  /** What goes into the JSONB column: the resource without its protected elements. */
+  content: Resource;
+  /** The protected elements as one compact JWE, or null when nothing is protected. */
+  sealed: string | null;
+}
+
+export interface PhiCodec {
+  readonly name: string;
+  seal(resource: Resource, ref: VersionRef): Promise<Sealed>;
+  open(content: Resource, sealed: string | null, ref: VersionRef): Promise<Resource>;
+}
+
+/** No protection: the resource is stored as written. The default until PHI sealing is configured. */
+export class PlaintextCodec implements PhiCodec {
+  readonly name = 'plaintext';
+
+  async seal(resource: Resource): Promise<Sealed> {
+    return { content: resource, sealed: null };
+  }
+
+  async open(content: Resource, sealed: string | null): Promise<Resource> {
+    if (sealed !== null) throw new Error('row is sealed but no PHI key ring is configured');
+    return content;
+  }
+}

@@ -1,0 +1,37 @@
+// create: POST [base]/[type] (https://hl7.org/fhir/R4/http.html#create), and conditional create
+// with If-None-Exist (https://hl7.org/fhir/R4/http.html#ccreate).
+import { randomUUID } from 'node:crypto';
+import { FhirError } from '../fhir/errors.js';
+import { withTransaction } from '../storage/db.js';
+import { checkResourceShape } from '../validation/shape.js';
+import { requireType, versionHeaders, writeResult } from './common.js';
+import { lockAndMatch } from './conditional.js';
+import type { InteractionResult, RequestContext, Services } from './context.js';
+import { writeNext } from './write.js';
+
+export interface CreateInput {
+  type: string;
+  body: unknown;
+  ifNoneExist?: string;
+}
+
+export async function create(svc: Services, ctx: RequestContext, input: CreateInput): Promise<InteractionResult> {
+  requireType(input.type);
+  const resource = checkResourceShape(input.body, input.type);
+  // The server assigns the id; a client id in the body is ignored (http.html#create).
+  const id = randomUUID();
+  return withTransaction(svc.db.knex, async (tx) => {
+    if (input.ifNoneExist !== undefined) {
+      const matches = await lockAndMatch(tx, input.type, input.ifNoneExist);
+      if (matches.length > 1) throw new FhirError('multiple-matches', 'If-None-Exist criteria match more than one resource');
+      if (matches.length === 1) {
+        const existing = await svc.store.readCurrent(tx, input.type, matches[0]);
+        if (!existing?.resource) throw new FhirError('conflict', 'the matching resource changed during the request');
+        const r = writeResult(ctx, 200, existing, 'a matching resource already exists; nothing was created');
+        return { ...r, headers: { ...versionHeaders(ctx, existing, true), ...r.headers } };
+      }
+    }
+    const v = await writeNext(svc, ctx, tx, undefined, 'POST', input.type, id, resource);
+    return writeResult(ctx, 201, v, `created ${input.type}/${id}`);
+  });
+}

@@ -1,0 +1,40 @@
+// delete: DELETE [base]/[type]/[id] (https://hl7.org/fhir/R4/http.html#delete), logical and
+// idempotent, and conditional delete DELETE [base]/[type]?criteria (single match).
+import { FhirError } from '../fhir/errors.js';
+import { info } from '../fhir/outcome.js';
+import { withTransaction, type Tx } from '../storage/db.js';
+import { etag, requireId, requireType } from './common.js';
+import { lockAndMatch } from './conditional.js';
+import type { InteractionResult, RequestContext, Services } from './context.js';
+import { checkIfMatch, writeNext } from './write.js';
+
+function deleted(ctx: RequestContext, message: string, versionId?: number): InteractionResult {
+  const headers: Record<string, string> = versionId ? { ETag: etag(versionId) } : {};
+  if (ctx.preferReturn === 'OperationOutcome') return { status: 200, headers, body: info(message) };
+  return { status: 204, headers };
+}
+
+async function deleteIn(svc: Services, ctx: RequestContext, tx: Tx, type: string, id: string, ifMatch: number | undefined): Promise<InteractionResult> {
+  const head = await svc.store.lockCurrent(tx, type, id);
+  checkIfMatch(type, id, head, ifMatch);
+  if (!head) return deleted(ctx, `${type}/${id} does not exist; nothing to delete`);
+  if (head.deleted) return deleted(ctx, `${type}/${id} was already deleted`, head.versionId);
+  const v = await writeNext(svc, ctx, tx, head, 'DELETE', type, id, undefined);
+  return deleted(ctx, `deleted ${type}/${id}`, v.versionId);
+}
+
+export async function remove(svc: Services, ctx: RequestContext, input: { type: string; id: string; ifMatch?: number }): Promise<InteractionResult> {
+  requireType(input.type);
+  requireId(input.id);
+  return withTransaction(svc.db.knex, (tx) => deleteIn(svc, ctx, tx, input.type, input.id, input.ifMatch));
+}
+
+export async function conditionalDelete(svc: Services, ctx: RequestContext, input: { type: string; criteria: string; ifMatch?: number }): Promise<InteractionResult> {
+  requireType(input.type);
+  return withTransaction(svc.db.knex, async (tx) => {
+    const matches = await lockAndMatch(tx, input.type, input.criteria);
+    if (matches.length > 1) throw new FhirError('multiple-matches', 'the criteria match more than one resource; only single deletes are supported');
+    if (matches.length === 0) return deleted(ctx, 'no resource matches the criteria; nothing to delete');
+    return deleteIn(svc, ctx, tx, input.type, matches[0], input.ifMatch);
+  });
+}

@@ -1,0 +1,32 @@
+// read: GET [base]/[type]/[id] (https://hl7.org/fhir/R4/http.html#read), with If-None-Match and
+// If-Modified-Since (https://hl7.org/fhir/R4/http.html#cread).
+import { FhirError } from '../fhir/errors.js';
+import { parseVersionEtag, requireId, requireType, versionHeaders } from './common.js';
+import type { InteractionResult, RequestContext, Services } from './context.js';
+
+export interface ReadInput {
+  type: string;
+  id: string;
+  ifNoneMatch?: string;
+  ifModifiedSince?: string;
+}
+
+export async function read(svc: Services, ctx: RequestContext, input: ReadInput): Promise<InteractionResult> {
+  requireType(input.type);
+  requireId(input.id);
+  const v = await svc.store.readCurrent(svc.db.knex, input.type, input.id);
+  if (!v) throw new FhirError('not-found', `${input.type}/${input.id} is not known`);
+  if (v.deleted) {
+    throw new FhirError('gone', `${input.type}/${input.id} was deleted`, { headers: { ETag: `W/"${v.versionId}"` } });
+  }
+  const headers = versionHeaders(ctx, v, false);
+  const inm = input.ifNoneMatch?.trim();
+  if (inm) {
+    if (inm === '*' || parseVersionEtag(inm, 'If-None-Match') === v.versionId) return { status: 304, headers };
+  } else if (input.ifModifiedSince) {
+    const since = Date.parse(input.ifModifiedSince);
+    // HTTP dates have second precision; a resource is unmodified when its second is not later.
+    if (!Number.isNaN(since) && Math.floor(v.lastUpdated.getTime() / 1000) * 1000 <= since) return { status: 304, headers };
+  }
+  return { status: 200, headers, body: v.resource };
+}

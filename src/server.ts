@@ -1,0 +1,61 @@
+// Wiring shared by `vesta serve` and the tests: config -> dependencies -> HTTP server, and the
+// graceful shutdown that undoes it (stop accepting, finish in-flight requests, close pools).
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Config } from './config/config.js';
+import { LogAuditSink } from './audit/audit-sink.js';
+import { PlaintextCodec } from './crypto/phi-codec.js';
+import { createApp } from './http/app.js';
+import type { Services } from './interactions/context.js';
+import { createLogger, type Logger } from './log/logger.js';
+import { PageTokens } from './search/page-token.js';
+import { openDatabase, type Database } from './storage/db.js';
+import { migrateLatest } from './storage/migrate.js';
+import { ResourceStore } from './storage/resource-store.js';
+
+/** Opens the database, runs migrations and builds the services. */
+export async function buildServices(config: Readonly<Config>, log: Logger = createLogger(config.logLevel), db?: Database): Promise<Services> {
+  const database = db ?? openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), poolMax: config.databasePoolMax, dataDir: config.dataDir });
+  const applied = await migrateLatest(database.knex);
+  if (applied.length) log.info({ migrations: applied }, 'migrations applied');
+  if (!config.pageTokenSecret) log.warn('PAGE_TOKEN_SECRET is not set: paging links are signed with a per-process key and stop working on restart or on another node');
+  return {
+    config,
+    db: database,
+    store: new ResourceStore(new PlaintextCodec()),
+    audit: new LogAuditSink(log),
+    pageTokens: new PageTokens(config.pageTokenSecret),
+    log,
+  };
+}
+
+export interface Running {
+  server: Server;
+  url: string;
+  close(): Promise<void>;
+}
+
+/** Starts listening; close() drains in-flight requests (bounded by shutdownTimeoutMs) and closes the pool. */
+export async function startServer(svc: Services): Promise<Running> {
+  const app = createApp(svc);
+  const server = createServer(app);
+  server.keepAliveTimeout = 65000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(svc.config.port, svc.config.host, () => resolve());
+  });
+  const addr = server.address() as AddressInfo;
+  let closing: Promise<void> | undefined;
+  const close = () => {
+    closing ??= (async () => {
+      const drained = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      const timer = setTimeout(() => server.closeAllConnections(), svc.config.shutdownTimeoutMs);
+      await drained;
+      clearTimeout(timer);
+      await svc.db.close();
+    })();
+    return closing;
+  };
+  return { server, url: `http://127.0.0.1:${addr.port}`, close };
+}

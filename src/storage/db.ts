@@ -1,0 +1,96 @@
+// Database handle: pg with a pool when DATABASE_URL is set, embedded PostgreSQL (PGlite) otherwise.
+// The same migrations and SQL serve both. This folder is the only code that imports knex or pg.
+import { mkdirSync } from 'node:fs';
+import knexPkg from 'knex';
+import type { Knex } from 'knex';
+import ClientPgLite from 'knex-pglite';
+import pg from 'pg';
+
+const knexFactory = (knexPkg as unknown as { knex?: typeof knexPkg }).knex ?? knexPkg;
+
+// int8 (bigint, e.g. history seq and counts) as JS numbers: values stay far below 2^53.
+pg.types.setTypeParser(20, (v: string) => Number(v));
+
+export type Db = Knex;
+export type Tx = Knex.Transaction;
+export type Queryable = Knex | Knex.Transaction;
+
+export interface DbOptions {
+  databaseUrl?: string;
+  poolMax?: number;
+  /** Directory for the embedded database; ':memory:' for an in-memory one (tests). */
+  dataDir?: string;
+}
+
+export interface Database {
+  knex: Knex;
+  kind: 'pg' | 'embedded';
+  close(): Promise<void>;
+}
+
+/** Opens the database described by the options. */
+export function openDatabase(opts: DbOptions): Database {
+  if (opts.databaseUrl) {
+    const knex = knexFactory({
+      client: 'pg',
+      connection: { connectionString: opts.databaseUrl, application_name: 'vesta' },
+      pool: { min: 0, max: opts.poolMax ?? 10 },
+      acquireConnectionTimeout: 30000,
+    });
+    return { knex, kind: 'pg', close: () => knex.destroy() };
+  }
+  const dir = opts.dataDir ?? './data';
+  let connection: Record<string, string> = {};
+  if (dir !== ':memory:') {
+    const path = `${dir.replace(/\/+$/, '')}/pgdata`;
+    mkdirSync(path, { recursive: true });
+    connection = { filename: path };
+  }
+  // PGlite is single-connection: knex-pglite fixes the pool at one, which serializes all access.
+  const knex = knexFactory({
+    client: ClientPgLite as unknown as Knex.Config['client'],
+    dialect: 'postgres',
+    connection,
+    acquireConnectionTimeout: 120000,
+  } as Knex.Config);
+  return { knex, kind: 'embedded', close: () => knex.destroy() };
+}
+
+/** PostgreSQL error codes that mean "the same work may succeed if tried again". */
+const RETRYABLE = new Set(['40001', '40P01']);
+
+export function pgCode(e: unknown): string | undefined {
+  const c = (e as { code?: unknown })?.code;
+  return typeof c === 'string' ? c : undefined;
+}
+
+export class RetryExhausted extends Error {
+  constructor(readonly attempts: number, cause: unknown) {
+    super(`transaction retried ${attempts} times`, { cause });
+  }
+}
+
+/**
+ * Runs fn in one database transaction, retrying on serialization failures and deadlocks, and on
+ * unique violations when the caller says a retry resolves them (e.g. two update-as-creates).
+ */
+export async function withTransaction<T>(
+  knex: Knex,
+  fn: (tx: Tx) => Promise<T>,
+  opts: { attempts?: number; retryOnUniqueViolation?: boolean } = {},
+): Promise<T> {
+  const attempts = opts.attempts ?? 5;
+  let last: unknown;
+  for (let i = 0; i < attempts; i++) {
+    try {
+      return await knex.transaction(fn);
+    } catch (e) {
+      const code = pgCode(e);
+      const retry = (code && RETRYABLE.has(code)) || (opts.retryOnUniqueViolation && code === '23505');
+      if (!retry) throw e;
+      last = e;
+      await new Promise((r) => setTimeout(r, 2 + Math.random() * 10 * (i + 1)));
+    }
+  }
+  throw new RetryExhausted(attempts, last);
+}

@@ -1,0 +1,195 @@
+// Versioned resource rows (https://hl7.org/fhir/R4/http.html#versioning): the current row per
+// resource, every version in resource_history, and the search index rows of the current version.
+import type { Resource } from 'fhir/r4.js';
+import type { PhiCodec } from '../crypto/phi-codec.js';
+import type { IndexRows } from '../search/index-extract.js';
+import type { Queryable, Tx } from './db.js';
+
+export type WriteMethod = 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+
+export interface VersionHead {
+  versionId: number;
+  lastUpdated: Date;
+  deleted: boolean;
+}
+
+export interface StoredVersion extends VersionHead {
+  resourceType: string;
+  id: string;
+  method: WriteMethod;
+  /** Absent for a deletion marker. */
+  resource?: Resource;
+  seq?: number;
+}
+
+export interface NewVersion {
+  resourceType: string;
+  id: string;
+  versionId: number;
+  lastUpdated: Date;
+  method: WriteMethod;
+  /** The resource with meta already set; absent for a delete. */
+  resource?: Resource;
+  index?: IndexRows;
+  /** The version this one replaces (undefined when the resource never existed). */
+  previous?: number;
+}
+
+export interface HistoryQuery {
+  resourceType?: string;
+  id?: string;
+  since?: Date;
+  at?: { start: Date; end: Date };
+  /** Keyset: only versions with seq below this. */
+  beforeSeq?: number;
+  limit: number;
+}
+
+interface Row {
+  resource_type: string;
+  id: string;
+  version_id: number;
+  last_updated: Date | string;
+  deleted: boolean;
+  content: Resource | string | null;
+  sealed: string | null;
+  method?: WriteMethod;
+  seq?: number;
+}
+
+const INDEX_CHUNK = 1000;
+
+export class ResourceStore {
+  constructor(private readonly codec: PhiCodec) {}
+
+  private async toVersion(row: Row): Promise<StoredVersion> {
+    const v: StoredVersion = {
+      resourceType: row.resource_type,
+      id: row.id,
+      versionId: row.version_id,
+      lastUpdated: row.last_updated instanceof Date ? row.last_updated : new Date(row.last_updated),
+      deleted: row.deleted,
+      method: row.method ?? 'PUT',
+      ...(row.seq !== undefined ? { seq: row.seq } : {}),
+    };
+    if (!row.deleted && row.content !== null) {
+      const content = typeof row.content === 'string' ? (JSON.parse(row.content) as Resource) : row.content;
+      const opened = await this.codec.open(content, row.sealed, { resourceType: v.resourceType, id: v.id, versionId: v.versionId });
+      // jsonb does not keep member order; put the envelope first as clients expect to read it.
+      const { resourceType, id, meta, ...rest } = opened as Resource & Record<string, unknown>;
+      v.resource = { resourceType, id, meta, ...rest } as Resource;
+    }
+    return v;
+  }
+
+  /** The current version (possibly a deletion marker), or undefined if the resource never existed. */
+  async readCurrent(q: Queryable, resourceType: string, id: string): Promise<StoredVersion | undefined> {
+    const row = (await q('resource').where({ resource_type: resourceType, id }).first()) as Row | undefined;
+    return row ? this.toVersion(row) : undefined;
+  }
+
+  async readVersion(q: Queryable, resourceType: string, id: string, versionId: number): Promise<StoredVersion | undefined> {
+    const row = (await q('resource_history')
+      .where({ resource_type: resourceType, id, version_id: versionId })
+      .first()) as Row | undefined;
+    return row ? this.toVersion(row) : undefined;
+  }
+
+  /** Locks the current row for the rest of the transaction and returns its head. */
+  async lockCurrent(tx: Tx, resourceType: string, id: string): Promise<VersionHead | undefined> {
+    const row = (await tx('resource')
+      .select('version_id', 'last_updated', 'deleted')
+      .where({ resource_type: resourceType, id })
+      .forUpdate()
+      .first()) as Row | undefined;
+    if (!row) return undefined;
+    return {
+      versionId: row.version_id,
+      lastUpdated: row.last_updated instanceof Date ? row.last_updated : new Date(row.last_updated),
+      deleted: row.deleted,
+    };
+  }
+
+  /** Reads several current resources by id (deleted ones excluded), in the order given. */
+  async readMany(q: Queryable, resourceType: string, ids: string[]): Promise<StoredVersion[]> {
+    if (!ids.length) return [];
+    const rows = (await q('resource').where({ resource_type: resourceType, deleted: false }).whereIn('id', ids)) as Row[];
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    const out: StoredVersion[] = [];
+    for (const id of ids) {
+      const r = byId.get(id);
+      if (r) out.push(await this.toVersion(r));
+    }
+    return out;
+  }
+
+  /**
+   * Writes one new version: history row, current row and index rows. The history primary key
+   * (type, id, version) makes a duplicate version impossible; a first version inserts the current
+   * row, so two concurrent creates of the same id collide on its primary key (23505).
+   */
+  async writeVersion(tx: Tx, v: NewVersion): Promise<void> {
+    const ref = { resourceType: v.resourceType, id: v.id, versionId: v.versionId };
+    let content: Resource | null = null;
+    let sealed: string | null = null;
+    if (v.resource) {
+      const s = await this.codec.seal(v.resource, ref);
+      content = s.content;
+      sealed = s.sealed;
+    }
+    const deleted = !v.resource;
+    const json = content === null ? null : JSON.stringify(content);
+    await tx('resource_history').insert({
+      resource_type: v.resourceType,
+      id: v.id,
+      version_id: v.versionId,
+      last_updated: v.lastUpdated,
+      deleted,
+      method: v.method,
+      content: json,
+      sealed,
+    });
+    const current = { version_id: v.versionId, last_updated: v.lastUpdated, deleted, content: json, sealed };
+    if (v.previous === undefined) {
+      await tx('resource').insert({ resource_type: v.resourceType, id: v.id, ...current });
+    } else {
+      const n = await tx('resource')
+        .where({ resource_type: v.resourceType, id: v.id, version_id: v.previous })
+        .update(current);
+      if (n !== 1) throw Object.assign(new Error('current row changed under a lock'), { code: '40001' });
+    }
+    await tx('idx_token').where({ resource_type: v.resourceType, resource_id: v.id }).delete();
+    const tokens = v.index?.token ?? [];
+    for (let i = 0; i < tokens.length; i += INDEX_CHUNK) {
+      await tx('idx_token').insert(
+        tokens.slice(i, i + INDEX_CHUNK).map((t) => ({ resource_type: v.resourceType, resource_id: v.id, ...t })),
+      );
+    }
+  }
+
+  /** Versions newest first (by global sequence), filtered as the history interaction asks. */
+  async history(q: Queryable, h: HistoryQuery): Promise<StoredVersion[]> {
+    const qb = q('resource_history as h').select('h.*');
+    if (h.resourceType) qb.where('h.resource_type', h.resourceType);
+    if (h.id) qb.where('h.id', h.id);
+    if (h.since) qb.where('h.last_updated', '>=', h.since);
+    if (h.beforeSeq !== undefined) qb.where('h.seq', '<', h.beforeSeq);
+    if (h.at) {
+      const { start, end } = h.at;
+      // current at some point in [start, end): written before the end, and not replaced before the start
+      qb.where('h.last_updated', '<', end).whereNotExists(function later() {
+        this.select(q.raw('1'))
+          .from('resource_history as n')
+          .whereRaw('n.resource_type = h.resource_type and n.id = h.id and n.version_id > h.version_id')
+          .where('n.last_updated', '<=', start);
+      });
+    }
+    const rows = (await qb.orderBy('h.seq', 'desc').limit(h.limit)) as Row[];
+    return Promise.all(rows.map((r) => this.toVersion(r)));
+  }
+
+  async countHistory(q: Queryable, resourceType: string, id: string): Promise<number> {
+    const r = (await q('resource_history').where({ resource_type: resourceType, id }).count('* as n').first()) as { n: number | string };
+    return Number(r.n);
+  }
+}
