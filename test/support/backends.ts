@@ -1,0 +1,85 @@
+// Test backends: the embedded PostgreSQL (PGlite, in memory) always; real PostgreSQL when
+// TEST_DATABASE_URL names a server, each test file in its own fresh database.
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
+import pg from 'pg';
+import { loadConfig, type Config } from '../../src/config/config.js';
+import type { Services } from '../../src/interactions/context.js';
+import { createLogger } from '../../src/log/logger.js';
+import { buildServices, startServer, type Running } from '../../src/server.js';
+import { openDatabase, type Database } from '../../src/storage/db.js';
+
+export type BackendName = 'embedded' | 'pg';
+
+export function backends(): BackendName[] {
+  return process.env.TEST_DATABASE_URL ? ['embedded', 'pg'] : ['embedded'];
+}
+
+/** Backends for tests about concurrency: real PostgreSQL when available, else embedded. */
+export function concurrencyBackends(): BackendName[] {
+  return process.env.TEST_DATABASE_URL ? ['pg', 'embedded'] : ['embedded'];
+}
+
+async function adminQuery(sql: string): Promise<void> {
+  const client = new pg.Client({ connectionString: process.env.TEST_DATABASE_URL });
+  await client.connect();
+  try {
+    await client.query(sql);
+  } finally {
+    await client.end();
+  }
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export interface TestServer {
+  svc: Services;
+  running: Running;
+  url: string;
+  close(): Promise<void>;
+}
+
+/** A server on a random port over a fresh database of the given backend. */
+export async function startTestServer(backend: BackendName, env: Record<string, string> = {}): Promise<TestServer> {
+  let db: Database;
+  let drop: (() => Promise<void>) | undefined;
+  if (backend === 'pg') {
+    const name = `vesta_t_${randomBytes(6).toString('hex')}`;
+    await adminQuery(`create database ${name}`);
+    const u = new URL(process.env.TEST_DATABASE_URL!);
+    u.pathname = `/${name}`;
+    db = openDatabase({ databaseUrl: u.toString(), poolMax: 20 });
+    drop = () => adminQuery(`drop database if exists ${name} with (force)`);
+  } else {
+    db = openDatabase({ dataDir: ':memory:' });
+  }
+  const port = String(await freePort());
+  const config: Config = loadConfig({
+    PORT: port,
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'silent',
+    BASE_URL: `http://127.0.0.1:${port}`,
+    PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!',
+    ...env,
+  });
+  const svc = await buildServices(config, createLogger('silent'), db);
+  const running = await startServer(svc);
+  return {
+    svc,
+    running,
+    url: running.url,
+    close: async () => {
+      await running.close();
+      if (drop) await drop();
+    },
+  };
+}
