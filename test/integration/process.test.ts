@@ -1,0 +1,87 @@
+// The compiled server as operators run it (`npm start` runs dist/src/main.js after a build):
+// configuration errors stop it with one line; SIGTERM drains in-flight requests and exits 0.
+import { afterAll, describe, expect, test } from '@jest/globals';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { findPackageRoot } from '../../src/fhir/package-root.js';
+import { freePort } from '../support/backends.js';
+
+const root = findPackageRoot();
+const main = join(root, 'dist', 'src', 'main.js');
+const dirs: string[] = [];
+
+function run(env: Record<string, string>): { child: ChildProcess; out: () => string; err: () => string; exit: Promise<number | null> } {
+  const child = spawn(process.execPath, [main], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (err += d));
+  const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  return { child, out: () => out, err: () => err, exit };
+}
+
+async function waitFor(url: string, ms: number): Promise<void> {
+  const until = Date.now() + ms;
+  for (;;) {
+    try {
+      const r = await fetch(url);
+      if (r.ok) return;
+    } catch {
+      /* not up yet */
+    }
+    if (Date.now() > until) throw new Error('server did not come up');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+describe('the server process', () => {
+  test('is built (npm test builds first)', () => {
+    expect(existsSync(main)).toBe(true);
+  });
+
+  test('a bad configuration value stops start-up with one line naming the variable', async () => {
+    const p = run({ PORT: 'eighty' });
+    expect(await p.exit).toBe(2);
+    const lines = p.err().trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/PORT/);
+  });
+
+  test('starts on the embedded database, serves FHIR, keeps data across restarts, drains on SIGTERM', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'vesta-proc-'));
+    dirs.push(dataDir);
+    const port = await freePort();
+    const base = `http://127.0.0.1:${port}`;
+    const env = { PORT: String(port), HOST: '127.0.0.1', DATA_DIR: dataDir, LOG_LEVEL: 'info' };
+    const p = run(env);
+    await waitFor(`${base}/metadata`, 60000);
+    const created = await fetch(`${base}/Patient`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/fhir+json' },
+      body: JSON.stringify({ resourceType: 'Patient', name: [{ family: 'Quixotically' }], birthDate: '1961-07-04' }),
+    });
+    expect(created.status).toBe(201);
+    const { id } = (await created.json()) as { id: string };
+    p.child.kill('SIGTERM');
+    expect(await p.exit).toBe(0);
+    // Logs are structured JSON and carry no resource content.
+    const logs = p.out().trim().split('\n');
+    for (const l of logs) expect(() => JSON.parse(l)).not.toThrow();
+    expect(p.out()).not.toContain('Quixotically');
+    expect(p.out()).not.toContain('1961-07-04');
+    expect(p.out()).toContain('shutdown complete');
+
+    const again = run(env);
+    await waitFor(`${base}/readyz`, 60000);
+    const read = await fetch(`${base}/Patient/${id}`);
+    expect(read.status).toBe(200);
+    again.child.kill('SIGTERM');
+    expect(await again.exit).toBe(0);
+  });
+});

@@ -1,0 +1,50 @@
+import { describe, expect, test } from '@jest/globals';
+import { ConfigError, loadConfig } from '../../src/config/config.js';
+
+describe('configuration', () => {
+  test('defaults', () => {
+    const c = loadConfig({});
+    expect(c.port).toBe(8080);
+    expect(c.baseUrl).toBe('http://localhost:8080');
+    expect(c.basePath).toBe('');
+    expect(c.databaseUrl).toBeUndefined();
+    expect(c.dataDir).toMatch(/\/data$/);
+    expect(c.maxBodyBytes).toBe(32 * 1024 * 1024);
+    expect(c.corsOrigins).toBe('*');
+    expect(Object.isFrozen(c)).toBe(true);
+  });
+
+  test('BASE_URL gives the mount path; sizes and origins parse', () => {
+    const c = loadConfig({ BASE_URL: 'https://fhir.example.org/r4/', MAX_BODY_SIZE: '20mb', CORS_ORIGINS: 'https://a.example.org, https://b.example.org' });
+    expect(c.baseUrl).toBe('https://fhir.example.org/r4');
+    expect(c.basePath).toBe('/r4');
+    expect(c.maxBodyBytes).toBe(20 * 1024 * 1024);
+    expect(c.corsOrigins).toEqual(['https://a.example.org', 'https://b.example.org']);
+  });
+
+  test.each([
+    ['PORT', 'eighty'],
+    ['PORT', '70000'],
+    ['BASE_URL', 'not a url'],
+    ['BASE_URL', 'ftp://x.org'],
+    ['DATABASE_URL', 'mysql://localhost/db'],
+    ['REDIS_URL', 'http://localhost'],
+    ['MAX_BODY_SIZE', 'lots'],
+    ['MAX_BUNDLE_ENTRIES', '0'],
+    ['LOG_LEVEL', 'loud'],
+    ['CORS_ORIGINS', 'https://a.example.org/path'],
+    ['SEARCH_DEFAULT_COUNT', '5000'],
+    ['PAGE_TOKEN_SECRET', 'short'],
+  ])('%s=%s is refused naming the variable', (name, value) => {
+    let err: unknown;
+    try {
+      loadConfig({ [name]: value });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).variable).toBe(name);
+    expect((err as Error).message.startsWith(`${name}:`)).toBe(true);
+    expect((err as Error).message).not.toContain('\n');
+  });
+});
