@@ -1,0 +1,213 @@
+// `npm run bench`: measured throughput and latency of Vesta against ceilings taken in the same run
+// on the same machine. Prints a table and writes bench/results/<date>.json. Not a test: no thresholds.
+//   BENCH_ADMIN_URL  PostgreSQL to create a throw-away database in (default postgres://postgres@127.0.0.1:5432/postgres)
+//   BENCH_SECONDS    seconds per round (default 5); BENCH_ROUNDS rounds per workload (default 3)
+import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { Agent } from 'node:http';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { findPackageRoot } from '../src/fhir/package-root.js';
+import { closedLoop, httpCall, median, percentile } from './load.js';
+
+const root = findPackageRoot();
+const ADMIN = process.env.BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const SEED = 2000;
+const ops = ['create', 'read', 'update', 'delete'];
+
+async function admin(sql: string): Promise<void> {
+  const c = new pg.Client({ connectionString: ADMIN });
+  await c.connect();
+  try {
+    await c.query(sql);
+  } finally {
+    await c.end();
+  }
+}
+
+async function waitReady(url: string, timeoutMs: number): Promise<number> {
+  const t0 = Date.now();
+  for (;;) {
+    try {
+      const r = await fetch(url);
+      if (r.ok) return Date.now() - t0;
+    } catch {
+      /* starting */
+    }
+    if (Date.now() - t0 > timeoutMs) throw new Error(`not ready: ${url}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function startVesta(port: number, env: Record<string, string>): { child: ChildProcess; started: number } {
+  const started = Date.now();
+  const child = spawn(process.execPath, [join(root, 'dist/src/main.js')], {
+    env: { PATH: process.env.PATH ?? '', PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'info', NODE_ENV: 'production', PAGE_TOKEN_SECRET: 'bench-secret-bench-secret-bench-secret', ...env },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  return { child, started };
+}
+
+async function stop(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  await new Promise<void>((resolve) => {
+    child.once('exit', () => resolve());
+    child.kill('SIGTERM');
+  });
+}
+
+function patient(i: number) {
+  return { resourceType: 'Patient', active: true, gender: i % 2 ? 'female' : 'male', birthDate: '1970-01-01', name: [{ family: `Bench${i}`, given: ['Load'] }], identifier: [{ system: 'urn:bench', value: `p${i}` }] };
+}
+
+const round1 = (x: number) => Math.round(x * 10) / 10;
+
+async function main(): Promise<void> {
+  const dbName = `vesta_bench_${Date.now()}`;
+  await admin(`create database ${dbName}`);
+  const u = new URL(ADMIN);
+  u.pathname = `/${dbName}`;
+  const databaseUrl = u.toString();
+  const results: Record<string, unknown> = {
+    date: new Date().toISOString(),
+    machine: { nproc: cpus().length, cpu: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 1024 ** 3), node: process.version },
+    settings: { seconds: SECONDS, rounds: ROUNDS, database: 'PostgreSQL (DATABASE_URL)' },
+  };
+  const children: ChildProcess[] = [];
+  try {
+    // Cold start: process start to first successful GET /metadata (migrations already applied after the first).
+    const cold: number[] = [];
+    for (let r = 0; r < ROUNDS + 1; r++) {
+      const v = startVesta(18301, { DATABASE_URL: databaseUrl });
+      const ms = await waitReady('http://127.0.0.1:18301/metadata', 60000);
+      if (r > 0) cold.push(ms); // the first start also applies migrations
+      await stop(v.child);
+    }
+    results.coldStartMs = { median: median(cold), samples: cold };
+
+    const vesta = startVesta(18302, { DATABASE_URL: databaseUrl, DATABASE_POOL_MAX: '10' });
+    children.push(vesta.child);
+    await waitReady('http://127.0.0.1:18302/readyz', 60000);
+    const vBase = new URL('http://127.0.0.1:18302');
+    const agent = new Agent({ keepAlive: true, maxSockets: 64 });
+
+    // Seed
+    const ids: string[] = [];
+    const seedStart = Date.now();
+    await Promise.all(
+      Array.from({ length: 8 }, async (_, w) => {
+        for (let i = w; i < SEED; i += 8) {
+          const r = await httpCall(agent, vBase, 'POST', '/Patient', patient(i), { Prefer: 'return=minimal' });
+          if (r.status !== 201) throw new Error(`seed failed: ${r.status}`);
+          ids.push('');
+        }
+      }),
+    );
+    results.seed = { patients: SEED, seconds: (Date.now() - seedStart) / 1000 };
+    const idRows = await (async () => {
+      const c = new pg.Client({ connectionString: databaseUrl });
+      await c.connect();
+      try {
+        return (await c.query<{ id: string }>("select id from resource where resource_type = 'Patient'")).rows.map((r) => r.id);
+      } finally {
+        await c.end();
+      }
+    })();
+
+    const ceiling = fork(join(root, 'dist/bench/ceiling-server.js'), [], { env: { PATH: process.env.PATH ?? '', DATABASE_URL: databaseUrl, PORT: '18303', DATABASE_POOL_MAX: '10' }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+    children.push(ceiling);
+    await new Promise<void>((resolve) => ceiling.once('message', () => resolve()));
+    const cBase = new URL('http://127.0.0.1:18303');
+
+    // Read by id, 16 connections, alternating Vesta and ceiling rounds so noise hits both.
+    const readV: { rps: number; p50: number; p99: number }[] = [];
+    const readC: { rps: number; p50: number; p99: number }[] = [];
+    const pick = () => idRows[Math.floor(Math.random() * idRows.length)];
+    for (let r = 0; r < ROUNDS; r++) {
+      for (const [base, out] of [[vBase, readV], [cBase, readC]] as const) {
+        const res = await closedLoop(16, SECONDS, () => httpCall(agent, base, 'GET', `/Patient/${pick()}`));
+        if (res.errors) throw new Error(`read errors: ${res.errors}`);
+        out.push({ rps: res.rps, p50: percentile(res.lat, 50), p99: percentile(res.lat, 99) });
+      }
+    }
+    const summarise = (xs: { rps: number; p50: number; p99: number }[]) => ({ rps: round1(median(xs.map((x) => x.rps))), p50: round1(median(xs.map((x) => x.p50))), p99: round1(median(xs.map((x) => x.p99))) });
+    const rv = summarise(readV);
+    const rc = summarise(readC);
+    results.readById = { connections: 16, vesta: rv, ceiling: rc, ratio: round1((rv.rps / rc.rps) * 100) / 100 };
+
+    // CRUD cycle over several types, 8 connections: create, read, update, delete.
+    const types = [
+      { type: 'Patient', make: (i: number) => patient(i) },
+      { type: 'Observation', make: (i: number) => ({ resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] }, valueQuantity: { value: 60 + (i % 40), unit: '/min' } }) },
+      { type: 'Basic', make: (i: number) => ({ resourceType: 'Basic', code: { text: `b${i}` } }) },
+    ];
+    const crudRounds: { rps: number; perOp: Record<string, number[]> }[] = [];
+    for (let r = 0; r < ROUNDS; r++) {
+      const perOp: Record<string, number[]> = { create: [], read: [], update: [], delete: [] };
+      let calls = 0;
+      let errors = 0;
+      const t0 = Date.now();
+      const until = t0 + SECONDS * 1000;
+      await Promise.all(
+        Array.from({ length: 8 }, async (_, w) => {
+          let i = 0;
+          while (Date.now() < until) {
+            const t = types[(w + i++) % types.length];
+            const c = await httpCall(agent, vBase, 'POST', `/${t.type}`, t.make(i));
+            const id = (JSON.parse(c.body) as { id: string }).id;
+            const rd = await httpCall(agent, vBase, 'GET', `/${t.type}/${id}`);
+            const up = await httpCall(agent, vBase, 'PUT', `/${t.type}/${id}`, { ...t.make(i + 1), id }, { 'If-Match': 'W/"1"' });
+            const dl = await httpCall(agent, vBase, 'DELETE', `/${t.type}/${id}`);
+            for (const [k, x] of [['create', c], ['read', rd], ['update', up], ['delete', dl]] as const) {
+              perOp[k].push(x.ms);
+              if (x.status >= 400) errors++;
+            }
+            calls += 4;
+          }
+        }),
+      );
+      if (errors) throw new Error(`CRUD errors: ${errors}`);
+      for (const k of Object.keys(perOp)) perOp[k].sort((a, b) => a - b);
+      crudRounds.push({ rps: calls / ((Date.now() - t0) / 1000), perOp });
+    }
+
+    results.crudCycle = {
+      connections: 8,
+      types: types.map((t) => t.type),
+      rps: round1(median(crudRounds.map((c) => c.rps))),
+      p50: Object.fromEntries(ops.map((o) => [o, round1(median(crudRounds.map((c) => percentile(c.perOp[o], 50))))])),
+      p99: Object.fromEntries(ops.map((o) => [o, round1(median(crudRounds.map((c) => percentile(c.perOp[o], 99))))])),
+    };
+    agent.destroy();
+  } finally {
+    for (const c of children) await stop(c);
+    await admin(`drop database if exists ${dbName} with (force)`);
+  }
+
+  const r = results as { readById: { vesta: { rps: number; p50: number; p99: number }; ceiling: { rps: number; p50: number; p99: number }; ratio: number }; crudCycle: { rps: number; p50: Record<string, number>; p99: Record<string, number> }; coldStartMs: { median: number } };
+  const lines = [
+    `Vesta bench ${results.date as string}  (${cpus().length} cores, ${Math.round(totalmem() / 1024 **3)} GiB, ${process.version}; ${ROUNDS} rounds x ${SECONDS}s, medians)`,
+    '',
+    '| workload | Vesta | ceiling | ratio |',
+    '|---|---|---|---|',
+    `| read by id, 16 conn: req/s | ${r.readById.vesta.rps} | ${r.readById.ceiling.rps} (bare Express+pg) | ${r.readById.ratio} |`,
+    `| read by id: p50 / p99 ms | ${r.readById.vesta.p50} / ${r.readById.vesta.p99} | ${r.readById.ceiling.p50} / ${r.readById.ceiling.p99} | |`,
+    `| CRUD cycle, 8 conn: req/s | ${r.crudCycle.rps} | | |`,
+    `| CRUD p99 ms (create/read/update/delete) | ${ops.map((o) => r.crudCycle.p99[o]).join(' / ')} | | |`,
+    `| cold start to first GET /metadata, ms | ${r.coldStartMs.median} | | |`,
+  ];
+  process.stdout.write(lines.join('\n') + '\n');
+  const dir = join(root, 'bench', 'results');
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, `${(results.date as string).replace(/[:.]/g, '-')}.json`);
+  writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
+  process.stdout.write(`\nwritten: ${file}\n`);
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`bench failed: ${(e as Error).stack ?? String(e)}\n`);
+  process.exit(1);
+});
