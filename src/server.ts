@@ -6,6 +6,7 @@ import type { Config } from './config/config.js';
 import { LogAuditSink } from './audit/audit-sink.js';
 import { PlaintextCodec } from './crypto/phi-codec.js';
 import { createApp } from './http/app.js';
+import { EnvelopeOnlyValidator } from './interactions/interim-validator.js';
 import type { Services } from './interactions/context.js';
 import { createLogger, type Logger } from './log/logger.js';
 import { PageTokens } from './search/page-token.js';
@@ -25,6 +26,7 @@ export async function buildServices(config: Readonly<Config>, log: Logger = crea
     store: new ResourceStore(new PlaintextCodec()),
     audit: new LogAuditSink(log),
     pageTokens: new PageTokens(config.pageTokenSecret),
+    validator: new EnvelopeOnlyValidator(),
     log,
   };
 }

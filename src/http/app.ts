@@ -15,6 +15,7 @@ import { read } from '../interactions/read.js';
 import { search } from '../interactions/search.js';
 import { conditionalUpdate, update } from '../interactions/update.js';
 import { vread } from '../interactions/vread.js';
+import { validateOperation } from '../operations/validate/validate.js';
 import { bodyKind, parseJson, type BodyKind } from './body.js';
 import { toErrorResponse } from './errors.js';
 import { negotiate, type Format } from './format.js';
@@ -227,6 +228,19 @@ export function createApp(svc: Services): express.Express {
         return search(svc, ctx, { type: params(req).type, query: [...locals(res).pairs, ...form] });
       }),
     )
+    .all(notAllowed('POST'));
+  const validateBody = (req: Request): unknown => {
+    const b = body(req, ['fhir-json']);
+    if (b.kind === 'none') throw new FhirError('invalid-request', '$validate needs a resource or Parameters body (application/fhir+json)');
+    return b.value;
+  };
+  fhir
+    .route('/:type/$validate')
+    .post(handle('operation:validate', (ctx, req) => validateOperation(svc, ctx, { type: params(req).type, body: validateBody(req) })))
+    .all(notAllowed('POST'));
+  fhir
+    .route('/:type/:id/$validate')
+    .post(handle('operation:validate', (ctx, req) => validateOperation(svc, ctx, { type: params(req).type, id: params(req).id, body: validateBody(req) })))
     .all(notAllowed('POST'));
   fhir
     .route('/:type/_history')

@@ -31,6 +31,7 @@ function build(svc: Services, ctx: RequestContext): CapabilityStatement {
       conditionalRead: 'not-supported',
       conditionalUpdate: true,
       conditionalDelete: 'single',
+      operation: [{ name: 'validate', definition: 'http://hl7.org/fhir/OperationDefinition/Resource-validate' }],
       searchParam: [
         { name: '_id', type: 'token', definition: 'http://hl7.org/fhir/SearchParameter/Resource-id', documentation: 'Logical id of the resource' },
         ...params.map((p) => ({ name: p.code, type: p.type as 'token', definition: p.url, documentation: p.description })),
@@ -54,7 +55,7 @@ function build(svc: Services, ctx: RequestContext): CapabilityStatement {
         documentation:
           'JSON only: XML request bodies are refused with 415 and XML responses with 406. Search supports _id and the ' +
           'token parameters listed per type, with _count, _total and paging; other parameters are ignored and reported ' +
-          '(400 with Prefer: handling=strict). Transactions, batches and $operations are not available yet. ' +
+          '(400 with Prefer: handling=strict). Transactions and batches are not available yet; $validate is (base R4 definitions, no named profiles). ' +
           'Conditional create/update/delete/patch criteria are serialized per criteria by a database lock.',
         resource: resources,
         interaction: SYSTEM_INTERACTIONS.map((code) => ({ code })),

@@ -1,9 +1,9 @@
 // Helpers shared by the interactions of https://hl7.org/fhir/R4/http.html.
 import type { Resource } from 'fhir/r4.js';
 import { createHash } from 'node:crypto';
-import { FhirError } from '../fhir/errors.js';
+import { FhirError, type Issue } from '../fhir/errors.js';
 import { ID_PATTERN, isResourceType } from '../fhir/definitions.js';
-import { info } from '../fhir/outcome.js';
+import { info, operationOutcome } from '../fhir/outcome.js';
 import type { StoredVersion } from '../storage/resource-store.js';
 import type { InteractionResult, RequestContext } from './context.js';
 
@@ -43,13 +43,13 @@ export function versionHeaders(ctx: RequestContext, v: { resourceType: string; i
 }
 
 /** The response to a successful write, shaped by Prefer: return (https://hl7.org/fhir/R4/http.html#ops). */
-export function writeResult(ctx: RequestContext, status: number, v: StoredVersion, message: string, withLocation = true): InteractionResult {
+export function writeResult(ctx: RequestContext, status: number, v: StoredVersion & { warnings?: Issue[] }, message: string, withLocation = true): InteractionResult {
   const headers = versionHeaders(ctx, v, withLocation);
   switch (ctx.preferReturn) {
     case 'minimal':
       return { status, headers };
     case 'OperationOutcome':
-      return { status, headers, body: info(message) };
+      return { status, headers, body: v.warnings?.length ? operationOutcome([{ severity: 'information', code: 'informational', diagnostics: message }, ...v.warnings]) : info(message) };
     default:
       return { status, headers, ...(v.resource ? { body: v.resource } : {}) };
   }

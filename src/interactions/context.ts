@@ -6,6 +6,12 @@ import type { AuditSink } from '../audit/audit-sink.js';
 import type { Database } from '../storage/db.js';
 import type { ResourceStore } from '../storage/resource-store.js';
 import type { PageTokens } from '../search/page-token.js';
+import type { Issue } from '../fhir/errors.js';
+
+/** Checks a resource against the R4 definitions; returns every issue (errors reject a write). */
+export interface ResourceValidator {
+  validate(resource: unknown): Issue[];
+}
 
 export interface Services {
   config: Readonly<Config>;
@@ -13,6 +19,7 @@ export interface Services {
   store: ResourceStore;
   audit: AuditSink;
   pageTokens: PageTokens;
+  validator: ResourceValidator;
   log: Logger;
 }
 

@@ -1,7 +1,7 @@
 // The version-writing core shared by create, update, patch and delete
 // (https://hl7.org/fhir/R4/http.html#versioning). Runs inside a transaction holding the row lock.
 import type { Resource } from 'fhir/r4.js';
-import { FhirError } from '../fhir/errors.js';
+import { FhirError, type Issue } from '../fhir/errors.js';
 import { extractIndexRows } from '../search/index-extract.js';
 import type { Tx } from '../storage/db.js';
 import type { StoredVersion, VersionHead, WriteMethod } from '../storage/resource-store.js';
@@ -24,6 +24,19 @@ function nextTimestamp(ctx: RequestContext, head: VersionHead | undefined): Date
   return now;
 }
 
+/**
+ * Validates a resource about to be stored (https://hl7.org/fhir/R4/validation.html): errors reject
+ * the write with 422 listing every issue; warnings are returned for the response.
+ */
+export function enforceValid(svc: Services, resource: Resource): Issue[] {
+  const issues = svc.validator.validate(resource);
+  const errors = issues.filter((i) => i.severity === 'error' || i.severity === 'fatal');
+  if (errors.length) {
+    throw new FhirError('validation-failed', `the ${resource.resourceType} is not valid FHIR R4 (${errors.length} error${errors.length > 1 ? 's' : ''})`, { issues });
+  }
+  return issues;
+}
+
 /** Writes the next version of a resource (the caller holds the lock from lockCurrent). */
 export async function writeNext(
   svc: Services,
@@ -34,10 +47,11 @@ export async function writeNext(
   type: string,
   id: string,
   body: Resource | undefined,
-): Promise<StoredVersion> {
+): Promise<StoredVersion & { warnings: Issue[] }> {
   const versionId = (head?.versionId ?? 0) + 1;
   const lastUpdated = nextTimestamp(ctx, head);
   const resource = body ? stamp({ ...body, id }, versionId, lastUpdated) : undefined;
+  const warnings = resource ? enforceValid(svc, resource) : [];
   await svc.store.writeVersion(tx, {
     resourceType: type,
     id,
@@ -47,5 +61,5 @@ export async function writeNext(
     ...(resource ? { resource, index: extractIndexRows(resource) } : {}),
     ...(head ? { previous: head.versionId } : {}),
   });
-  return { resourceType: type, id, versionId, lastUpdated, deleted: !resource, method, ...(resource ? { resource } : {}) };
+  return { resourceType: type, id, versionId, lastUpdated, deleted: !resource, method, ...(resource ? { resource } : {}), warnings };
 }
