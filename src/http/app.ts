@@ -15,6 +15,7 @@ import { read } from '../interactions/read.js';
 import { search } from '../interactions/search.js';
 import { conditionalUpdate, update } from '../interactions/update.js';
 import { vread } from '../interactions/vread.js';
+import { transactionOrBatch } from '../interactions/transaction.js';
 import { validateOperation } from '../operations/validate/validate.js';
 import { bodyKind, parseJson, type BodyKind } from './body.js';
 import { toErrorResponse } from './errors.js';
@@ -213,11 +214,7 @@ export function createApp(svc: Services): express.Express {
     .all(notAllowed('GET, HEAD'));
   fhir
     .route('/')
-    .post(
-      handle('transaction', async () => {
-        throw new FhirError('not-implemented', 'transaction and batch Bundles are not available yet');
-      }),
-    )
+    .post(handle('transaction', (ctx, req) => transactionOrBatch(svc, ctx, resourceBody(req))))
     .all(notAllowed('POST'));
   fhir
     .route('/:type/_search')

@@ -13,13 +13,15 @@ export interface CreateInput {
   type: string;
   body: unknown;
   ifNoneExist?: string;
+  /** Internal: an id assigned ahead of time (transaction Bundles map fullUrls before writing). */
+  assignedId?: string;
 }
 
 export async function create(svc: Services, ctx: RequestContext, input: CreateInput): Promise<InteractionResult> {
   requireType(input.type);
   const resource = checkResourceShape(input.body, input.type);
   // The server assigns the id; a client id in the body is ignored (http.html#create).
-  const id = randomUUID();
+  const id = input.assignedId ?? randomUUID();
   return withTransaction(svc.db.knex, async (tx) => {
     if (input.ifNoneExist !== undefined) {
       const matches = await lockAndMatch(tx, input.type, input.ifNoneExist);

@@ -1,0 +1,233 @@
+// transaction and batch: POST [base] with a Bundle (https://hl7.org/fhir/R4/http.html#transaction,
+// https://hl7.org/fhir/R4/bundle.html#transaction). A transaction is one database transaction:
+// all entries succeed or none do; a batch processes each entry on its own.
+import { randomUUID } from 'node:crypto';
+import type { Bundle, BundleEntry, OperationOutcome, Resource } from 'fhir/r4.js';
+import { FhirError, isFhirError } from '../fhir/errors.js';
+import { operationOutcome } from '../fhir/outcome.js';
+import { conditionalReferences, rewriteReferences } from '../fhir/references.js';
+import { isResourceType } from '../fhir/definitions.js';
+import { withTransaction } from '../storage/db.js';
+import { parseEntry, statusText, type ParsedEntry } from './bundle-entry.js';
+import { parseVersionEtag } from './common.js';
+import { lockAndMatch } from './conditional.js';
+import type { InteractionResult, RequestContext, Services } from './context.js';
+import { create } from './create.js';
+import { conditionalDelete, remove } from './delete.js';
+import { history } from './history.js';
+import { conditionalPatch, patch } from './patch.js';
+import { read } from './read.js';
+import { search } from './search.js';
+import { conditionalUpdate, update } from './update.js';
+import { vread } from './vread.js';
+
+/** Processing order within a transaction (http.html#trules): DELETE, POST, PUT/PATCH, GET/HEAD. */
+const ORDER: Record<string, number> = { DELETE: 0, POST: 1, PUT: 2, PATCH: 2, GET: 3, HEAD: 3 };
+
+function patchOps(e: ParsedEntry): unknown {
+  const r = e.resource!;
+  if (r.resourceType === 'Binary') {
+    if (r.contentType !== 'application/json-patch+json' || typeof r.data !== 'string') {
+      throw new FhirError('invalid-request', `entry ${e.index}: PATCH needs a Binary with contentType application/json-patch+json`);
+    }
+    try {
+      return JSON.parse(Buffer.from(r.data, 'base64').toString('utf8')) as unknown;
+    } catch {
+      throw new FhirError('invalid-request', `entry ${e.index}: the Binary does not hold a JSON Patch document`);
+    }
+  }
+  throw new FhirError('unsupported-media-type', `entry ${e.index}: only JSON Patch (as Binary) is supported in Bundles; FHIRPath Patch is not`);
+}
+
+/** Runs one entry as the matching interaction. `svc` may be bound to an open transaction. */
+async function runEntry(svc: Services, ctx: RequestContext, e: ParsedEntry, assignedId?: string): Promise<InteractionResult> {
+  const ifMatch = parseVersionEtag(e.ifMatch);
+  const opt = ifMatch === undefined ? {} : { ifMatch };
+  const pairs = (q?: string): [string, string][] => (q ? [...new URLSearchParams(q)] : []);
+  switch (e.method) {
+    case 'POST':
+      if (e.id === '_search') return search(svc, ctx, { type: e.type, query: pairs(e.query) });
+      if (e.id !== undefined) throw new FhirError('not-implemented', `entry ${e.index}: operations are not supported in Bundles`);
+      return create(svc, ctx, { type: e.type, body: e.resource, ...(e.ifNoneExist !== undefined && !assignedId ? { ifNoneExist: e.ifNoneExist } : {}), ...(assignedId ? { assignedId } : {}) });
+    case 'PUT':
+      if (e.id !== undefined) return update(svc, ctx, { type: e.type, id: e.id, body: e.resource, ...opt });
+      if (assignedId) return update(svc, ctx, { type: e.type, id: assignedId, body: { ...e.resource, id: assignedId }, ...opt });
+      return conditionalUpdate(svc, ctx, { type: e.type, criteria: e.query!, body: e.resource, ...opt });
+    case 'PATCH':
+      if (e.id !== undefined) return patch(svc, ctx, { type: e.type, id: e.id, body: patchOps(e), ...opt });
+      return conditionalPatch(svc, ctx, { type: e.type, criteria: e.query!, body: patchOps(e), ...opt });
+    case 'DELETE':
+      if (e.id !== undefined) return remove(svc, ctx, { type: e.type, id: e.id, ...opt });
+      return conditionalDelete(svc, ctx, { type: e.type, criteria: e.query!, ...opt });
+    case 'GET':
+    case 'HEAD': {
+      if (e.id === undefined) return search(svc, ctx, { type: e.type, query: pairs(e.query) });
+      if (e.id === '_history') return history(svc, ctx, { type: e.type, query: pairs(e.query) });
+      if (e.tail === undefined) {
+        return read(svc, ctx, { type: e.type, id: e.id, ...(e.ifNoneMatch ? { ifNoneMatch: e.ifNoneMatch } : {}), ...(e.ifModifiedSince ? { ifModifiedSince: e.ifModifiedSince } : {}) });
+      }
+      if (e.tail === '_history' && e.vid !== undefined) return vread(svc, ctx, { type: e.type, id: e.id, vid: e.vid });
+      if (e.tail === '_history') return history(svc, ctx, { type: e.type, id: e.id, query: pairs(e.query) });
+      throw new FhirError('not-implemented', `entry ${e.index}: this request is not supported in Bundles`);
+    }
+  }
+}
+
+function responseEntry(ctx: RequestContext, r: InteractionResult, e: ParsedEntry): BundleEntry {
+  const h = r.headers ?? {};
+  const lastModified = h['Last-Modified'] ? new Date(h['Last-Modified']).toISOString() : undefined;
+  const isOutcome = r.body?.resourceType === 'OperationOutcome' && !(e.method === 'GET' && e.type === 'OperationOutcome');
+  const resource = r.body && !isOutcome ? r.body : undefined;
+  return {
+    ...(resource && resource.id ? { fullUrl: `${ctx.baseUrl}/${resource.resourceType}/${resource.id}` } : {}),
+    ...(resource ? { resource } : {}),
+    response: {
+      status: statusText(r.status),
+      ...(h.Location ? { location: h.Location.slice(ctx.baseUrl.length + 1) } : {}),
+      ...(h.ETag ? { etag: h.ETag } : {}),
+      ...(lastModified ? { lastModified } : {}),
+      ...(isOutcome ? { outcome: r.body as OperationOutcome } : {}),
+    },
+  };
+}
+
+function failure(e: unknown, entry: ParsedEntry): FhirError {
+  const where = `entry ${entry.index}${entry.fullUrl ? ` (${entry.fullUrl.slice(0, 120)})` : ''}`;
+  if (isFhirError(e)) return new FhirError(e.code, `${where}: ${e.message}`, { issues: e.issues, cause: e });
+  return e as FhirError;
+}
+
+function checkBundle(svc: Services, body: unknown): { bundle: Bundle; entries: unknown[] } {
+  if (!body || typeof body !== 'object' || Array.isArray(body) || (body as Resource).resourceType !== 'Bundle') {
+    throw new FhirError('invalid-resource', 'POST to the base needs a Bundle of type transaction or batch');
+  }
+  const bundle = body as Bundle;
+  if (bundle.type !== 'transaction' && bundle.type !== 'batch') {
+    throw new FhirError('invalid-resource', `Bundle.type must be transaction or batch, not ${String(bundle.type).slice(0, 30)}`);
+  }
+  const entries = (bundle.entry ?? []) as unknown[];
+  if (!Array.isArray(entries)) throw new FhirError('invalid-resource', 'Bundle.entry must be an array');
+  if (entries.length > svc.config.maxBundleEntries) {
+    throw new FhirError('too-large', `the Bundle has ${entries.length} entries; the maximum is ${svc.config.maxBundleEntries}`);
+  }
+  return { bundle, entries };
+}
+
+/** POST [base] with a transaction or batch Bundle. */
+export async function transactionOrBatch(svc: Services, ctx: RequestContext, body: unknown): Promise<InteractionResult> {
+  const { bundle, entries } = checkBundle(svc, body);
+  return bundle.type === 'batch' ? batch(svc, ctx, entries) : transaction(svc, ctx, entries);
+}
+
+async function batch(svc: Services, ctx: RequestContext, raw: unknown[]): Promise<InteractionResult> {
+  const out: BundleEntry[] = [];
+  for (let i = 0; i < raw.length; i++) {
+    try {
+      const e = parseEntry(raw[i], i, ctx.baseUrl);
+      if (!isResourceType(e.type)) throw new FhirError('unknown-type', `entry ${i}: unknown resource type`);
+      out.push(responseEntry(ctx, await runEntry(svc, ctx, e), e));
+    } catch (err) {
+      const fe = isFhirError(err) ? err : new FhirError('internal', `entry ${i}: internal error (request ${ctx.requestId})`);
+      if (!isFhirError(err)) svc.log.error({ requestId: ctx.requestId, entry: i, err: { message: (err as Error)?.message } }, 'batch entry failed');
+      out.push({ response: { status: statusText(fe.status), outcome: operationOutcome([{ severity: 'error', code: 'processing', diagnostics: fe.message }, ...fe.issues]) } });
+    }
+  }
+  const response: Bundle = { resourceType: 'Bundle', type: 'batch-response', entry: out };
+  return { status: 200, body: response };
+}
+
+async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): Promise<InteractionResult> {
+  const entries = raw.map((r, i) => parseEntry(r, i, ctx.baseUrl));
+  const seenFullUrls = new Set<string>();
+  for (const e of entries) {
+    if (!isResourceType(e.type)) throw new FhirError('unknown-type', `entry ${e.index}: unknown resource type`);
+    if (e.fullUrl) {
+      if (seenFullUrls.has(e.fullUrl)) throw new FhirError('invalid-request', `entry ${e.index}: fullUrl ${e.fullUrl.slice(0, 120)} appears twice`);
+      seenFullUrls.add(e.fullUrl);
+    }
+  }
+  const results = await withTransaction(svc.db.knex, async (tx) => {
+    // Every interaction below runs on this one transaction (nested calls become savepoints).
+    const txSvc: Services = { ...svc, db: { ...svc.db, knex: tx as unknown as typeof svc.db.knex } };
+    const map = new Map<string, string>();
+    const assigned = new Map<number, string>();
+    const targets = new Map<string, number>();
+    const claim = (e: ParsedEntry, ref: string) => {
+      const prev = targets.get(ref);
+      if (prev !== undefined) throw new FhirError('invalid-request', `entries ${prev} and ${e.index} resolve to the same resource ${ref}`);
+      targets.set(ref, e.index);
+    };
+    const preExisting = new Map<number, string>();
+    // 1. Resolve identities: server ids for POST, criteria matches for conditional create/update.
+    for (const e of entries) {
+      try {
+        if (e.method === 'POST' && e.id === undefined) {
+          let id: string | undefined;
+          if (e.ifNoneExist !== undefined) {
+            const m = await lockAndMatch(tx, e.type, e.ifNoneExist);
+            if (m.length > 1) throw new FhirError('multiple-matches', 'ifNoneExist matches more than one resource');
+            if (m.length === 1) {
+              id = m[0];
+              preExisting.set(e.index, id);
+            }
+          }
+          id ??= randomUUID();
+          assigned.set(e.index, id);
+          if (e.fullUrl) map.set(e.fullUrl, `${e.type}/${id}`);
+          claim(e, `${e.type}/${id}`);
+        } else if (e.method === 'PUT' && e.id === undefined) {
+          const m = await lockAndMatch(tx, e.type, e.query!);
+          if (m.length > 1) throw new FhirError('multiple-matches', 'the criteria match more than one resource');
+          const bodyId = typeof e.resource?.id === 'string' ? e.resource.id : undefined;
+          if (m.length === 1 && bodyId !== undefined && bodyId !== m[0]) throw new FhirError('invalid-resource', 'the resource id differs from the matching resource');
+          const id = m[0] ?? bodyId ?? randomUUID();
+          assigned.set(e.index, id);
+          if (e.fullUrl) map.set(e.fullUrl, `${e.type}/${id}`);
+          claim(e, `${e.type}/${id}`);
+        } else if ((e.method === 'PUT' || e.method === 'PATCH' || e.method === 'DELETE') && e.id !== undefined) {
+          if (e.fullUrl) map.set(e.fullUrl, `${e.type}/${e.id}`);
+          claim(e, `${e.type}/${e.id}`);
+        }
+      } catch (err) {
+        throw failure(err, e);
+      }
+    }
+    // 2. Conditional references (Type?criteria) resolve through search: exactly one match.
+    for (const e of entries) {
+      if (!e.resource) continue;
+      for (const ref of conditionalReferences(e.resource)) {
+        if (map.has(ref)) continue;
+        const q = ref.indexOf('?');
+        const type = ref.slice(0, q);
+        try {
+          if (!isResourceType(type)) throw new FhirError('invalid-request', 'a conditional reference names an unknown resource type');
+          const m = await lockAndMatch(tx, type, ref.slice(q + 1));
+          if (m.length === 0) throw new FhirError('not-found', `the conditional reference to ${type} matches no resource`);
+          if (m.length > 1) throw new FhirError('multiple-matches', `the conditional reference to ${type} matches more than one resource`);
+          map.set(ref, `${type}/${m[0]}`);
+        } catch (err) {
+          throw failure(err, e);
+        }
+      }
+    }
+    // 3. Rewrite references everywhere in the Bundle's resources.
+    if (map.size) for (const e of entries) if (e.resource) rewriteReferences(e.resource, map);
+    // 4. Execute in the spec's order; answers keep the request order.
+    const out: InteractionResult[] = new Array(entries.length);
+    const ordered = [...entries].sort((a, b) => ORDER[a.method] - ORDER[b.method] || a.index - b.index);
+    for (const e of ordered) {
+      try {
+        const existing = preExisting.get(e.index);
+        if (existing !== undefined) {
+          const r = await read(txSvc, ctx, { type: e.type, id: existing });
+          out[e.index] = { ...r, status: 200 };
+        } else out[e.index] = await runEntry(txSvc, ctx, e, assigned.get(e.index));
+      } catch (err) {
+        throw failure(err, e);
+      }
+    }
+    return out;
+  });
+  const response: Bundle = { resourceType: 'Bundle', type: 'transaction-response', entry: results.map((r, i) => responseEntry(ctx, r, entries[i])) };
+  return { status: 200, body: response };
+}

@@ -1,0 +1,237 @@
+// Transaction and batch Bundles (http.html#transaction, bundle.html#transaction).
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import request from 'supertest';
+import { findPackageRoot } from '../../src/fhir/package-root.js';
+import { backends, startTestServer, type TestServer } from '../support/backends.js';
+
+const FHIR = 'application/fhir+json';
+const fixtures = join(findPackageRoot(), 'test', 'fixtures', 'synthea');
+const manifest = JSON.parse(readFileSync(join(fixtures, 'manifest.json'), 'utf8')) as { bundles: { file: string; entries: number; resourceCounts: Record<string, number> }[] };
+
+type Entry = { fullUrl?: string; resource?: Record<string, unknown>; request: Record<string, unknown> };
+const tx = (entry: Entry[], type = 'transaction') => ({ resourceType: 'Bundle', type, entry });
+
+function references(v: unknown, out: string[] = []): string[] {
+  if (Array.isArray(v)) v.forEach((x) => references(x, out));
+  else if (v && typeof v === 'object') {
+    for (const [k, x] of Object.entries(v)) {
+      if (k === 'reference' && typeof x === 'string') out.push(x);
+      else references(x, out);
+    }
+  }
+  return out;
+}
+
+describe.each(backends())('transactions and batches on %s PostgreSQL', (backend) => {
+  let t: TestServer;
+  let api: ReturnType<typeof request>;
+  beforeAll(async () => {
+    t = await startTestServer(backend);
+    api = request(t.url);
+  });
+  afterAll(async () => {
+    await t.close();
+  });
+
+  test('Synthea bundles load: per-type counts match and every reference resolves', async () => {
+    const expected: Record<string, number> = {};
+    for (const b of manifest.bundles) {
+      const body = readFileSync(join(fixtures, b.file), 'utf8');
+      const res = await api.post('/').set('Content-Type', FHIR).send(body);
+      if (res.status !== 200) throw new Error(JSON.stringify(res.body).slice(0, 500));
+      expect(res.body.type).toBe('transaction-response');
+      expect(res.body.entry).toHaveLength(b.entries);
+      expect(res.body.entry.every((e: { response: { status: string } }) => e.response.status === '201 Created')).toBe(true);
+      for (const [k, n] of Object.entries(b.resourceCounts)) expected[k] = (expected[k] ?? 0) + n;
+    }
+    for (const [type, n] of Object.entries(expected)) {
+      const r = await api.get(`/${type}/_history?_count=1000`).expect(200);
+      expect([type, r.body.entry.length]).toEqual([type, n]);
+      for (const e of r.body.entry) {
+        for (const ref of references(e.resource)) {
+          expect(ref.startsWith('urn:uuid:')).toBe(false);
+          if (ref.startsWith('#')) continue;
+          const [rt, rid] = ref.split('/');
+          const got = await api.get(`/${rt}/${rid}`);
+          expect([ref, got.status]).toEqual([ref, 200]);
+        }
+      }
+    }
+  });
+
+  test('one invalid entry in the middle: the transaction leaves no trace, the batch stores the others', async () => {
+    const marker = `urn:mid:${Date.now()}`;
+    const entries: Entry[] = [
+      { fullUrl: 'urn:uuid:aaaaaaaa-0000-4000-8000-000000000001', resource: { resourceType: 'Patient', identifier: [{ system: marker, value: '1' }] }, request: { method: 'POST', url: 'Patient' } },
+      { fullUrl: 'urn:uuid:aaaaaaaa-0000-4000-8000-000000000002', resource: { resourceType: 'Observation', id: 'bad id!' }, request: { method: 'PUT', url: 'Observation/bad id!' } },
+      { fullUrl: 'urn:uuid:aaaaaaaa-0000-4000-8000-000000000003', resource: { resourceType: 'Patient', identifier: [{ system: marker, value: '3' }] }, request: { method: 'POST', url: 'Patient' } },
+    ];
+    const fail = await api.post('/').set('Content-Type', FHIR).send(tx(entries)).expect(400);
+    expect(fail.body.issue[0].diagnostics).toMatch(/^entry 1 \(urn:uuid:aaaaaaaa-0000-4000-8000-000000000002\)/);
+    const none = await api.get(`/Patient?identifier=${encodeURIComponent(marker + '|')}`).expect(200);
+    expect(none.body.total).toBe(0);
+
+    const b = await api.post('/').set('Content-Type', FHIR).send(tx(entries, 'batch')).expect(200);
+    expect(b.body.type).toBe('batch-response');
+    expect(b.body.entry.map((e: { response: { status: string } }) => e.response.status)).toEqual(['201 Created', '400 Bad Request', '201 Created']);
+    expect(b.body.entry[1].response.outcome.resourceType).toBe('OperationOutcome');
+    const two = await api.get(`/Patient?identifier=${encodeURIComponent(marker + '|')}`).expect(200);
+    expect(two.body.total).toBe(2);
+  });
+
+  test('processing order is DELETE, POST, PUT/PATCH, GET; answers keep request order', async () => {
+    const { body: victim } = await api.post('/Basic').set('Content-Type', FHIR).send({ resourceType: 'Basic', code: { text: 'victim' } }).expect(201);
+    const putId = `ord-${Date.now()}`;
+    const res = await api
+      .post('/')
+      .set('Content-Type', FHIR)
+      .send(
+        tx([
+          { request: { method: 'GET', url: `Basic/${putId}` } },
+          { fullUrl: `Basic/${putId}`, resource: { resourceType: 'Basic', id: putId, code: { text: 'put' } }, request: { method: 'PUT', url: `Basic/${putId}` } },
+          { fullUrl: 'urn:uuid:bbbbbbbb-0000-4000-8000-000000000001', resource: { resourceType: 'Basic', code: { text: 'posted' } }, request: { method: 'POST', url: 'Basic' } },
+          { request: { method: 'DELETE', url: `Basic/${victim.id}` } },
+        ]),
+      )
+      .expect(200);
+    const statuses = res.body.entry.map((e: { response: { status: string } }) => e.response.status);
+    // the GET ran last (after the PUT), so it found the resource
+    expect(statuses).toEqual(['200 OK', '201 Created', '201 Created', '204 No Content']);
+    expect(res.body.entry[0].resource.code.text).toBe('put');
+    expect(res.body.entry[2].response.location).toMatch(/^Basic\/[^/]+\/_history\/1$/);
+    expect(res.body.entry[1].response.etag).toBe('W/"1"');
+    await api.get(`/Basic/${victim.id}`).expect(410);
+  });
+
+  test('references are rewritten everywhere, including nested, extensions and narrative', async () => {
+    const p = 'urn:uuid:cccccccc-0000-4000-8000-000000000001';
+    const res = await api
+      .post('/')
+      .set('Content-Type', FHIR)
+      .send(
+        tx([
+          { fullUrl: p, resource: { resourceType: 'Patient', active: true }, request: { method: 'POST', url: 'Patient' } },
+          {
+            fullUrl: 'urn:uuid:cccccccc-0000-4000-8000-000000000002',
+            resource: {
+              resourceType: 'Observation',
+              status: 'final',
+              code: { text: 'x' },
+              text: { status: 'generated', div: `<div xmlns="http://www.w3.org/1999/xhtml"><a href="${p}">patient</a></div>` },
+              subject: { reference: p },
+              performer: [{ reference: p }],
+              extension: [{ url: 'http://example.org/ext', valueReference: { reference: p } }],
+            },
+            request: { method: 'POST', url: 'Observation' },
+          },
+        ]),
+      )
+      .expect(200);
+    const pid = res.body.entry[0].resource.id as string;
+    const obs = res.body.entry[1].resource;
+    expect(obs.subject.reference).toBe(`Patient/${pid}`);
+    expect(obs.performer[0].reference).toBe(`Patient/${pid}`);
+    expect(obs.extension[0].valueReference.reference).toBe(`Patient/${pid}`);
+    expect(obs.text.div).toContain(`href="Patient/${pid}"`);
+  });
+
+  test('conditional references and ifNoneExist resolve through search; 0 or many matches fail', async () => {
+    const sys = `urn:condref:${Date.now()}`;
+    await api.post('/Patient').set('Content-Type', FHIR).send({ resourceType: 'Patient', identifier: [{ system: sys, value: 'one' }] }).expect(201);
+    const ok = await api
+      .post('/')
+      .set('Content-Type', FHIR)
+      .send(tx([{ resource: { resourceType: 'Observation', status: 'final', code: { text: 'x' }, subject: { reference: `Patient?identifier=${sys}|one` } }, request: { method: 'POST', url: 'Observation' } }]))
+      .expect(200);
+    expect(ok.body.entry[0].resource.subject.reference).toMatch(/^Patient\/[0-9a-f-]{36}$/);
+    const zero = await api
+      .post('/')
+      .set('Content-Type', FHIR)
+      .send(tx([{ resource: { resourceType: 'Observation', status: 'final', code: { text: 'x' }, subject: { reference: `Patient?identifier=${sys}|none` } }, request: { method: 'POST', url: 'Observation' } }]))
+      .expect(404);
+    expect(zero.body.issue[0].diagnostics).toMatch(/entry 0/);
+    await api.post('/Patient').set('Content-Type', FHIR).send({ resourceType: 'Patient', identifier: [{ system: sys, value: 'one' }] }).expect(201);
+    await api
+      .post('/')
+      .set('Content-Type', FHIR)
+      .send(tx([{ resource: { resourceType: 'Observation', status: 'final', code: { text: 'x' }, subject: { reference: `Patient?identifier=${sys}|one` } }, request: { method: 'POST', url: 'Observation' } }]))
+      .expect(412);
+
+    // ifNoneExist: an existing match is reused and referenced, nothing new is created
+    const sys2 = `urn:ine:${Date.now()}`;
+    const { body: existing } = await api.post('/Patient').set('Content-Type', FHIR).send({ resourceType: 'Patient', identifier: [{ system: sys2, value: 'x' }] }).expect(201);
+    const r = await api
+      .post('/')
+      .set('Content-Type', FHIR)
+      .send(
+        tx([
+          { fullUrl: 'urn:uuid:dddddddd-0000-4000-8000-000000000001', resource: { resourceType: 'Patient', identifier: [{ system: sys2, value: 'x' }] }, request: { method: 'POST', url: 'Patient', ifNoneExist: `identifier=${sys2}|x` } },
+          { resource: { resourceType: 'Observation', status: 'final', code: { text: 'y' }, subject: { reference: 'urn:uuid:dddddddd-0000-4000-8000-000000000001' } }, request: { method: 'POST', url: 'Observation' } },
+        ]),
+      )
+      .expect(200);
+    expect(r.body.entry[0].response.status).toBe('200 OK');
+    expect(r.body.entry[1].resource.subject.reference).toBe(`Patient/${existing.id}`);
+  });
+
+  test('per-entry ifMatch is honoured; a stale one fails the whole transaction', async () => {
+    const { body: b } = await api.post('/Basic').set('Content-Type', FHIR).send({ resourceType: 'Basic', code: { text: 'v1' } }).expect(201);
+    const stale = await api
+      .post('/')
+      .set('Content-Type', FHIR)
+      .send(
+        tx([
+          { resource: { resourceType: 'Basic', code: { text: 'side effect' } }, request: { method: 'POST', url: 'Basic' } },
+          { resource: { resourceType: 'Basic', id: b.id, code: { text: 'v2' } }, request: { method: 'PUT', url: `Basic/${b.id}`, ifMatch: 'W/"9"' } },
+        ]),
+      )
+      .expect(412);
+    expect(stale.body.issue[0].diagnostics).toMatch(/^entry 1/);
+    await api
+      .post('/')
+      .set('Content-Type', FHIR)
+      .send(tx([{ resource: { resourceType: 'Basic', id: b.id, code: { text: 'v2' } }, request: { method: 'PUT', url: `Basic/${b.id}`, ifMatch: 'W/"1"' } }]))
+      .expect(200);
+    const cur = await api.get(`/Basic/${b.id}`).expect(200);
+    expect(cur.body.meta.versionId).toBe('2');
+  });
+
+  test('two entries on the same resource, bad Bundle types and too many entries are refused', async () => {
+    const id = `dup-${Date.now()}`;
+    await api
+      .post('/')
+      .set('Content-Type', FHIR)
+      .send(
+        tx([
+          { resource: { resourceType: 'Basic', id, code: { text: 'a' } }, request: { method: 'PUT', url: `Basic/${id}` } },
+          { request: { method: 'DELETE', url: `Basic/${id}` } },
+        ]),
+      )
+      .expect(400);
+    await api.get(`/Basic/${id}`).expect(404);
+    await api.post('/').set('Content-Type', FHIR).send({ resourceType: 'Bundle', type: 'collection', entry: [] }).expect(400);
+    await api.post('/').set('Content-Type', FHIR).send({ resourceType: 'Patient' }).expect(400);
+    await api.post('/').set('Content-Type', FHIR).send(tx([{ request: { method: 'FETCH', url: 'Patient' } }])).expect(400);
+    const small = await startTestServer(backend, { MAX_BUNDLE_ENTRIES: '2' });
+    try {
+      const three = Array.from({ length: 3 }, () => ({ resource: { resourceType: 'Basic', code: { text: 'n' } }, request: { method: 'POST', url: 'Basic' } }));
+      const r = await request(small.url).post('/').set('Content-Type', FHIR).send(tx(three)).expect(413);
+      expect(r.body.resourceType).toBe('OperationOutcome');
+    } finally {
+      await small.close();
+    }
+  });
+
+  test('PATCH entries carry a JSON Patch as Binary', async () => {
+    const { body: b } = await api.post('/Basic').set('Content-Type', FHIR).send({ resourceType: 'Basic', code: { text: 'p' } }).expect(201);
+    const data = Buffer.from(JSON.stringify([{ op: 'replace', path: '/code/text', value: 'patched' }])).toString('base64');
+    const r = await api
+      .post('/')
+      .set('Content-Type', FHIR)
+      .send(tx([{ resource: { resourceType: 'Binary', contentType: 'application/json-patch+json', data }, request: { method: 'PATCH', url: `Basic/${b.id}` } }]))
+      .expect(200);
+    expect(r.body.entry[0].resource.code.text).toBe('patched');
+  });
+});
