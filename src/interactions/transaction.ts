@@ -7,9 +7,9 @@ import { FhirError, isFhirError } from '../fhir/errors.js';
 import { operationOutcome } from '../fhir/outcome.js';
 import { conditionalReferences, rewriteReferences } from '../fhir/references.js';
 import { isResourceType } from '../fhir/definitions.js';
-import { withTransaction } from '../storage/db.js';
+import { advisoryXactLock, withTransaction } from '../storage/db.js';
 import { parseEntry, statusText, type ParsedEntry } from './bundle-entry.js';
-import { parseVersionEtag } from './common.js';
+import { lockKey, parseVersionEtag } from './common.js';
 import { lockAndMatch } from './conditional.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { create } from './create.js';
@@ -158,6 +158,8 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
       targets.set(ref, e.index);
     };
     const preExisting = new Map<number, string>();
+    // Targets that may already exist (not freshly generated ids): these need the ordered lock.
+    const lockTargets = new Set<string>();
     // 1. Resolve identities: server ids for POST, criteria matches for conditional create/update.
     for (const e of entries) {
       try {
@@ -171,6 +173,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
               preExisting.set(e.index, id);
             }
           }
+          if (id !== undefined) lockTargets.add(`${e.type}/${id}`);
           id ??= randomUUID();
           assigned.set(e.index, id);
           if (e.fullUrl) map.set(e.fullUrl, `${e.type}/${id}`);
@@ -181,12 +184,14 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
           const bodyId = typeof e.resource?.id === 'string' ? e.resource.id : undefined;
           if (m.length === 1 && bodyId !== undefined && bodyId !== m[0]) throw new FhirError('invalid-resource', 'the resource id differs from the matching resource');
           const id = m[0] ?? bodyId ?? randomUUID();
+          if (m[0] !== undefined || bodyId !== undefined) lockTargets.add(`${e.type}/${id}`);
           assigned.set(e.index, id);
           if (e.fullUrl) map.set(e.fullUrl, `${e.type}/${id}`);
           claim(e, `${e.type}/${id}`);
         } else if ((e.method === 'PUT' || e.method === 'PATCH' || e.method === 'DELETE') && e.id !== undefined) {
           if (e.fullUrl) map.set(e.fullUrl, `${e.type}/${e.id}`);
           claim(e, `${e.type}/${e.id}`);
+          lockTargets.add(`${e.type}/${e.id}`);
         }
       } catch (err) {
         throw failure(err, e);
@@ -212,6 +217,9 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
     }
     // 3. Rewrite references everywhere in the Bundle's resources.
     if (map.size) for (const e of entries) if (e.resource) rewriteReferences(e.resource, map);
+    // Lock every resource this transaction writes, in one global order, before writing any:
+    // concurrent transactions over the same resources then queue instead of deadlocking.
+    for (const ref of [...lockTargets].sort()) await advisoryXactLock(tx, lockKey(`resource:${ref}`));
     // 4. Execute in the spec's order; answers keep the request order.
     const out: InteractionResult[] = new Array(entries.length);
     const ordered = [...entries].sort((a, b) => ORDER[a.method] - ORDER[b.method] || a.index - b.index);
@@ -227,7 +235,8 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
       }
     }
     return out;
-  });
+    // Two transactions creating the same new id collide on its primary key; the retry updates it.
+  }, { retryOnUniqueViolation: true });
   const response: Bundle = { resourceType: 'Bundle', type: 'transaction-response', entry: results.map((r, i) => responseEntry(ctx, r, entries[i])) };
   return { status: 200, body: response };
 }

@@ -79,7 +79,9 @@ export async function withTransaction<T>(
   fn: (tx: Tx) => Promise<T>,
   opts: { attempts?: number; retryOnUniqueViolation?: boolean } = {},
 ): Promise<T> {
-  const attempts = opts.attempts ?? 5;
+  // Inside an open transaction this is a savepoint: a retry must restart the outermost
+  // transaction, so nested calls run once and let the error travel up.
+  const attempts = (knex as { isTransaction?: boolean }).isTransaction ? 1 : (opts.attempts ?? 5);
   let last: unknown;
   for (let i = 0; i < attempts; i++) {
     try {
@@ -92,5 +94,11 @@ export async function withTransaction<T>(
       await new Promise((r) => setTimeout(r, 2 + Math.random() * 10 * (i + 1)));
     }
   }
+  if (attempts === 1) throw last;
   throw new RetryExhausted(attempts, last);
+}
+
+/** Takes a transaction-scoped advisory lock (released at commit or rollback). */
+export async function advisoryXactLock(q: Queryable, key: bigint): Promise<void> {
+  await q.raw('select pg_advisory_xact_lock(?::bigint)', [key.toString()]);
 }

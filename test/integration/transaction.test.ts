@@ -61,6 +61,25 @@ describe.each(backends())('transactions and batches on %s PostgreSQL', (backend)
     }
   });
 
+  test('the Inferno US Core bundles load (PUT entries with urn:uuid fullUrls), references resolved', async () => {
+    const dir = join(findPackageRoot(), 'test', 'fixtures', 'inferno');
+    const files = ['uscore_bundle_asserted-date.json', 'uscore_bundle_patient_355.json', 'uscore_bundle_patient_85.json', 'uscore_bundle_patient_907.json', 'uscore_bundle_patient_908.json', 'uscore_bundle_patient_client_test.json'];
+    for (const f of files) {
+      const text = readFileSync(join(dir, f), 'utf8');
+      const res = await api.post('/').set('Content-Type', FHIR).send(text);
+      if (res.status !== 200) throw new Error(`${f}: ${JSON.stringify(res.body).slice(0, 400)}`);
+      const bundle = JSON.parse(text) as { entry: Entry[] };
+      expect(res.body.entry).toHaveLength(bundle.entry.length);
+      for (const e of res.body.entry as { resource: Record<string, unknown> }[]) {
+        for (const ref of references(e.resource)) {
+          expect(ref.startsWith('urn:uuid:')).toBe(false);
+        }
+      }
+    }
+    const p85 = await api.get('/Patient/85').expect(200);
+    expect(p85.body.resourceType).toBe('Patient');
+  });
+
   test('one invalid entry in the middle: the transaction leaves no trace, the batch stores the others', async () => {
     const marker = `urn:mid:${Date.now()}`;
     const entries: Entry[] = [
