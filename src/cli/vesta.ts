@@ -2,12 +2,16 @@
 // The `vesta` command: serve, migrate.
 import { ConfigError, loadConfig } from '../config/config.js';
 import { serve } from '../main.js';
+import { load } from './load.js';
+import { parseArgs } from 'node:util';
 import { openDatabase } from '../storage/db.js';
 import { migrateLatest } from '../storage/migrate.js';
 
 const USAGE = `usage: vesta <command>
   serve     start the FHIR server (configuration from the environment, see README)
-  migrate   apply pending database migrations and exit`;
+  migrate   apply pending database migrations and exit
+  load <files or folders> [--url URL] [--concurrency N] [--ndjson-batch N]
+            post transaction/batch Bundles, single resources or NDJSON to a FHIR server`;
 
 async function main(argv: string[]): Promise<number> {
   const [cmd] = argv;
@@ -25,6 +29,29 @@ async function main(argv: string[]): Promise<number> {
         await db.close();
       }
       return 0;
+    }
+    case 'load': {
+      const { values, positionals } = parseArgs({
+        args: argv.slice(1),
+        allowPositionals: true,
+        options: { url: { type: 'string' }, concurrency: { type: 'string' }, 'ndjson-batch': { type: 'string' } },
+      });
+      if (!positionals.length) {
+        process.stderr.write(`${USAGE}\n`);
+        return 2;
+      }
+      const url = values.url ?? process.env.BASE_URL ?? 'http://localhost:8080';
+      const concurrency = Number(values.concurrency ?? 4);
+      const ndjsonBatch = Number(values['ndjson-batch'] ?? 500);
+      if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) throw new Error('--concurrency must be 1 to 64');
+      if (!Number.isInteger(ndjsonBatch) || ndjsonBatch < 1) throw new Error('--ndjson-batch must be a positive integer');
+      const s = await load(positionals, { url, concurrency, ndjsonBatch, out: process.stdout });
+      process.stdout.write(
+        `loaded ${s.bundles} bundles/requests from ${s.files} files: ${s.resources} resources in ${s.seconds.toFixed(1)}s ` +
+          `(${(s.resources / Math.max(s.seconds, 0.001)).toFixed(0)} resources/s), ${s.failures.length} failures\n`,
+      );
+      for (const f of s.failures) process.stdout.write(`  failed: ${f.source}: ${f.status ? `HTTP ${f.status}: ` : ''}${f.reason}\n`);
+      return s.failures.length ? 1 : 0;
     }
     default:
       process.stderr.write(`${USAGE}\n`);
