@@ -10,16 +10,19 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { findPackageRoot } from '../src/fhir/package-root.js';
 import { closedLoop, httpCall, median, percentile } from './load.js';
+import { bareLoad, syntheaFiles, verifyCounts, vestaLoad, type IngestRun } from './ingest.js';
 
 const root = findPackageRoot();
 const ADMIN = process.env.BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SEED = 2000;
+const SYNTHEA = process.env.BENCH_SYNTHEA ?? join(root, '..', 'shared', 'testdata', 'synthea');
 const ops = ['create', 'read', 'update', 'delete'];
 
 async function admin(sql: string): Promise<void> {
   const c = new pg.Client({ connectionString: ADMIN });
+  c.on('error', () => undefined);
   await c.connect();
   try {
     await c.query(sql);
@@ -78,6 +81,31 @@ async function main(): Promise<void> {
   };
   const children: ChildProcess[] = [];
   try {
+    // Ingest: Synthea bundles through vesta load at concurrency 1, 2, 4, each into an empty database.
+    const files = syntheaFiles(join(SYNTHEA, 'bundles'));
+    const ingest: IngestRun[] = [];
+    let verification: unknown;
+    for (const conc of [1, 2, 4]) {
+      process.stderr.write(`bench: ingest at concurrency ${conc}\n`);
+      const name = `${dbName}_ingest${conc}`;
+      await admin(`create database ${name}`);
+      const iu = new URL(ADMIN);
+      iu.pathname = `/${name}`;
+      try {
+        const v = startVesta(18304, { DATABASE_URL: iu.toString(), DATABASE_POOL_MAX: '10' });
+        children.push(v.child);
+        await waitReady('http://127.0.0.1:18304/readyz', 60000);
+        const vr = await vestaLoad('http://127.0.0.1:18304', files, conc);
+        await stop(v.child);
+        if (conc === 4) verification = await verifyCounts(iu.toString(), join(SYNTHEA, 'manifest.json'));
+        const ceilingRps = await bareLoad(iu.toString(), files, conc);
+        ingest.push({ concurrency: conc, vestaRps: round1(vr.rps), ceilingRps: round1(ceilingRps), ratio: Math.round((vr.rps / ceilingRps) * 1000) / 1000, failures: vr.failures });
+      } finally {
+        await admin(`drop database if exists ${name} with (force)`);
+      }
+    }
+    results.ingest = { bundles: files.length, runs: ingest, verification };
+
     // Cold start: process start to first successful GET /metadata (migrations already applied after the first).
     const cold: number[] = [];
     for (let r = 0; r < ROUNDS + 1; r++) {
@@ -198,6 +226,10 @@ async function main(): Promise<void> {
     `| CRUD cycle, 8 conn: req/s | ${r.crudCycle.rps} | | |`,
     `| CRUD p99 ms (create/read/update/delete) | ${ops.map((o) => r.crudCycle.p99[o]).join(' / ')} | | |`,
     `| cold start to first GET /metadata, ms | ${r.coldStartMs.median} | | |`,
+    ...(results.ingest as { runs: IngestRun[] }).runs.map(
+      (x) => `| Synthea ingest, concurrency ${x.concurrency}: resources/s | ${x.vestaRps} | ${x.ceilingRps} (bare pg loader) | ${x.ratio} |`,
+    ),
+    `| Synthea ingest check (concurrency 4): counts equal manifest / urn:uuid left | ${JSON.stringify((results.ingest as { verification: { countsMatch: boolean } }).verification.countsMatch)} / ${(results.ingest as { verification: { urnLeft: number } }).verification.urnLeft} | | |`,
   ];
   process.stdout.write(lines.join('\n') + '\n');
   const dir = join(root, 'bench', 'results');

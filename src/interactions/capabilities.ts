@@ -9,7 +9,7 @@ import type { InteractionResult, RequestContext, Services } from './context.js';
 /** Type-level interactions the router serves for every resource type. */
 export const TYPE_INTERACTIONS = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'history-type', 'create', 'search-type'] as const;
 /** System-level interactions the router serves. */
-export const SYSTEM_INTERACTIONS = ['history-system'] as const;
+export const SYSTEM_INTERACTIONS = ['transaction', 'batch', 'history-system'] as const;
 
 export const SOFTWARE = { name: 'Vesta', version: '0.1.0' };
 
@@ -55,7 +55,7 @@ function build(svc: Services, ctx: RequestContext): CapabilityStatement {
         documentation:
           'JSON only: XML request bodies are refused with 415 and XML responses with 406. Search supports _id and the ' +
           'token parameters listed per type, with _count, _total and paging; other parameters are ignored and reported ' +
-          '(400 with Prefer: handling=strict). Transactions and batches are not available yet; $validate is (base R4 definitions, no named profiles). ' +
+          '(400 with Prefer: handling=strict). Transaction and batch Bundles are supported (PATCH entries as a JSON Patch Binary; no $operations inside Bundles). $validate checks against the base R4 definitions only (no named profiles). ' +
           'Conditional create/update/delete/patch criteria are serialized per criteria by a database lock.',
         resource: resources,
         interaction: SYSTEM_INTERACTIONS.map((code) => ({ code })),

@@ -35,6 +35,8 @@ describe.each(backends())('CRUD and history on %s PostgreSQL', (backend) => {
     );
     expect(p.searchParam.map((s: { name: string }) => s.name)).toEqual(['_id', 'identifier']);
     expect(res.body.format).not.toContain('xml');
+    expect(res.body.rest[0].interaction.map((i: { code: string }) => i.code).sort()).toEqual(['batch', 'history-system', 'transaction']);
+    expect(p.operation).toEqual([{ name: 'validate', definition: 'http://hl7.org/fhir/OperationDefinition/Resource-validate' }]);
   });
 
   test('the full lifecycle: create, read, update with If-Match, patch, delete, 410, history', async () => {

@@ -1,0 +1,80 @@
+// Ingest workload: Synthea transaction Bundles through `vesta load` at several concurrencies,
+// against a bare pg loader that inserts the same resources as JSONB rows (one transaction per
+// bundle). Each run starts from an empty database.
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import pg from 'pg';
+import { load } from '../src/cli/load.js';
+
+export interface IngestRun {
+  concurrency: number;
+  vestaRps: number;
+  ceilingRps: number;
+  ratio: number;
+  failures: number;
+}
+
+/** Bare ceiling: parse each bundle, insert its resources in one multi-row INSERT per transaction. */
+export async function bareLoad(databaseUrl: string, files: string[], concurrency: number): Promise<number> {
+  const pool = new pg.Pool({ connectionString: databaseUrl, max: concurrency });
+  pool.on('error', () => undefined); // idle clients dropped by the server are replaced on demand
+  await pool.query('create table if not exists bare_resource (resource_type text not null, id text not null, content jsonb not null, primary key (resource_type, id))');
+  await pool.query('truncate bare_resource');
+  let next = 0;
+  let count = 0;
+  const t0 = process.hrtime.bigint();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < files.length) {
+        const fileIndex = next++;
+        const bundle = JSON.parse(readFileSync(files[fileIndex], 'utf8')) as { entry: { resource: { resourceType: string; id?: string } }[] };
+        const client = await pool.connect();
+        try {
+          await client.query('begin');
+          const rows = bundle.entry.map((e, i) => [e.resource.resourceType, `${fileIndex}-${i}`, JSON.stringify(e.resource)]);
+          for (let i = 0; i < rows.length; i += 1000) {
+            const chunk = rows.slice(i, i + 1000);
+            const values = chunk.map((_, j) => `($${j * 3 + 1}, $${j * 3 + 2}, $${j * 3 + 3})`).join(',');
+            await client.query(`insert into bare_resource (resource_type, id, content) values ${values}`, chunk.flat());
+          }
+          await client.query('commit');
+          count += rows.length;
+        } finally {
+          client.release();
+        }
+      }
+    }),
+  );
+  const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+  await pool.end();
+  return count / secs;
+}
+
+export function syntheaFiles(dir: string): string[] {
+  return readdirSync(dir).filter((f) => f.endsWith('.json')).sort().map((f) => join(dir, f));
+}
+
+export async function vestaLoad(url: string, files: string[], concurrency: number): Promise<{ rps: number; failures: number; resources: number }> {
+  const out = new PassThrough();
+  out.resume();
+  const s = await load(files, { url, concurrency, ndjsonBatch: 500, out });
+  return { rps: s.resources / s.seconds, failures: s.failures.length, resources: s.resources };
+}
+
+/** Compares per-type counts in Vesta's database with the manifest, and looks for unresolved urn:uuid references. */
+export async function verifyCounts(databaseUrl: string, manifestPath: string): Promise<{ countsMatch: boolean; mismatches: string[]; urnLeft: number }> {
+  const expected = (JSON.parse(readFileSync(manifestPath, 'utf8')) as { resourceCounts: Record<string, number> }).resourceCounts;
+  const c = new pg.Client({ connectionString: databaseUrl });
+  c.on('error', () => undefined);
+  await c.connect();
+  try {
+    const rows = (await c.query<{ t: string; n: number }>('select resource_type as t, count(*)::int as n from resource where not deleted group by resource_type')).rows;
+    const got = Object.fromEntries(rows.map((r) => [r.t, r.n]));
+    const mismatches = [...new Set([...Object.keys(expected), ...Object.keys(got)])].filter((k) => expected[k] !== got[k]).map((k) => `${k}: expected ${expected[k] ?? 0}, got ${got[k] ?? 0}`);
+    const urnLeft = (await c.query<{ n: number }>("select count(*)::int as n from resource where content::text like '%\"reference\": \"urn:uuid:%'")).rows[0].n;
+    return { countsMatch: mismatches.length === 0, mismatches, urnLeft };
+  } finally {
+    await c.end();
+  }
+}
