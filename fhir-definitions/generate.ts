@@ -117,11 +117,31 @@ function main(): void {
         .map((r: Json) => ({ type: r.code, params: r.param })),
     }));
 
+  // Element index: for every resource and complex datatype, each element path (relative to the
+  // type) with its type codes; choice elements listed under their [x] name. Used to check paths in
+  // configuration (the PHI policy) and to walk into datatypes.
+  const structures = sds.filter(
+    (sd) => sd.derivation === 'specialization' && (sd.kind === 'resource' || sd.kind === 'complex-type') && sd.snapshot,
+  );
+  const elements: Record<string, Record<string, string[]>> = {};
+  for (const sd of structures.sort((a, b) => String(a.type).localeCompare(String(b.type)))) {
+    const map: Record<string, string[]> = {};
+    for (const el of sd.snapshot.element as Json[]) {
+      const path = String(el.path);
+      if (!path.includes('.')) continue;
+      const rel = path.slice(path.indexOf('.') + 1);
+      const types = ((el.type ?? []) as Json[]).map((t) => String(t.code));
+      map[rel] = el.contentReference ? [`#${String(el.contentReference).replace(/^#[A-Za-z]+\./, '')}`] : [...new Set(types)].sort();
+    }
+    elements[sd.type] = map;
+  }
+
   const write = (name: string, data: unknown) =>
     writeFileSync(join(out, name), JSON.stringify({ $comment: HEADER, data }, null, 1) + '\n');
   write('resource-types.json', resourceTypes);
   write('search-parameters.json', byType);
   write('compartments.json', compartments);
+  write('elements.json', elements);
   // eslint-disable-next-line no-console
   console.log(`generated: ${resourceTypes.length} resource types, ${params.length} search parameters, ${compartments.length} compartments`);
 }
