@@ -36,6 +36,13 @@ let resourceTypes: ReadonlySet<string> | undefined;
 let resourceTypeList: readonly { type: string; description: string }[] | undefined;
 let searchParams: Readonly<Record<string, SearchParamDef[]>> | undefined;
 let compartments: readonly CompartmentDef[] | undefined;
+let elements: Readonly<Record<string, Record<string, string[]>>> | undefined;
+
+/** Element paths (relative to the type) and their type codes, per resource and complex datatype. */
+export function elementIndex(): Readonly<Record<string, Record<string, string[]>>> {
+  elements ??= load<Record<string, Record<string, string[]>>>('elements.json');
+  return elements;
+}
 
 /** All concrete R4 resource types, sorted. */
 export function resourceTypeInfo(): readonly { type: string; description: string }[] {

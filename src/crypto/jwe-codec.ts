@@ -1,0 +1,70 @@
+// Seals the PHI elements of each resource version as one compact JWE (RFC 7516; A256KW key
+// wrapping with a fresh content key and IV per message, A256GCM content encryption). The protected
+// header binds resourceType, id and versionId, so a ciphertext copied to another row does not open.
+import jose from 'node-jose';
+import type { Resource } from 'fhir/r4.js';
+import type { PhiCodec, Sealed, VersionRef } from './phi-codec.js';
+import { extractProtected, restoreProtected, type Extracted } from './phi-extract.js';
+import type { KeyProvider } from './key-ring.js';
+import type { PhiPolicy } from './phi-policy.js';
+
+/** A sealed row that does not belong where it was found, or does not open. Never carries PHI. */
+export class PhiIntegrityError extends Error {
+  constructor(message: string, readonly ref: VersionRef, readonly kid?: string) {
+    super(message);
+    this.name = 'PhiIntegrityError';
+  }
+}
+
+export class JweCodec implements PhiCodec {
+  readonly name = 'jwe';
+
+  constructor(
+    private readonly keys: KeyProvider,
+    private readonly policy: PhiPolicy,
+  ) {}
+
+  async seal(resource: Resource, ref: VersionRef): Promise<Sealed> {
+    const copy = structuredClone(resource) as unknown as Record<string, unknown>;
+    const extracted = extractProtected(copy, this.policy);
+    if (!extracted.length) return { content: resource, sealed: null };
+    const key = this.keys.keystore().get(this.keys.activeKid);
+    const jwe = await jose.JWE.createEncrypt(
+      { format: 'compact', contentAlg: 'A256GCM', fields: { kid: this.keys.activeKid, 'vesta.rt': ref.resourceType, 'vesta.id': ref.id, 'vesta.v': ref.versionId } },
+      { key, header: { alg: 'A256KW' } } as unknown as jose.JWK.Key,
+    )
+      .update(Buffer.from(JSON.stringify(extracted), 'utf8'))
+      .final();
+    return { content: copy as unknown as Resource, sealed: jwe as unknown as string };
+  }
+
+  async open(content: Resource, sealed: string | null, ref: VersionRef): Promise<Resource> {
+    if (sealed === null) return content;
+    let header: Record<string, unknown>;
+    let payload: Buffer;
+    try {
+      const result = await jose.JWE.createDecrypt(this.keys.keystore()).decrypt(sealed);
+      header = result.header as Record<string, unknown>;
+      payload = result.payload;
+    } catch {
+      throw new PhiIntegrityError('sealed PHI does not open with any key of the ring', ref, kidOf(sealed));
+    }
+    // The header is authenticated (GCM AAD): these values are what was sealed.
+    if (header['vesta.rt'] !== ref.resourceType || header['vesta.id'] !== ref.id || header['vesta.v'] !== ref.versionId) {
+      throw new PhiIntegrityError('sealed PHI belongs to another resource version', ref, kidOf(sealed));
+    }
+    const resource = structuredClone(content) as unknown as Record<string, unknown>;
+    restoreProtected(resource, JSON.parse(payload.toString('utf8')) as Extracted);
+    return resource as unknown as Resource;
+  }
+}
+
+/** The kid in a compact JWE's protected header (for logs and rotation), without decrypting. */
+export function kidOf(compact: string): string | undefined {
+  try {
+    const h = JSON.parse(Buffer.from(compact.split('.')[0], 'base64url').toString('utf8')) as { kid?: unknown };
+    return typeof h.kid === 'string' ? h.kid : undefined;
+  } catch {
+    return undefined;
+  }
+}

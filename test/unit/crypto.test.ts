@@ -1,0 +1,118 @@
+import { describe, expect, test } from '@jest/globals';
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { resourceTypeInfo } from '../../src/fhir/definitions.js';
+import { JweCodec, PhiIntegrityError } from '../../src/crypto/jwe-codec.js';
+import { checkRing, generateKeyRing, LocalKeyRing, rotate } from '../../src/crypto/key-ring.js';
+import { isElementPath, loadPhiPolicy, PhiPolicy, PhiPolicyError } from '../../src/crypto/phi-policy.js';
+import type { Resource } from 'fhir/r4.js';
+
+const types = resourceTypeInfo().map((t) => t.type);
+const policy = loadPhiPolicy(undefined, types);
+const examples = dirname(createRequire(import.meta.url).resolve('hl7.fhir.r4.examples/package.json'));
+const example = (f: string) => JSON.parse(readFileSync(join(examples, f), 'utf8')) as Resource;
+const ref = (r: Resource, v = 1) => ({ resourceType: r.resourceType, id: r.id ?? 'x', versionId: v });
+
+describe('PHI policy', () => {
+  test('the default policy is valid and covers the HIPAA elements', () => {
+    expect(policy.pathsFor('Patient')).toEqual(expect.arrayContaining(['name', 'telecom', 'address', 'birthDate', 'identifier', 'photo', 'contact', 'text.div']));
+    expect(policy.pathsFor('Observation')).toEqual(['note.text', 'text.div']);
+    expect(policy.pathsFor('Binary')).toEqual([]);
+  });
+
+  test('element paths walk into datatypes and backbone elements', () => {
+    expect(isElementPath('Observation', 'note.text')).toBe(true);
+    expect(isElementPath('Patient', 'contact.name.family')).toBe(true);
+    expect(isElementPath('Patient', 'name.nickname')).toBe(false);
+    expect(isElementPath('Questionnaire', 'item.item.text')).toBe(true);
+  });
+
+  test('unknown types and paths are errors at start', () => {
+    expect(() => new PhiPolicy({ resources: { Patinet: ['name'] } }, types)).toThrow(PhiPolicyError);
+    expect(() => new PhiPolicy({ resources: { Patient: ['nmae'] } }, types)).toThrow(/Patient has no element nmae/);
+    expect(() => new PhiPolicy({ resources: { '*': ['nothing.here'] } }, types)).toThrow(PhiPolicyError);
+  });
+});
+
+describe('JWE sealing', () => {
+  test('round trip: stored content holds no protected element; opening restores the resource exactly', async () => {
+    const keys = await LocalKeyRing.fromFile(generateKeyRing());
+    const codec = new JweCodec(keys, policy);
+    for (const f of ['Patient-example.json', 'Patient-f001.json', 'Observation-example.json', 'RelatedPerson-peter.json']) {
+      const r = example(f);
+      const s = await codec.seal(r, ref(r));
+      const stored = JSON.stringify(s.content);
+      if (r.resourceType === 'Patient') {
+        expect(s.sealed).not.toBeNull();
+        for (const k of ['"name"', '"birthDate"', '"telecom"', '"address"', '"identifier"', '"div"']) expect(stored).not.toContain(k);
+      }
+      expect(await codec.open(s.content, s.sealed, ref(r))).toEqual(r);
+    }
+  });
+
+  test('contained resources and document Bundles are sealed by their own type', async () => {
+    const keys = await LocalKeyRing.fromFile(generateKeyRing());
+    const codec = new JweCodec(keys, policy);
+    const r = { resourceType: 'Observation', id: 'o1', status: 'final', code: { text: 'x' }, contained: [{ resourceType: 'Patient', id: 'p', name: [{ family: 'Hiddenname' }], birthDate: '1950-01-02', _birthDate: { extension: [{ url: 'http://x', valueString: 'y' }] } }] } as unknown as Resource;
+    const s = await codec.seal(r, ref(r));
+    expect(JSON.stringify(s.content)).not.toMatch(/Hiddenname|1950-01-02|_birthDate/);
+    expect(await codec.open(s.content, s.sealed, ref(r))).toEqual(r);
+  });
+
+  test('a ciphertext moved to another row or version does not open', async () => {
+    const keys = await LocalKeyRing.fromFile(generateKeyRing());
+    const codec = new JweCodec(keys, policy);
+    const a = example('Patient-example.json');
+    const b = { ...example('Patient-f001.json') };
+    const sa = await codec.seal(a, ref(a));
+    const sb = await codec.seal(b, ref(b));
+    await expect(codec.open(sa.content, sb.sealed, ref(a))).rejects.toBeInstanceOf(PhiIntegrityError);
+    await expect(codec.open(sa.content, sa.sealed, ref(a, 2))).rejects.toBeInstanceOf(PhiIntegrityError);
+    const tampered = sa.sealed!.slice(0, -4) + (sa.sealed!.endsWith('AAAA') ? 'BBBB' : 'AAAA');
+    await expect(codec.open(sa.content, tampered, ref(a))).rejects.toBeInstanceOf(PhiIntegrityError);
+    try {
+      await codec.open(sa.content, sb.sealed, ref(a));
+    } catch (e) {
+      expect((e as Error).message).not.toMatch(/Chalmers|Peter/);
+    }
+  });
+
+  test('nonces (IVs) and content keys are never reused', async () => {
+    const keys = await LocalKeyRing.fromFile(generateKeyRing());
+    const codec = new JweCodec(keys, policy);
+    const r = example('Patient-example.json');
+    const ivs = new Set<string>();
+    const cek = new Set<string>();
+    for (let i = 0; i < 500; i++) {
+      const s = await codec.seal(r, ref(r, 1));
+      const [, wrapped, iv] = s.sealed!.split('.');
+      ivs.add(iv);
+      cek.add(wrapped);
+    }
+    expect(ivs.size).toBe(500);
+    expect(cek.size).toBe(500);
+  });
+
+  test('after rotation new writes use the new key and old ciphertexts still open; a ring without the old key cannot', async () => {
+    const ring = generateKeyRing();
+    const oldCodec = new JweCodec(await LocalKeyRing.fromFile(ring), policy);
+    const r = example('Patient-example.json');
+    const old = await oldCodec.seal(r, ref(r));
+    const rotated = rotate(ring);
+    const newKeys = await LocalKeyRing.fromFile(rotated);
+    const codec = new JweCodec(newKeys, policy);
+    expect(await codec.open(old.content, old.sealed, ref(r))).toEqual(r);
+    const fresh = await codec.seal(r, ref(r, 2));
+    expect(JSON.parse(Buffer.from(fresh.sealed!.split('.')[0], 'base64url').toString()).kid).toBe(rotated.active);
+    const withoutOld = await LocalKeyRing.fromFile({ ...rotated, keys: rotated.keys.filter((k) => k.kid === rotated.active) });
+    await expect(new JweCodec(withoutOld, policy).open(old.content, old.sealed, ref(r))).rejects.toBeInstanceOf(PhiIntegrityError);
+  });
+
+  test('key rings are checked', () => {
+    const ring = generateKeyRing();
+    expect(() => checkRing({ ...ring, active: 'nope' })).toThrow();
+    expect(() => checkRing({ ...ring, blind: { ...ring.blind, k: ring.keys[0].k } })).toThrow(/differ/);
+    expect(() => checkRing({ ...ring, keys: [{ ...ring.keys[0], k: 'short' }] })).toThrow();
+  });
+});
