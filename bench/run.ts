@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { findPackageRoot } from '../src/fhir/package-root.js';
 import { closedLoop, httpCall, median, percentile } from './load.js';
+import { generateKeyRing } from '../src/crypto/key-ring.js';
 import { bareLoad, syntheaFiles, verifyCounts, vestaLoad, type IngestRun } from './ingest.js';
 
 const root = findPackageRoot();
@@ -17,6 +18,9 @@ const ADMIN = process.env.BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SEED = 2000;
+/** PHI_ENCRYPTION for the Vesta under test (on by default, as in production). */
+const PHI = process.env.BENCH_PHI === 'off' ? 'off' : 'on';
+const KEYS = JSON.stringify(generateKeyRing());
 const SYNTHEA = process.env.BENCH_SYNTHEA ?? join(root, '..', 'shared', 'testdata', 'synthea');
 const ops = ['create', 'read', 'update', 'delete'];
 
@@ -48,7 +52,7 @@ async function waitReady(url: string, timeoutMs: number): Promise<number> {
 function startVesta(port: number, env: Record<string, string>): { child: ChildProcess; started: number } {
   const started = Date.now();
   const child = spawn(process.execPath, [join(root, 'dist/src/main.js')], {
-    env: { PATH: process.env.PATH ?? '', PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'info', NODE_ENV: 'production', PAGE_TOKEN_SECRET: 'bench-secret-bench-secret-bench-secret', ...env },
+    env: { PATH: process.env.PATH ?? '', PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'info', NODE_ENV: 'production', PAGE_TOKEN_SECRET: 'bench-secret-bench-secret-bench-secret', PHI_ENCRYPTION: PHI, PHI_KEYS: KEYS, ...env },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   return { child, started };
@@ -77,7 +81,7 @@ async function main(): Promise<void> {
   const results: Record<string, unknown> = {
     date: new Date().toISOString(),
     machine: { nproc: cpus().length, cpu: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 1024 ** 3), node: process.version },
-    settings: { seconds: SECONDS, rounds: ROUNDS, database: 'PostgreSQL (DATABASE_URL)' },
+    settings: { seconds: SECONDS, rounds: ROUNDS, database: 'PostgreSQL (DATABASE_URL)', phiEncryption: PHI },
   };
   const children: ChildProcess[] = [];
   try {
@@ -217,7 +221,7 @@ async function main(): Promise<void> {
 
   const r = results as { readById: { vesta: { rps: number; p50: number; p99: number }; ceiling: { rps: number; p50: number; p99: number }; ratio: number }; crudCycle: { rps: number; p50: Record<string, number>; p99: Record<string, number> }; coldStartMs: { median: number } };
   const lines = [
-    `Vesta bench ${results.date as string}  (${cpus().length} cores, ${Math.round(totalmem() / 1024 **3)} GiB, ${process.version}; ${ROUNDS} rounds x ${SECONDS}s, medians)`,
+    `Vesta bench ${results.date as string}  (PHI_ENCRYPTION=${PHI}; ${cpus().length} cores, ${Math.round(totalmem() / 1024 **3)} GiB, ${process.version}; ${ROUNDS} rounds x ${SECONDS}s, medians)`,
     '',
     '| workload | Vesta | ceiling | ratio |',
     '|---|---|---|---|',

@@ -4,7 +4,12 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Config } from './config/config.js';
 import { LogAuditSink } from './audit/audit-sink.js';
-import { PlaintextCodec } from './crypto/phi-codec.js';
+import { PlaintextCodec, type PhiCodec } from './crypto/phi-codec.js';
+import { JweCodec } from './crypto/jwe-codec.js';
+import { checkRing, LocalKeyRing, readOrCreateRingFile, type KeyRingFile } from './crypto/key-ring.js';
+import { loadPhiPolicy } from './crypto/phi-policy.js';
+import { resourceTypeInfo } from './fhir/definitions.js';
+import { join } from 'node:path';
 import { createApp } from './http/app.js';
 import { EnvelopeOnlyValidator } from './interactions/interim-validator.js';
 import type { Services } from './interactions/context.js';
@@ -13,6 +18,26 @@ import { PageTokens } from './search/page-token.js';
 import { openDatabase, type Database } from './storage/db.js';
 import { migrateLatest } from './storage/migrate.js';
 import { ResourceStore } from './storage/resource-store.js';
+
+/** The PHI codec the configuration asks for (design.md "PHI at rest"). */
+export async function buildCodec(config: Readonly<Config>, log: Logger): Promise<PhiCodec> {
+  if (!config.phiEncryption) {
+    log.warn('PHI_ENCRYPTION=off: resources are stored as plaintext JSON');
+    return new PlaintextCodec();
+  }
+  const policy = loadPhiPolicy(config.phiPolicyFile, resourceTypeInfo().map((t) => t.type));
+  let ring: KeyRingFile;
+  if (config.phiKeys) ring = checkRing(JSON.parse(config.phiKeys));
+  else if (config.phiKeysFile) ring = readOrCreateRingFile(config.phiKeysFile, false).ring;
+  else {
+    // Embedded default only (config refuses DATABASE_URL without keys): a ring beside the data.
+    const path = join(config.dataDir, 'phi-keys.json');
+    const r = readOrCreateRingFile(path, true);
+    if (r.created) log.warn({ path }, 'generated a new PHI key ring beside the embedded database; back it up: without it the PHI cannot be read');
+    ring = r.ring;
+  }
+  return new JweCodec(await LocalKeyRing.fromFile(ring), policy);
+}
 
 /** Opens the database, runs migrations and builds the services. */
 export async function buildServices(config: Readonly<Config>, log: Logger = createLogger(config.logLevel), db?: Database): Promise<Services> {
@@ -23,7 +48,7 @@ export async function buildServices(config: Readonly<Config>, log: Logger = crea
   return {
     config,
     db: database,
-    store: new ResourceStore(new PlaintextCodec()),
+    store: new ResourceStore(await buildCodec(config, log)),
     audit: new LogAuditSink(log),
     pageTokens: new PageTokens(config.pageTokenSecret),
     validator: new EnvelopeOnlyValidator(),

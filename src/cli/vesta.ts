@@ -4,6 +4,8 @@ import { ConfigError, loadConfig } from '../config/config.js';
 import { serve } from '../main.js';
 import { load } from './load.js';
 import { parseArgs } from 'node:util';
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { checkRing, generateKeyRing, rotate } from '../crypto/key-ring.js';
 import { openDatabase } from '../storage/db.js';
 import { migrateLatest } from '../storage/migrate.js';
 
@@ -11,7 +13,9 @@ const USAGE = `usage: vesta <command>
   serve     start the FHIR server (configuration from the environment, see README)
   migrate   apply pending database migrations and exit
   load <files or folders> [--url URL] [--concurrency N] [--ndjson-batch N]
-            post transaction/batch Bundles, single resources or NDJSON to a FHIR server`;
+            post transaction/batch Bundles, single resources or NDJSON to a FHIR server
+  keys init                 print a new PHI key ring (JSON) to standard output
+  keys rotate <ring file>   add a new active key to a ring file (old keys stay to open old data)`;
 
 async function main(argv: string[]): Promise<number> {
   const [cmd] = argv;
@@ -29,6 +33,23 @@ async function main(argv: string[]): Promise<number> {
         await db.close();
       }
       return 0;
+    }
+    case 'keys': {
+      const [sub, file] = argv.slice(1);
+      if (sub === 'init') {
+        process.stdout.write(JSON.stringify(generateKeyRing(), null, 2) + '\n');
+        return 0;
+      }
+      if (sub === 'rotate' && file) {
+        const ring = checkRing(JSON.parse(readFileSync(file, 'utf8')));
+        const next = rotate(ring);
+        writeFileSync(`${file}.tmp`, JSON.stringify(next, null, 2) + '\n', { mode: 0o600 });
+        renameSync(`${file}.tmp`, file);
+        process.stdout.write(`active key is now ${next.active}; ${next.keys.length} keys in the ring. Restart the servers to write with it.\n`);
+        return 0;
+      }
+      process.stderr.write(`${USAGE}\n`);
+      return 2;
     }
     case 'load': {
       const { values, positionals } = parseArgs({

@@ -21,6 +21,12 @@ export interface Config {
   corsOrigins: '*' | string[];
   shutdownTimeoutMs: number;
   pageTokenSecret: string | undefined;
+  /** Seal PHI elements at rest (PHI_ENCRYPTION=on|off). */
+  phiEncryption: boolean;
+  /** Key ring: a JWKS-like JSON file, or the same JSON in PHI_KEYS. */
+  phiKeysFile: string | undefined;
+  phiKeys: string | undefined;
+  phiPolicyFile: string | undefined;
 }
 
 export class ConfigError extends Error {
@@ -106,12 +112,28 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     throw new ConfigError('PAGE_TOKEN_SECRET', 'must be at least 32 characters');
   }
 
+  const phiRaw = (env.PHI_ENCRYPTION?.trim().toLowerCase() || 'on');
+  if (phiRaw !== 'on' && phiRaw !== 'off') throw new ConfigError('PHI_ENCRYPTION', 'must be on or off');
+  const phiKeys = env.PHI_KEYS?.trim() || undefined;
+  if (phiKeys !== undefined) {
+    try {
+      JSON.parse(phiKeys);
+    } catch {
+      throw new ConfigError('PHI_KEYS', 'must be the key ring as JSON');
+    }
+  }
+  const phiKeysFile = env.PHI_KEYS_FILE?.trim() ? resolve(env.PHI_KEYS_FILE.trim()) : undefined;
+  const databaseUrl = url(env, 'DATABASE_URL', ['postgres:', 'postgresql:']);
+  if (phiRaw === 'on' && databaseUrl && !phiKeys && !phiKeysFile) {
+    throw new ConfigError('PHI_KEYS_FILE', 'must name the key ring when DATABASE_URL is set (or set PHI_KEYS, or PHI_ENCRYPTION=off)');
+  }
+
   return Object.freeze({
     port,
     host,
     baseUrl,
     basePath,
-    databaseUrl: url(env, 'DATABASE_URL', ['postgres:', 'postgresql:']),
+    databaseUrl,
     databasePoolMax: int(env, 'DATABASE_POOL_MAX', 10, 1, 500),
     dataDir: resolve(env.DATA_DIR?.trim() || './data'),
     redisUrl: url(env, 'REDIS_URL', ['redis:', 'rediss:']),
@@ -123,5 +145,9 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     corsOrigins,
     shutdownTimeoutMs: int(env, 'SHUTDOWN_TIMEOUT_MS', 10000, 0, 600000),
     pageTokenSecret,
+    phiEncryption: phiRaw === 'on',
+    phiKeysFile,
+    phiKeys,
+    phiPolicyFile: env.PHI_POLICY_FILE?.trim() ? resolve(env.PHI_POLICY_FILE.trim()) : undefined,
   });
 }

@@ -26,6 +26,8 @@ export const ERROR_CATALOGUE = {
   'not-acceptable': { status: 406, issue: 'not-supported' },
   conflict: { status: 409, issue: 'conflict' },
   'retry-exhausted': { status: 409, issue: 'transient' },
+  /** Stored PHI failed its integrity check (moved or altered ciphertext): refused, never guessed. */
+  integrity: { status: 409, issue: 'conflict' },
   gone: { status: 410, issue: 'deleted' },
   'version-mismatch': { status: 412, issue: 'conflict' },
   'multiple-matches': { status: 412, issue: 'multiple-matches' },

@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { ERROR_CATALOGUE, FhirError, isFhirError } from '../fhir/errors.js';
 import { operationOutcome } from '../fhir/outcome.js';
 import { RetryExhausted, pgCode } from '../storage/db.js';
+import { PhiIntegrityError } from '../crypto/jwe-codec.js';
 
 export interface ErrorResponse {
   status: number;
@@ -28,6 +29,14 @@ export function toErrorResponse(e: unknown, log: Logger, requestId: string): Err
   let err: FhirError | undefined = isFhirError(e) ? e : fromHttpError(e);
   if (!err && e instanceof RetryExhausted) {
     err = new FhirError('retry-exhausted', 'the request conflicted with concurrent writes; retry it');
+  }
+  if (!err && e instanceof PhiIntegrityError) {
+    // Audit-worthy: someone moved or altered sealed PHI, or a key is missing. Ids, not content.
+    log.error(
+      { requestId, event: 'phi-integrity-failure', resourceType: e.ref.resourceType, id: e.ref.id, versionId: e.ref.versionId, kid: e.kid },
+      'sealed PHI failed its integrity check; the resource was not returned',
+    );
+    err = new FhirError('integrity', `the stored protected data of this resource failed its integrity check and was not returned (request ${requestId})`);
   }
   if (!err && pgCode(e) === '57014') err = new FhirError('unavailable', 'the database cancelled the statement (timeout)');
   if (!err) {

@@ -2,7 +2,7 @@
 // configuration errors stop it with one line; SIGTERM drains in-flight requests and exits 0.
 import { afterAll, describe, expect, test } from '@jest/globals';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { findPackageRoot } from '../../src/fhir/package-root.js';
@@ -76,6 +76,16 @@ describe('the server process', () => {
     expect(p.out()).not.toContain('Quixotically');
     expect(p.out()).not.toContain('1961-07-04');
     expect(p.out()).toContain('shutdown complete');
+    expect(p.out()).toContain('generated a new PHI key ring');
+    expect(existsSync(join(dataDir, 'phi-keys.json'))).toBe(true);
+    expect(statSync(join(dataDir, 'phi-keys.json')).mode & 0o077).toBe(0);
+    // The embedded database's files (tables, WAL) never saw the name or birth date in the clear.
+    const files = (d: string): string[] => readdirSync(d).flatMap((f) => (statSync(join(d, f)).isDirectory() ? files(join(d, f)) : [join(d, f)]));
+    for (const f of files(join(dataDir, 'pgdata'))) {
+      const bytes = readFileSync(f);
+      expect([f, bytes.includes('Quixotically')]).toEqual([f, false]);
+      expect([f, bytes.includes('1961-07-04')]).toEqual([f, false]);
+    }
 
     const again = run(env);
     await waitFor(`${base}/readyz`, 60000);

@@ -8,6 +8,10 @@ import type { Services } from '../../src/interactions/context.js';
 import { createLogger } from '../../src/log/logger.js';
 import { buildServices, startServer, type Running } from '../../src/server.js';
 import { openDatabase, type Database } from '../../src/storage/db.js';
+import { generateKeyRing } from '../../src/crypto/key-ring.js';
+
+/** One key ring per test process, so every test server seals PHI as production does. */
+export const TEST_KEY_RING = generateKeyRing();
 
 export type BackendName = 'embedded' | 'pg';
 
@@ -69,6 +73,7 @@ export async function startTestServer(backend: BackendName, env: Record<string, 
     LOG_LEVEL: 'silent',
     BASE_URL: `http://127.0.0.1:${port}`,
     PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!',
+    PHI_KEYS: JSON.stringify(TEST_KEY_RING),
     ...env,
   });
   const svc = await buildServices(config, createLogger('silent'), db);

@@ -2,6 +2,12 @@ import { describe, expect, test } from '@jest/globals';
 import { ConfigError, loadConfig } from '../../src/config/config.js';
 
 describe('configuration', () => {
+  test('PHI keys must be configured with DATABASE_URL (the embedded default generates them)', () => {
+    expect(() => loadConfig({ DATABASE_URL: 'postgres://x@localhost/db' })).toThrow(/^PHI_KEYS_FILE:/);
+    expect(loadConfig({ DATABASE_URL: 'postgres://x@localhost/db', PHI_ENCRYPTION: 'off' }).phiEncryption).toBe(false);
+    expect(loadConfig({}).phiEncryption).toBe(true);
+  });
+
   test('defaults', () => {
     const c = loadConfig({});
     expect(c.port).toBe(8080);
@@ -35,6 +41,8 @@ describe('configuration', () => {
     ['CORS_ORIGINS', 'https://a.example.org/path'],
     ['SEARCH_DEFAULT_COUNT', '5000'],
     ['PAGE_TOKEN_SECRET', 'short'],
+    ['PHI_ENCRYPTION', 'maybe'],
+    ['PHI_KEYS', '{not json'],
   ])('%s=%s is refused naming the variable', (name, value) => {
     let err: unknown;
     try {
