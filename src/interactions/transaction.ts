@@ -9,7 +9,10 @@ import { conditionalReferences, rewriteReferences } from '../fhir/references.js'
 import { isResourceType } from '../fhir/definitions.js';
 import { advisoryXactLock, withTransaction } from '../storage/db.js';
 import { parseEntry, statusText, type ParsedEntry } from './bundle-entry.js';
-import { lockKey, parseVersionEtag } from './common.js';
+import { lockKey, parseVersionEtag, writeResult } from './common.js';
+import { checkResourceShape } from '../validation/shape.js';
+import { prepareNew } from './write.js';
+import type { NewVersion } from '../storage/resource-store.js';
 import { lockAndMatch } from './conditional.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { create } from './create.js';
@@ -220,10 +223,32 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
     // Lock every resource this transaction writes, in one global order, before writing any:
     // concurrent transactions over the same resources then queue instead of deadlocking.
     for (const ref of [...lockTargets].sort()) await advisoryXactLock(tx, lockKey(`resource:${ref}`));
-    // 4. Execute in the spec's order; answers keep the request order.
     const out: InteractionResult[] = new Array(entries.length);
+    // 4. Execute in the spec's order; answers keep the request order.
     const ordered = [...entries].sort((a, b) => ORDER[a.method] - ORDER[b.method] || a.index - b.index);
+    // Plain creates (fresh server ids) are prepared one by one and written together when the
+    // POST stage is reached; everything else runs entry by entry.
+    const bulk = new Map<number, NewVersion>();
+    for (const e of entries) {
+      if (e.method !== 'POST' || e.id !== undefined || preExisting.has(e.index)) continue;
+      try {
+        const body = checkResourceShape(e.resource, e.type);
+        const { version, stored } = prepareNew(txSvc, ctx, e.type, assigned.get(e.index)!, body);
+        bulk.set(e.index, version);
+        out[e.index] = writeResult(ctx, 201, stored, `created ${e.type}/${version.id}`);
+      } catch (err) {
+        throw failure(err, e);
+      }
+    }
+    let bulkWritten = false;
     for (const e of ordered) {
+      if (bulk.has(e.index)) {
+        if (!bulkWritten) {
+          await svc.store.writeNewBatch(tx, [...bulk.values()]);
+          bulkWritten = true;
+        }
+        continue;
+      }
       try {
         const existing = preExisting.get(e.index);
         if (existing !== undefined) {

@@ -4,7 +4,7 @@ import type { Resource } from 'fhir/r4.js';
 import { FhirError, type Issue } from '../fhir/errors.js';
 import { extractIndexRows } from '../search/index-extract.js';
 import type { Tx } from '../storage/db.js';
-import type { StoredVersion, VersionHead, WriteMethod } from '../storage/resource-store.js';
+import type { NewVersion, StoredVersion, VersionHead, WriteMethod } from '../storage/resource-store.js';
 import { stamp } from './common.js';
 import type { RequestContext, Services } from './context.js';
 
@@ -35,6 +35,17 @@ export function enforceValid(svc: Services, resource: Resource): Issue[] {
     throw new FhirError('validation-failed', `the ${resource.resourceType} is not valid FHIR R4 (${errors.length} error${errors.length > 1 ? 's' : ''})`, { issues });
   }
   return issues;
+}
+
+/** Prepares the first version of a new resource: stamped, validated and indexed, not yet written. */
+export function prepareNew(svc: Services, ctx: RequestContext, type: string, id: string, body: Resource): { version: NewVersion; stored: StoredVersion & { warnings: Issue[] } } {
+  const lastUpdated = ctx.clock();
+  const resource = stamp({ ...body, id }, 1, lastUpdated);
+  const warnings = enforceValid(svc, resource);
+  return {
+    version: { resourceType: type, id, versionId: 1, lastUpdated, method: 'POST', resource, index: extractIndexRows(resource) },
+    stored: { resourceType: type, id, versionId: 1, lastUpdated, deleted: false, method: 'POST', resource, warnings },
+  };
 }
 
 /** Writes the next version of a resource (the caller holds the lock from lockCurrent). */

@@ -58,6 +58,8 @@ interface Row {
 }
 
 const INDEX_CHUNK = 1000;
+/** Rows per multi-row INSERT of resources (8 columns: well under PostgreSQL's 65535 bind limit). */
+const BATCH_ROWS = 500;
 
 export class ResourceStore {
   constructor(private readonly codec: PhiCodec) {}
@@ -165,6 +167,29 @@ export class ResourceStore {
         tokens.slice(i, i + INDEX_CHUNK).map((t) => ({ resource_type: v.resourceType, resource_id: v.id, ...t })),
       );
     }
+  }
+
+  /**
+   * Writes many first versions at once (transaction Bundles): multi-row inserts of history rows,
+   * current rows and index rows, so N creates cost a few statements rather than N round trips.
+   * Every version must be new (versionId 1, no previous); a clash on an id fails the statement.
+   */
+  async writeNewBatch(tx: Tx, versions: NewVersion[]): Promise<void> {
+    if (!versions.length) return;
+    const rows = await Promise.all(
+      versions.map(async (v) => {
+        if (v.previous !== undefined || !v.resource) throw new Error('writeNewBatch takes first versions of resources only');
+        const s = await this.codec.seal(v.resource, { resourceType: v.resourceType, id: v.id, versionId: v.versionId });
+        return { resource_type: v.resourceType, id: v.id, version_id: v.versionId, last_updated: v.lastUpdated, deleted: false, content: JSON.stringify(s.content), sealed: s.sealed };
+      }),
+    );
+    for (let i = 0; i < rows.length; i += BATCH_ROWS) {
+      const chunk = rows.slice(i, i + BATCH_ROWS);
+      await tx('resource_history').insert(chunk.map((r, j) => ({ ...r, method: versions[i + j].method })));
+      await tx('resource').insert(chunk);
+    }
+    const tokens = versions.flatMap((v) => (v.index?.token ?? []).map((t) => ({ resource_type: v.resourceType, resource_id: v.id, ...t })));
+    for (let i = 0; i < tokens.length; i += INDEX_CHUNK) await tx('idx_token').insert(tokens.slice(i, i + INDEX_CHUNK));
   }
 
   /** Versions newest first (by global sequence), filtered as the history interaction asks. */
