@@ -168,7 +168,7 @@ async function main(): Promise<void> {
     const summarise = (xs: { rps: number; p50: number; p99: number }[]) => ({ rps: round1(median(xs.map((x) => x.rps))), p50: round1(median(xs.map((x) => x.p50))), p99: round1(median(xs.map((x) => x.p99))) });
     const rv = summarise(readV);
     const rc = summarise(readC);
-    results.readById = { connections: 16, vesta: rv, ceiling: rc, ratio: round1((rv.rps / rc.rps) * 100) / 100 };
+    results.readById = { connections: 16, vesta: rv, ceiling: rc, ratio: Math.round((rv.rps / rc.rps) * 1000) / 1000 };
 
     // CRUD cycle over several types, 8 connections: create, read, update, delete.
     const types = [
