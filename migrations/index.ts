@@ -2,6 +2,7 @@
 // TypeScript sources under Jest and from compiled output in production.
 import type { Knex } from 'knex';
 import * as m0001 from './0001_resources.js';
+import * as m0003 from './0003_sealed_kid.js';
 
 export interface Migration {
   name: string;
@@ -9,4 +10,7 @@ export interface Migration {
   down(knex: Knex): Promise<void>;
 }
 
-export const MIGRATIONS: Migration[] = [{ name: '0001_resources', ...m0001 }];
+export const MIGRATIONS: Migration[] = [
+  { name: '0001_resources', ...m0001 },
+  { name: '0003_sealed_kid', ...m0003 },
+];

@@ -2,6 +2,7 @@
 import { ConfigError, loadConfig } from './config/config.js';
 import { createLogger } from './log/logger.js';
 import { buildServices, startServer } from './server.js';
+import { runReseal } from './jobs/reseal.js';
 
 export async function serve(): Promise<void> {
   let config;
@@ -19,11 +20,20 @@ export async function serve(): Promise<void> {
   const running = await startServer(svc);
   log.info({ port: config.port, baseUrl: config.baseUrl, database: svc.db.kind }, 'Vesta FHIR R4 server listening');
   let stopping = false;
+  // After a key rotation, versions on older keys are re-sealed in the background (in-process; the
+  // job is idempotent, so several nodes doing it at once only share the rows via SKIP LOCKED).
+  let resealing: Promise<unknown> = Promise.resolve();
+  if ((await svc.store.countStale(svc.db.knex)) > 0) {
+    resealing = runReseal(svc, {
+      shouldStop: () => stopping,
+      onProgress: (p) => log.info({ reseal: p, activeKid: svc.store.activeKid }, 're-sealing PHI on older keys'),
+    }).catch((e: unknown) => log.error({ err: { message: (e as Error)?.message } }, 're-seal stopped with an error'));
+  }
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'shutting down: draining in-flight requests');
-    running.close().then(
+    resealing.then(() => running.close()).then(
       () => {
         log.info('shutdown complete');
         process.exit(0);

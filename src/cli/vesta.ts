@@ -6,6 +6,9 @@ import { load } from './load.js';
 import { parseArgs } from 'node:util';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { checkRing, generateKeyRing, rotate } from '../crypto/key-ring.js';
+import { runReseal } from '../jobs/reseal.js';
+import { buildServices } from '../server.js';
+import { createLogger } from '../log/logger.js';
 import { openDatabase } from '../storage/db.js';
 import { migrateLatest } from '../storage/migrate.js';
 
@@ -15,7 +18,9 @@ const USAGE = `usage: vesta <command>
   load <files or folders> [--url URL] [--concurrency N] [--ndjson-batch N]
             post transaction/batch Bundles, single resources or NDJSON to a FHIR server
   keys init                 print a new PHI key ring (JSON) to standard output
-  keys rotate <ring file>   add a new active key to a ring file (old keys stay to open old data)`;
+  keys rotate <ring file>   add a new active key to a ring file (old keys stay to open old data)
+  keys reseal               re-encrypt every stored version still on an older key with the active key
+                            (configuration from the environment, as for serve)`;
 
 async function main(argv: string[]): Promise<number> {
   const [cmd] = argv;
@@ -39,6 +44,21 @@ async function main(argv: string[]): Promise<number> {
       if (sub === 'init') {
         process.stdout.write(JSON.stringify(generateKeyRing(), null, 2) + '\n');
         return 0;
+      }
+      if (sub === 'reseal') {
+        const config = loadConfig();
+        const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
+        const svc = await buildServices(config, log);
+        try {
+          const r = await runReseal(svc, {
+            onProgress: (p) => process.stdout.write(`reseal: ${p.done}/${p.total} versions on the active key ${svc.store.activeKid ?? ''}\n`),
+          });
+          const left = await svc.store.countStale(svc.db.knex);
+          process.stdout.write(`reseal finished: ${r.done} versions re-sealed, ${left} left on older keys\n`);
+          return left === 0 ? 0 : 1;
+        } finally {
+          await svc.db.close();
+        }
       }
       if (sub === 'rotate' && file) {
         const ring = checkRing(JSON.parse(readFileSync(file, 'utf8')));

@@ -24,10 +24,14 @@ export class JweCodec implements PhiCodec {
     private readonly policy: PhiPolicy,
   ) {}
 
+  get activeKid(): string {
+    return this.keys.activeKid;
+  }
+
   async seal(resource: Resource, ref: VersionRef): Promise<Sealed> {
     const copy = structuredClone(resource) as unknown as Record<string, unknown>;
     const extracted = extractProtected(copy, this.policy);
-    if (!extracted.length) return { content: resource, sealed: null };
+    if (!extracted.length) return { content: resource, sealed: null, kid: null };
     const key = this.keys.keystore().get(this.keys.activeKid);
     const jwe = await jose.JWE.createEncrypt(
       { format: 'compact', contentAlg: 'A256GCM', fields: { kid: this.keys.activeKid, 'vesta.rt': ref.resourceType, 'vesta.id': ref.id, 'vesta.v': ref.versionId } },
@@ -35,7 +39,7 @@ export class JweCodec implements PhiCodec {
     )
       .update(Buffer.from(JSON.stringify(extracted), 'utf8'))
       .final();
-    return { content: copy as unknown as Resource, sealed: jwe as unknown as string };
+    return { content: copy as unknown as Resource, sealed: jwe as unknown as string, kid: this.keys.activeKid };
   }
 
   async open(content: Resource, sealed: string | null, ref: VersionRef): Promise<Resource> {

@@ -13,10 +13,14 @@ export interface Sealed {
   content: Resource;
   /** The protected elements as one compact JWE, or null when nothing is protected. */
   sealed: string | null;
+  /** Key id the JWE was sealed with (null when not sealed). */
+  kid: string | null;
 }
 
 export interface PhiCodec {
   readonly name: string;
+  /** Key id new seals use (null when the codec does not seal). */
+  readonly activeKid: string | null;
   seal(resource: Resource, ref: VersionRef): Promise<Sealed>;
   open(content: Resource, sealed: string | null, ref: VersionRef): Promise<Resource>;
 }
@@ -24,9 +28,10 @@ export interface PhiCodec {
 /** No protection: the resource is stored as written. The default until PHI sealing is configured. */
 export class PlaintextCodec implements PhiCodec {
   readonly name = 'plaintext';
+  readonly activeKid = null;
 
   async seal(resource: Resource): Promise<Sealed> {
-    return { content: resource, sealed: null };
+    return { content: resource, sealed: null, kid: null };
   }
 
   async open(content: Resource, sealed: string | null): Promise<Resource> {

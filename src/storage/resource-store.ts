@@ -58,11 +58,16 @@ interface Row {
 }
 
 const INDEX_CHUNK = 1000;
-/** Rows per multi-row INSERT of resources (8 columns: well under PostgreSQL's 65535 bind limit). */
+/** Rows per multi-row INSERT of resources (9 columns: well under PostgreSQL's 65535 bind limit). */
 const BATCH_ROWS = 500;
 
 export class ResourceStore {
   constructor(private readonly codec: PhiCodec) {}
+
+  /** Key id new versions are sealed with (null without sealing). */
+  get activeKid(): string | null {
+    return this.codec.activeKid;
+  }
 
   private async toVersion(row: Row): Promise<StoredVersion> {
     const v: StoredVersion = {
@@ -134,10 +139,12 @@ export class ResourceStore {
     const ref = { resourceType: v.resourceType, id: v.id, versionId: v.versionId };
     let content: Resource | null = null;
     let sealed: string | null = null;
+    let sealedKid: string | null = null;
     if (v.resource) {
       const s = await this.codec.seal(v.resource, ref);
       content = s.content;
       sealed = s.sealed;
+      sealedKid = s.kid;
     }
     const deleted = !v.resource;
     const json = content === null ? null : JSON.stringify(content);
@@ -150,8 +157,9 @@ export class ResourceStore {
       method: v.method,
       content: json,
       sealed,
+      sealed_kid: sealedKid,
     });
-    const current = { version_id: v.versionId, last_updated: v.lastUpdated, deleted, content: json, sealed };
+    const current = { version_id: v.versionId, last_updated: v.lastUpdated, deleted, content: json, sealed, sealed_kid: sealedKid };
     if (v.previous === undefined) {
       await tx('resource').insert({ resource_type: v.resourceType, id: v.id, ...current });
     } else {
@@ -180,7 +188,7 @@ export class ResourceStore {
       versions.map(async (v) => {
         if (v.previous !== undefined || !v.resource) throw new Error('writeNewBatch takes first versions of resources only');
         const s = await this.codec.seal(v.resource, { resourceType: v.resourceType, id: v.id, versionId: v.versionId });
-        return { resource_type: v.resourceType, id: v.id, version_id: v.versionId, last_updated: v.lastUpdated, deleted: false, content: JSON.stringify(s.content), sealed: s.sealed };
+        return { resource_type: v.resourceType, id: v.id, version_id: v.versionId, last_updated: v.lastUpdated, deleted: false, content: JSON.stringify(s.content), sealed: s.sealed, sealed_kid: s.kid };
       }),
     );
     for (let i = 0; i < rows.length; i += BATCH_ROWS) {
@@ -190,6 +198,42 @@ export class ResourceStore {
     }
     const tokens = versions.flatMap((v) => (v.index?.token ?? []).map((t) => ({ resource_type: v.resourceType, resource_id: v.id, ...t })));
     for (let i = 0; i < tokens.length; i += INDEX_CHUNK) await tx('idx_token').insert(tokens.slice(i, i + INDEX_CHUNK));
+  }
+
+  /** Sealed versions not on the active key (what a re-seal still has to do). */
+  async countStale(q: Queryable): Promise<number> {
+    const kid = this.codec.activeKid;
+    if (kid === null) return 0;
+    const r = (await q('resource_history').whereNotNull('sealed_kid').whereNot('sealed_kid', kid).count('* as n').first()) as { n: number | string };
+    return Number(r.n);
+  }
+
+  /**
+   * Re-seals up to `limit` versions still on an older key with the active key, in one transaction.
+   * Rows are claimed with SKIP LOCKED so several workers can share the work; the current row is
+   * updated only if it is still that version (a newer write already used the active key).
+   */
+  async resealSome(tx: Tx, limit: number): Promise<number> {
+    const kid = this.codec.activeKid;
+    if (kid === null) return 0;
+    const rows = (await tx('resource_history')
+      .select('resource_type', 'id', 'version_id', 'content', 'sealed')
+      .whereNotNull('sealed_kid')
+      .whereNot('sealed_kid', kid)
+      .orderBy('seq')
+      .limit(limit)
+      .forUpdate()
+      .skipLocked()) as Row[];
+    for (const row of rows) {
+      const ref = { resourceType: row.resource_type, id: row.id, versionId: row.version_id };
+      const content = typeof row.content === 'string' ? (JSON.parse(row.content) as Resource) : (row.content as Resource);
+      const resource = await this.codec.open(content, row.sealed, ref);
+      const s = await this.codec.seal(resource, ref);
+      const update = { content: JSON.stringify(s.content), sealed: s.sealed, sealed_kid: s.kid };
+      await tx('resource_history').where({ resource_type: row.resource_type, id: row.id, version_id: row.version_id }).update(update);
+      await tx('resource').where({ resource_type: row.resource_type, id: row.id, version_id: row.version_id }).update(update);
+    }
+    return rows.length;
   }
 
   /** Versions newest first (by global sequence), filtered as the history interaction asks. */
