@@ -63,7 +63,7 @@ export async function vestaLoad(url: string, files: string[], concurrency: numbe
 }
 
 /** Compares per-type counts in Vesta's database with the manifest, and looks for unresolved urn:uuid references. */
-export async function verifyCounts(databaseUrl: string, manifestPath: string): Promise<{ countsMatch: boolean; mismatches: string[]; urnLeft: number }> {
+export async function verifyCounts(databaseUrl: string, manifestPath: string): Promise<{ countsMatch: boolean; mismatches: string[]; urnLeft: number; references: number; unresolved: number }> {
   const expected = (JSON.parse(readFileSync(manifestPath, 'utf8')) as { resourceCounts: Record<string, number> }).resourceCounts;
   const c = new pg.Client({ connectionString: databaseUrl });
   c.on('error', () => undefined);
@@ -73,7 +73,20 @@ export async function verifyCounts(databaseUrl: string, manifestPath: string): P
     const got = Object.fromEntries(rows.map((r) => [r.t, r.n]));
     const mismatches = [...new Set([...Object.keys(expected), ...Object.keys(got)])].filter((k) => expected[k] !== got[k]).map((k) => `${k}: expected ${expected[k] ?? 0}, got ${got[k] ?? 0}`);
     const urnLeft = (await c.query<{ n: number }>("select count(*)::int as n from resource where content::text like '%\"reference\": \"urn:uuid:%'")).rows[0].n;
-    return { countsMatch: mismatches.length === 0, mismatches, urnLeft };
+    // Every relative reference (Type/id) in the stored, unsealed content must name a stored resource.
+    const refs = (
+      await c.query<{ total: number; unresolved: number }>(`
+        with refs as (
+          select jsonb_path_query(r.content, 'strict $.**.reference') #>> '{}' as ref
+          from resource r where not r.deleted
+        ), rel as (
+          select split_part(ref, '/', 1) as t, split_part(ref, '/', 2) as id from refs where ref ~ '^[A-Z][A-Za-z]+/[A-Za-z0-9.-]+$'
+        )
+        select count(*)::int as total,
+               count(*) filter (where not exists (select 1 from resource x where x.resource_type = rel.t and x.id = rel.id and not x.deleted))::int as unresolved
+        from rel`)
+    ).rows[0];
+    return { countsMatch: mismatches.length === 0, mismatches, urnLeft, references: refs.total, unresolved: refs.unresolved };
   } finally {
     await c.end();
   }

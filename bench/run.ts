@@ -233,7 +233,10 @@ async function main(): Promise<void> {
     ...(results.ingest as { runs: IngestRun[] }).runs.map(
       (x) => `| Synthea ingest, concurrency ${x.concurrency}: resources/s | ${x.vestaRps} | ${x.ceilingRps} (bare pg loader) | ${x.ratio} |`,
     ),
-    `| Synthea ingest check (concurrency 4): counts equal manifest / urn:uuid left | ${JSON.stringify((results.ingest as { verification: { countsMatch: boolean } }).verification.countsMatch)} / ${(results.ingest as { verification: { urnLeft: number } }).verification.urnLeft} | | |`,
+    (() => {
+      const v = (results.ingest as { verification: { countsMatch: boolean; urnLeft: number; references: number; unresolved: number } }).verification;
+      return `| Synthea ingest check (concurrency 4): counts equal manifest / urn:uuid left / references unresolved | ${v.countsMatch} / ${v.urnLeft} / ${v.unresolved} of ${v.references} | | |`;
+    })(),
   ];
   process.stdout.write(lines.join('\n') + '\n');
   const dir = join(root, 'bench', 'results');

@@ -243,6 +243,17 @@ describe.each(backends())('transactions and batches on %s PostgreSQL', (backend)
     }
   });
 
+  test('Prefer: return=minimal and return=OperationOutcome shape the entry responses', async () => {
+    const entries = [{ resource: { resourceType: 'Basic', code: { text: 'pref' } }, request: { method: 'POST', url: 'Basic' } }];
+    const min = await api.post('/').set('Content-Type', FHIR).set('Prefer', 'return=minimal').send(tx(entries)).expect(200);
+    expect(min.body.entry[0].resource).toBeUndefined();
+    expect(min.body.entry[0].response.location).toMatch(/^Basic\//);
+    const oo = await api.post('/').set('Content-Type', FHIR).set('Prefer', 'return=OperationOutcome').send(tx(entries, 'batch')).expect(200);
+    expect(oo.body.entry[0].resource).toBeUndefined();
+    expect(oo.body.entry[0].response.outcome.resourceType).toBe('OperationOutcome');
+    expect(oo.body.entry[0].response.status).toBe('201 Created');
+  });
+
   test('PATCH entries carry a JSON Patch as Binary', async () => {
     const { body: b } = await api.post('/Basic').set('Content-Type', FHIR).send({ resourceType: 'Basic', code: { text: 'p' } }).expect(201);
     const data = Buffer.from(JSON.stringify([{ op: 'replace', path: '/code/text', value: 'patched' }])).toString('base64');
