@@ -21,6 +21,8 @@ export interface KeyProvider {
   keystore(): jose.JWK.KeyStore;
   blindKey(): Buffer;
   kids(): string[];
+  /** Raw bytes of a content-encryption key, for the native decrypt path. */
+  rawKey(kid: string): Buffer | undefined;
 }
 
 function newKey(kid: string) {
@@ -81,6 +83,11 @@ export class LocalKeyRing implements KeyProvider {
 
   kids(): string[] {
     return this.ring.keys.map((k) => k.kid);
+  }
+
+  rawKey(kid: string): Buffer | undefined {
+    const k = this.ring.keys.find((x) => x.kid === kid);
+    return k ? Buffer.from(k.k, 'base64url') : undefined;
   }
 }
 

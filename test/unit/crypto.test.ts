@@ -7,6 +7,7 @@ import { JweCodec, PhiIntegrityError } from '../../src/crypto/jwe-codec.js';
 import { checkRing, generateKeyRing, LocalKeyRing, rotate } from '../../src/crypto/key-ring.js';
 import { isElementPath, loadPhiPolicy, PhiPolicy, PhiPolicyError } from '../../src/crypto/phi-policy.js';
 import type { Resource } from 'fhir/r4.js';
+import jose from 'node-jose';
 
 const types = resourceTypeInfo().map((t) => t.type);
 const policy = loadPhiPolicy(undefined, types);
@@ -107,6 +108,24 @@ describe('JWE sealing', () => {
     expect(JSON.parse(Buffer.from(fresh.sealed!.split('.')[0], 'base64url').toString()).kid).toBe(rotated.active);
     const withoutOld = await LocalKeyRing.fromFile({ ...rotated, keys: rotated.keys.filter((k) => k.kid === rotated.active) });
     await expect(new JweCodec(withoutOld, policy).open(old.content, old.sealed, ref(r))).rejects.toBeInstanceOf(PhiIntegrityError);
+  });
+
+  test('the native open agrees with node-jose and refuses JWEs of any other shape', async () => {
+    const ring = generateKeyRing();
+    const keys = await LocalKeyRing.fromFile(ring);
+    const codec = new JweCodec(keys, policy);
+    const r = example('Patient-example.json');
+    const s = await codec.seal(r, ref(r));
+    // node-jose decrypts what we store, and our open reads what node-jose sealed
+    const viaJose = await jose.JWE.createDecrypt(keys.keystore()).decrypt(s.sealed!);
+    expect(JSON.parse(viaJose.payload.toString()).length).toBeGreaterThan(0);
+    expect(await codec.open(s.content, s.sealed, ref(r))).toEqual(r);
+    // a JWE with another content encryption is not interpreted, even with a valid key
+    const other = await jose.JWE.createEncrypt({ format: 'compact', contentAlg: 'A128CBC-HS256', fields: { kid: ring.active, 'vesta.rt': 'Patient', 'vesta.id': r.id, 'vesta.v': 1 } }, { key: keys.keystore().get(ring.active), header: { alg: 'A256KW' } } as unknown as jose.JWK.Key)
+      .update(Buffer.from(JSON.stringify([['/gender', 'male']])))
+      .final();
+    await expect(codec.open(s.content, other as unknown as string, ref(r))).rejects.toBeInstanceOf(PhiIntegrityError);
+    await expect(codec.open(s.content, 'a.b.c', ref(r))).rejects.toBeInstanceOf(PhiIntegrityError);
   });
 
   test('key rings are checked', () => {
