@@ -33,14 +33,12 @@ export function cloneBundle(text: string, copy: number): { text: string; resourc
   return { text: JSON.stringify(bundle), resources: bundle.entry.length };
 }
 
-function main(): void {
-  const { values } = parseArgs({ options: { resources: { type: 'string' }, out: { type: 'string' }, synthea: { type: 'string' } } });
-  const target = Number(values.resources ?? 100000);
-  if (!values.out) throw new Error('--out <dir> is required');
-  const src = join(values.synthea ?? join(process.cwd(), '..', 'shared', 'testdata', 'synthea'), 'bundles');
+/** Writes copies of the Synthea bundles into `out` until at least `target` resources; returns the totals. */
+export function generateData(syntheaDir: string, target: number, out: string): { bundles: number; resources: number; counts: Record<string, number> } {
+  const src = join(syntheaDir, 'bundles');
   const files = readdirSync(src).filter((f) => f.endsWith('.json')).sort();
   const texts = files.map((f) => readFileSync(join(src, f), 'utf8'));
-  mkdirSync(values.out, { recursive: true });
+  mkdirSync(out, { recursive: true });
   let total = 0;
   let n = 0;
   const counts: Record<string, number> = {};
@@ -48,13 +46,21 @@ function main(): void {
     const i = n % texts.length;
     const copy = Math.floor(n / texts.length);
     const c = cloneBundle(texts[i], copy);
-    writeFileSync(join(values.out, `b${String(n).padStart(6, '0')}.json`), c.text);
+    writeFileSync(join(out, `b${String(n).padStart(6, '0')}.json`), c.text);
     for (const e of (JSON.parse(c.text) as { entry: { resource: { resourceType: string } }[] }).entry) counts[e.resource.resourceType] = (counts[e.resource.resourceType] ?? 0) + 1;
     total += c.resources;
     n++;
   }
-  writeFileSync(join(values.out, 'manifest.json'), JSON.stringify({ bundles: n, resourceCounts: counts }, null, 1));
-  process.stdout.write(`generated ${n} bundles, ${total} resources in ${values.out}\n`);
+  writeFileSync(join(out, 'manifest.json'), JSON.stringify({ bundles: n, resourceCounts: counts }, null, 1));
+  return { bundles: n, resources: total, counts };
+}
+
+function main(): void {
+  const { values } = parseArgs({ options: { resources: { type: 'string' }, out: { type: 'string' }, synthea: { type: 'string' } } });
+  const target = Number(values.resources ?? 100000);
+  if (!values.out) throw new Error('--out <dir> is required');
+  const r = generateData(values.synthea ?? join(process.cwd(), '..', 'shared', 'testdata', 'synthea'), target, values.out);
+  process.stdout.write(`generated ${r.bundles} bundles, ${r.resources} resources in ${values.out}\n`);
 }
 
 if (process.argv[1]?.endsWith('generate-data.js')) main();

@@ -2,6 +2,7 @@
 // on the same machine. Prints a table and writes bench/results/<date>.json. Not a test: no thresholds.
 //   BENCH_ADMIN_URL  PostgreSQL to create a throw-away database in (default postgres://postgres@127.0.0.1:5432/postgres)
 //   BENCH_SECONDS    seconds per round (default 5); BENCH_ROUNDS rounds per workload (default 3)
+//   BENCH_SEARCH_RESOURCES  resources loaded (multiplied Synthea) for the search mix (default 100000; 0 skips)
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { Agent } from 'node:http';
@@ -12,17 +13,21 @@ import { findPackageRoot } from '../src/fhir/package-root.js';
 import { closedLoop, httpCall, median, percentile } from './load.js';
 import { generateKeyRing } from '../src/crypto/key-ring.js';
 import { bareLoad, syntheaFiles, verifyCounts, vestaLoad, type IngestRun } from './ingest.js';
+import { searchMix, type MixResult } from './search-mix.js';
+import { phiCost } from './phi-cost.js';
 
 const root = findPackageRoot();
 const ADMIN = process.env.BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SEED = 2000;
-/** PHI_ENCRYPTION for the Vesta under test (on by default, as in production). */
+/** PHI_ENCRYPTION for the Vesta under test (BENCH_PHI=on|off; unset: both, see bench/phi-cost.ts). */
 const PHI = process.env.BENCH_PHI === 'off' ? 'off' : 'on';
 const KEYS = JSON.stringify(generateKeyRing());
 const SYNTHEA = process.env.BENCH_SYNTHEA ?? join(root, '..', 'shared', 'testdata', 'synthea');
 const ops = ['create', 'read', 'update', 'delete'];
+/** Resources loaded for the search mix (0 skips it). */
+const SEARCH_RESOURCES = Number(process.env.BENCH_SEARCH_RESOURCES ?? 100000);
 
 async function admin(sql: string): Promise<void> {
   const c = new pg.Client({ connectionString: ADMIN });
@@ -213,6 +218,21 @@ async function main(): Promise<void> {
       p50: Object.fromEntries(ops.map((o) => [o, round1(median(crudRounds.map((c) => percentile(c.perOp[o], 50))))])),
       p99: Object.fromEntries(ops.map((o) => [o, round1(median(crudRounds.map((c) => percentile(c.perOp[o], 99))))])),
     };
+
+    if (SEARCH_RESOURCES > 0) {
+      results.searchMix = await searchMix({
+        vestaUrl: vBase.toString().replace(/\/$/, ''),
+        databaseUrl,
+        syntheaDir: SYNTHEA,
+        resources: SEARCH_RESOURCES,
+        seconds: Math.max(2, Math.round(SECONDS / 2)),
+        rounds: ROUNDS,
+        agent,
+        phiSealed: PHI === 'on',
+        ...(PHI === 'on' ? { blindKey: Buffer.from((JSON.parse(KEYS) as { blind: { k: string } }).blind.k, 'base64url') } : {}),
+        log: (m) => process.stderr.write(m),
+      });
+    }
     agent.destroy();
   } finally {
     for (const c of children) await stop(c);
@@ -238,6 +258,17 @@ async function main(): Promise<void> {
       return `| Synthea ingest check (concurrency 4): counts equal manifest / urn:uuid left / references unresolved | ${v.countsMatch} / ${v.urnLeft} / ${v.unresolved} of ${v.references} | | |`;
     })(),
   ];
+  const mix = results.searchMix as { resources: number; loadRps: number; queries: MixResult[]; seqScans: Record<string, string[]> } | undefined;
+  if (mix) {
+    lines.push(
+      '',
+      `Search mix over ${mix.resources} loaded resources (plus the seed), 4 connections, medians of rounds (ms):`,
+      '',
+      '| query | Vesta p50 / p95 | hand-written SQL p50 / p95 | p95 ratio | sample total | planner seq scans | not served |',
+      '|---|---|---|---|---|---|---|',
+      ...mix.queries.map((q) => `| ${q.query} | ${q.vesta.p50} / ${q.vesta.p95} | ${q.ceiling.p50} / ${q.ceiling.p95} | ${q.ratio} | ${q.sampleTotal ?? ''} | ${(mix.seqScans[q.query] ?? []).join(', ') || 'none'} | ${q.notServed.join('; ')} |`),
+    );
+  }
   process.stdout.write(lines.join('\n') + '\n');
   const dir = join(root, 'bench', 'results');
   mkdirSync(dir, { recursive: true });
@@ -246,7 +277,8 @@ async function main(): Promise<void> {
   process.stdout.write(`\nwritten: ${file}\n`);
 }
 
-main().catch((e: unknown) => {
+// Without BENCH_PHI: both modes and the cost of encryption as a ratio (bench/phi-cost.ts).
+(process.env.BENCH_PHI ? main() : phiCost()).catch((e: unknown) => {
   process.stderr.write(`bench failed: ${(e as Error).stack ?? String(e)}\n`);
   process.exit(1);
 });

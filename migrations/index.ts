@@ -2,7 +2,9 @@
 // TypeScript sources under Jest and from compiled output in production.
 import type { Knex } from 'knex';
 import * as m0001 from './0001_resources.js';
+import * as m0002 from './0002_search_index.js';
 import * as m0003 from './0003_sealed_kid.js';
+import * as m0004 from './0004_blind_index.js';
 
 export interface Migration {
   name: string;
@@ -12,5 +14,7 @@ export interface Migration {
 
 export const MIGRATIONS: Migration[] = [
   { name: '0001_resources', ...m0001 },
+  { name: '0002_search_index', ...m0002 },
   { name: '0003_sealed_kid', ...m0003 },
+  { name: '0004_blind_index', ...m0004 },
 ];

@@ -2,7 +2,7 @@
 import { ConfigError, loadConfig } from './config/config.js';
 import { createLogger } from './log/logger.js';
 import { buildServices, startServer } from './server.js';
-import { runReseal } from './jobs/reseal.js';
+import { PhiMaintenance } from './jobs/phi-maintenance.js';
 
 export async function serve(): Promise<void> {
   let config;
@@ -20,20 +20,23 @@ export async function serve(): Promise<void> {
   const running = await startServer(svc);
   log.info({ port: config.port, baseUrl: config.baseUrl, database: svc.db.kind }, 'Vesta FHIR R4 server listening');
   let stopping = false;
-  // After a key rotation, versions on older keys are re-sealed in the background (in-process; the
-  // job is idempotent, so several nodes doing it at once only share the rows via SKIP LOCKED).
-  let resealing: Promise<unknown> = Promise.resolve();
-  if ((await svc.store.countStale(svc.db.knex)) > 0) {
-    resealing = runReseal(svc, {
-      shouldStop: () => stopping,
-      onProgress: (p) => log.info({ reseal: p, activeKid: svc.store.activeKid }, 're-sealing PHI on older keys'),
-    }).catch((e: unknown) => log.error({ err: { message: (e as Error)?.message } }, 're-seal stopped with an error'));
-  }
+  // After a key rotation, versions on older keys are re-sealed, and resources without blind index rows
+  // on the active blind key are re-indexed, in the background: on BullMQ workers with REDIS_URL,
+  // in-process without (jobs/phi-maintenance.ts; both jobs are idempotent and share rows via SKIP LOCKED).
+  const maintenance = new PhiMaintenance(svc, {
+    ...(config.redisUrl ? { redisUrl: config.redisUrl } : {}),
+    onProgress: (job, p) => log.info({ job, progress: p, activeKid: svc.store.activeKid }, 'PHI maintenance in progress'),
+  });
+  // Not awaited: the server serves while Redis is reached or the jobs run.
+  maintenance.schedule().then(
+    (jobs) => jobs.length && log.info({ jobs, queue: config.redisUrl ? 'bullmq' : 'in-process' }, 'PHI maintenance scheduled'),
+    (e: unknown) => log.error({ err: { message: (e as Error)?.message } }, 'PHI maintenance could not be scheduled'),
+  );
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'shutting down: draining in-flight requests');
-    resealing.then(() => running.close()).then(
+    maintenance.close().then(() => running.close()).then(
       () => {
         log.info('shutdown complete');
         process.exit(0);

@@ -11,12 +11,12 @@ import { loadPhiPolicy } from './crypto/phi-policy.js';
 import { resourceTypeInfo } from './fhir/definitions.js';
 import { join } from 'node:path';
 import { createApp } from './http/app.js';
-import { EnvelopeOnlyValidator } from './interactions/interim-validator.js';
 import type { Services } from './interactions/context.js';
 import { createLogger, type Logger } from './log/logger.js';
 import { PageTokens } from './search/page-token.js';
 import { openDatabase, type Database } from './storage/db.js';
 import { migrateLatest } from './storage/migrate.js';
+import { R4Validator } from './validation/validator.js';
 import { ResourceStore } from './storage/resource-store.js';
 
 /** The PHI codec the configuration asks for (design.md "PHI at rest"). */
@@ -51,7 +51,7 @@ export async function buildServices(config: Readonly<Config>, log: Logger = crea
     store: new ResourceStore(await buildCodec(config, log)),
     audit: new LogAuditSink(log),
     pageTokens: new PageTokens(config.pageTokenSecret),
-    validator: new EnvelopeOnlyValidator(),
+    validator: new R4Validator(),
     log,
   };
 }

@@ -5,7 +5,7 @@ import { serve } from '../main.js';
 import { load } from './load.js';
 import { parseArgs } from 'node:util';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { checkRing, generateKeyRing, rotate } from '../crypto/key-ring.js';
+import { checkRing, generateKeyRing, rotate, rotateBlind } from '../crypto/key-ring.js';
 import { runReseal } from '../jobs/reseal.js';
 import { buildServices } from '../server.js';
 import { createLogger } from '../log/logger.js';
@@ -20,7 +20,10 @@ const USAGE = `usage: vesta <command>
   keys init                 print a new PHI key ring (JSON) to standard output
   keys rotate <ring file>   add a new active key to a ring file (old keys stay to open old data)
   keys reseal               re-encrypt every stored version still on an older key with the active key
-                            (configuration from the environment, as for serve)`;
+                            (configuration from the environment, as for serve)
+  keys rotate-blind <ring file>
+                            replace the blind-index key; the servers re-index sealed PHI parameters on
+                            their next start (searches on them are incomplete until that finishes)`;
 
 async function main(argv: string[]): Promise<number> {
   const [cmd] = argv;
@@ -59,6 +62,13 @@ async function main(argv: string[]): Promise<number> {
         } finally {
           await svc.db.close();
         }
+      }
+      if (sub === 'rotate-blind' && file) {
+        const next = rotateBlind(checkRing(JSON.parse(readFileSync(file, 'utf8'))));
+        writeFileSync(`${file}.tmp`, JSON.stringify(next, null, 2) + '\n', { mode: 0o600 });
+        renameSync(`${file}.tmp`, file);
+        process.stdout.write(`blind-index key is now ${next.blind.kid}. Restart the servers: they re-index sealed PHI parameters in the background, and searches on them miss resources not yet re-indexed until it finishes.\n`);
+        return 0;
       }
       if (sub === 'rotate' && file) {
         const ring = checkRing(JSON.parse(readFileSync(file, 'utf8')));

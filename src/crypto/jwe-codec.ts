@@ -4,6 +4,7 @@
 import { createDecipheriv } from 'node:crypto';
 import jose from 'node-jose';
 import type { Resource } from 'fhir/r4.js';
+import { BlindIndexer } from './blind-index.js';
 import type { PhiCodec, Sealed, VersionRef } from './phi-codec.js';
 import { extractProtected, restoreProtected, type Extracted } from './phi-extract.js';
 import type { KeyProvider } from './key-ring.js';
@@ -22,11 +23,14 @@ const AES_KW_IV = Buffer.from('A6A6A6A6A6A6A6A6', 'hex');
 
 export class JweCodec implements PhiCodec {
   readonly name = 'jwe';
+  readonly blind: { indexer: BlindIndexer; kid: string };
 
   constructor(
     private readonly keys: KeyProvider,
-    private readonly policy: PhiPolicy,
-  ) {}
+    readonly policy: PhiPolicy,
+  ) {
+    this.blind = { indexer: new BlindIndexer(keys.blindKey()), kid: keys.blindKid };
+  }
 
   get activeKid(): string {
     return this.keys.activeKid;

@@ -20,6 +20,8 @@ export interface KeyProvider {
   readonly activeKid: string;
   keystore(): jose.JWK.KeyStore;
   blindKey(): Buffer;
+  /** Key id of the blind-index key (recorded with each resource's blind index rows). */
+  readonly blindKid: string;
   kids(): string[];
   /** Raw bytes of a content-encryption key, for the native decrypt path. */
   rawKey(kid: string): Buffer | undefined;
@@ -39,6 +41,15 @@ export function generateKeyRing(): KeyRingFile {
 export function rotate(ring: KeyRingFile): KeyRingFile {
   const kid = `k-${new Date().toISOString().slice(0, 10)}-${randomBytes(3).toString('hex')}`;
   return { ...ring, active: kid, keys: [...ring.keys, newKey(kid)] };
+}
+
+/**
+ * Replaces the blind-index key. The old one is dropped: blind rows computed with it no longer match,
+ * and the blind re-index job (jobs/blind-reindex.ts) recomputes them on the next start; until it has
+ * finished, searches on sealed PHI parameters miss the resources not yet re-indexed.
+ */
+export function rotateBlind(ring: KeyRingFile): KeyRingFile {
+  return { ...ring, blind: { kty: 'oct', kid: `blind-${randomBytes(3).toString('hex')}`, k: randomBytes(32).toString('base64url') } };
 }
 
 export function checkRing(ring: unknown): KeyRingFile {
@@ -79,6 +90,10 @@ export class LocalKeyRing implements KeyProvider {
 
   blindKey(): Buffer {
     return Buffer.from(this.ring.blind.k, 'base64url');
+  }
+
+  get blindKid(): string {
+    return this.ring.blind.kid;
   }
 
   kids(): string[] {

@@ -1,6 +1,8 @@
 // The seam where PHI elements leave the JSONB before it reaches PostgreSQL (design.md "PHI at rest").
 // Storage calls seal() on every write and open() on every read; the PHI issue supplies a JWE codec.
 import type { Resource } from 'fhir/r4.js';
+import type { BlindIndexer } from './blind-index.js';
+import type { PhiPolicy } from './phi-policy.js';
 
 export interface VersionRef {
   resourceType: string;
@@ -21,6 +23,10 @@ export interface PhiCodec {
   readonly name: string;
   /** Key id new seals use (null when the codec does not seal). */
   readonly activeKid: string | null;
+  /** The policy of the elements sealed (null when the codec does not seal). */
+  readonly policy: PhiPolicy | null;
+  /** The blind-index HMAC key (separate from the encryption keys) and its kid; null without sealing. */
+  readonly blind: { indexer: BlindIndexer; kid: string } | null;
   seal(resource: Resource, ref: VersionRef): Promise<Sealed>;
   open(content: Resource, sealed: string | null, ref: VersionRef): Promise<Resource>;
 }
@@ -29,6 +35,8 @@ export interface PhiCodec {
 export class PlaintextCodec implements PhiCodec {
   readonly name = 'plaintext';
   readonly activeKid = null;
+  readonly policy = null;
+  readonly blind = null;
 
   async seal(resource: Resource): Promise<Sealed> {
     return { content: resource, sealed: null, kid: null };

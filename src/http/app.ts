@@ -12,7 +12,7 @@ import { conditionalDelete, remove } from '../interactions/delete.js';
 import { history } from '../interactions/history.js';
 import { conditionalPatch, patch } from '../interactions/patch.js';
 import { read } from '../interactions/read.js';
-import { search } from '../interactions/search.js';
+import { search, searchCompartment, searchSystem } from '../interactions/search.js';
 import { conditionalUpdate, update } from '../interactions/update.js';
 import { vread } from '../interactions/vread.js';
 import { transactionOrBatch } from '../interactions/transaction.js';
@@ -212,18 +212,23 @@ export function createApp(svc: Services): express.Express {
     .route('/_history')
     .get(handle('history-system', (ctx, _req, res) => history(svc, ctx, { query: locals(res).pairs })))
     .all(notAllowed('GET, HEAD'));
+  const formOf = (req: Request): [string, string][] => {
+    const b = body(req, ['form']);
+    return b.kind === 'form' ? (b.value as [string, string][]) : [];
+  };
   fhir
     .route('/')
+    .get(handle('search-system', (ctx, _req, res) => searchSystem(svc, ctx, { query: locals(res).pairs })))
     .post(handle('transaction', (ctx, req) => transactionOrBatch(svc, ctx, resourceBody(req))))
+    .all(notAllowed('GET, HEAD, POST'));
+  fhir
+    .route('/_search')
+    .post(handle('search-system', (ctx, req, res) => searchSystem(svc, ctx, { query: [...locals(res).pairs, ...formOf(req)] })))
     .all(notAllowed('POST'));
   fhir
     .route('/:type/_search')
     .post(
-      handle('search-type', (ctx, req, res) => {
-        const b = body(req, ['form']);
-        const form = b.kind === 'form' ? (b.value as [string, string][]) : [];
-        return search(svc, ctx, { type: params(req).type, query: [...locals(res).pairs, ...form] });
-      }),
+      handle('search-type', (ctx, req, res) => search(svc, ctx, { type: params(req).type, query: [...locals(res).pairs, ...formOf(req)] })),
     )
     .all(notAllowed('POST'));
   const validateBody = (req: Request): unknown => {
@@ -297,6 +302,15 @@ export function createApp(svc: Services): express.Express {
   fhir
     .route('/:type/:id/_history/:vid')
     .get(handle('vread', (ctx, req) => vread(svc, ctx, { type: params(req).type, id: params(req).id, vid: params(req).vid })))
+    .all(notAllowed('GET, HEAD'));
+
+  fhir
+    .route('/:compartment/:id/:type')
+    .get(
+      handle('search-compartment', (ctx, req, res) =>
+        searchCompartment(svc, ctx, { compartment: params(req).compartment, id: params(req).id, type: params(req).type, query: locals(res).pairs }),
+      ),
+    )
     .all(notAllowed('GET, HEAD'));
 
   fhir.use((req, _res, next) => {

@@ -1,15 +1,18 @@
 // capabilities: GET [base]/metadata (https://hl7.org/fhir/R4/http.html#capabilities). Built from
 // the same tables the server runs on: the generated resource types, the interactions the router
-// serves, and the search parameters the index extractor actually indexes.
+// serves, and the search parameters the search registry actually serves.
 import type { CapabilityStatement, CapabilityStatementRestResource } from 'fhir/r4.js';
-import { resourceTypeInfo, searchParamsFor } from '../fhir/definitions.js';
-import { isIndexedTokenParam } from '../search/index-extract.js';
+import { compartmentDefinitions, resourceTypeInfo } from '../fhir/definitions.js';
+import { paramsOf, supportedSearchParams } from '../search/registry.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 
 /** Type-level interactions the router serves for every resource type. */
 export const TYPE_INTERACTIONS = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'history-type', 'create', 'search-type'] as const;
 /** System-level interactions the router serves. */
-export const SYSTEM_INTERACTIONS = ['transaction', 'batch', 'history-system'] as const;
+export const SYSTEM_INTERACTIONS = ['transaction', 'batch', 'history-system', 'search-system'] as const;
+
+/** Parameters every resource type has (search.html#all), served on system search. */
+const COMMON = ['_id', '_lastUpdated', '_tag', '_profile', '_security', '_source'];
 
 export const SOFTWARE = { name: 'Vesta', version: '0.1.0' };
 
@@ -18,8 +21,10 @@ const STARTED = new Date().toISOString();
 let cached: { key: string; statement: CapabilityStatement } | undefined;
 
 function build(svc: Services, ctx: RequestContext): CapabilityStatement {
+  const phi = svc.store.phiIndexMode;
   const resources: CapabilityStatementRestResource[] = resourceTypeInfo().map(({ type }) => {
-    const params = searchParamsFor(type).filter((p) => isIndexedTokenParam(type, p.code));
+    const params = supportedSearchParams(type, phi);
+    const refs = [...paramsOf(type).supported.values()].filter((p) => p.kind === 'reference').map((p) => `${type}:${p.code}`);
     return {
       type: type as CapabilityStatementRestResource['type'],
       profile: `http://hl7.org/fhir/StructureDefinition/${type}`,
@@ -31,13 +36,25 @@ function build(svc: Services, ctx: RequestContext): CapabilityStatement {
       conditionalRead: 'not-supported',
       conditionalUpdate: true,
       conditionalDelete: 'single',
+      searchInclude: ['*', ...refs],
       operation: [{ name: 'validate', definition: 'http://hl7.org/fhir/OperationDefinition/Resource-validate' }],
-      searchParam: [
-        { name: '_id', type: 'token', definition: 'http://hl7.org/fhir/SearchParameter/Resource-id', documentation: 'Logical id of the resource' },
-        ...params.map((p) => ({ name: p.code, type: p.type as 'token', definition: p.url, documentation: p.description })),
-      ],
+      searchParam: params.map((p) => ({ name: p.name, type: p.type as 'token', definition: p.definition, documentation: p.documentation })),
     };
   });
+  // _revinclude names the referring type's parameters: list each type's incoming reference parameters.
+  const incoming = new Map<string, string[]>();
+  for (const { type } of resourceTypeInfo()) {
+    for (const p of paramsOf(type).supported.values()) {
+      if (p.kind !== 'reference') continue;
+      for (const target of p.def.target.length ? p.def.target : resourceTypeInfo().map((t) => t.type)) incoming.set(target, [...(incoming.get(target) ?? []), `${type}:${p.code}`]);
+    }
+  }
+  for (const r of resources) {
+    const rev = incoming.get(r.type) ?? [];
+    if (rev.length) r.searchRevInclude = rev;
+    else delete r.searchRevInclude;
+  }
+  const systemParams = supportedSearchParams('Patient', phi).filter((p) => COMMON.includes(p.name));
   return {
     resourceType: 'CapabilityStatement',
     status: 'active',
@@ -53,12 +70,17 @@ function build(svc: Services, ctx: RequestContext): CapabilityStatement {
       {
         mode: 'server',
         documentation:
-          'JSON only: XML request bodies are refused with 415 and XML responses with 406. Search supports _id and the ' +
-          'token parameters listed per type, with _count, _total and paging; other parameters are ignored and reported ' +
-          '(400 with Prefer: handling=strict). Transaction and batch Bundles are supported (PATCH entries as a JSON Patch Binary; no $operations inside Bundles). $validate checks against the base R4 definitions only (no named profiles). ' +
+          'JSON only: XML request bodies are refused with 415 and XML responses with 406. Search serves the parameters listed per type ' +
+          '(string, token, reference, date, number, quantity, uri, composite) with their modifiers, chaining and _has, _sort, _total, ' +
+          '_count, _summary (count, data, false), _elements, _include/_revinclude (with :iterate, capped, marked incomplete when cut), ' +
+          'paging with self/next/previous links, system search (_type) and compartment search. Not served: _text, _content, _filter, ' +
+          '_query, token :in/:not-in/:above/:below, _summary=true|text. Unknown or unsupported parameters are ignored and reported in ' +
+          'an OperationOutcome entry (400 with Prefer: handling=strict). Transaction and batch Bundles are supported (PATCH entries as a JSON Patch Binary; no $operations inside Bundles). $validate checks against the base R4 definitions only (no named profiles). ' +
           'Conditional create/update/delete/patch criteria are serialized per criteria by a database lock.',
         resource: resources,
         interaction: SYSTEM_INTERACTIONS.map((code) => ({ code })),
+        searchParam: systemParams.map((p) => ({ name: p.name, type: p.type as 'token', definition: p.definition, documentation: p.documentation })),
+        compartment: compartmentDefinitions().map((c) => c.url),
       },
     ],
   };

@@ -24,7 +24,7 @@ export async function create(svc: Services, ctx: RequestContext, input: CreateIn
   const id = input.assignedId ?? randomUUID();
   return withTransaction(svc.db.knex, async (tx) => {
     if (input.ifNoneExist !== undefined) {
-      const matches = await lockAndMatch(tx, input.type, input.ifNoneExist);
+      const matches = await lockAndMatch(tx, input.type, input.ifNoneExist, svc.store.phiIndexMode);
       if (matches.length > 1) throw new FhirError('multiple-matches', 'If-None-Exist criteria match more than one resource');
       if (matches.length === 1) {
         const existing = await svc.store.readCurrent(tx, input.type, matches[0]);

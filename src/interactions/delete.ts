@@ -32,7 +32,7 @@ export async function remove(svc: Services, ctx: RequestContext, input: { type: 
 export async function conditionalDelete(svc: Services, ctx: RequestContext, input: { type: string; criteria: string; ifMatch?: number }): Promise<InteractionResult> {
   requireType(input.type);
   return withTransaction(svc.db.knex, async (tx) => {
-    const matches = await lockAndMatch(tx, input.type, input.criteria);
+    const matches = await lockAndMatch(tx, input.type, input.criteria, svc.store.phiIndexMode);
     if (matches.length > 1) throw new FhirError('multiple-matches', 'the criteria match more than one resource; only single deletes are supported');
     if (matches.length === 0) return deleted(ctx, 'no resource matches the criteria; nothing to delete');
     return deleteIn(svc, ctx, tx, input.type, matches[0], input.ifMatch);

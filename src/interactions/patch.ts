@@ -78,7 +78,7 @@ export async function conditionalPatch(svc: Services, ctx: RequestContext, input
   requireType(input.type);
   const ops = checkPatchDocument(input.body);
   return withTransaction(svc.db.knex, async (tx) => {
-    const matches = await lockAndMatch(tx, input.type, input.criteria);
+    const matches = await lockAndMatch(tx, input.type, input.criteria, svc.store.phiIndexMode);
     if (matches.length > 1) throw new FhirError('multiple-matches', 'the criteria match more than one resource');
     if (matches.length === 0) throw new FhirError('not-found', 'no resource matches the criteria');
     return patchIn(svc, ctx, tx, input.type, matches[0], ops, input.ifMatch);

@@ -169,7 +169,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
         if (e.method === 'POST' && e.id === undefined) {
           let id: string | undefined;
           if (e.ifNoneExist !== undefined) {
-            const m = await lockAndMatch(tx, e.type, e.ifNoneExist);
+            const m = await lockAndMatch(tx, e.type, e.ifNoneExist, svc.store.phiIndexMode);
             if (m.length > 1) throw new FhirError('multiple-matches', 'ifNoneExist matches more than one resource');
             if (m.length === 1) {
               id = m[0];
@@ -182,7 +182,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
           if (e.fullUrl) map.set(e.fullUrl, `${e.type}/${id}`);
           claim(e, `${e.type}/${id}`);
         } else if (e.method === 'PUT' && e.id === undefined) {
-          const m = await lockAndMatch(tx, e.type, e.query!);
+          const m = await lockAndMatch(tx, e.type, e.query!, svc.store.phiIndexMode);
           if (m.length > 1) throw new FhirError('multiple-matches', 'the criteria match more than one resource');
           const bodyId = typeof e.resource?.id === 'string' ? e.resource.id : undefined;
           if (m.length === 1 && bodyId !== undefined && bodyId !== m[0]) throw new FhirError('invalid-resource', 'the resource id differs from the matching resource');
@@ -209,7 +209,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
         const type = ref.slice(0, q);
         try {
           if (!isResourceType(type)) throw new FhirError('invalid-request', 'a conditional reference names an unknown resource type');
-          const m = await lockAndMatch(tx, type, ref.slice(q + 1));
+          const m = await lockAndMatch(tx, type, ref.slice(q + 1), svc.store.phiIndexMode);
           if (m.length === 0) throw new FhirError('not-found', `the conditional reference to ${type} matches no resource`);
           if (m.length > 1) throw new FhirError('multiple-matches', `the conditional reference to ${type} matches more than one resource`);
           map.set(ref, `${type}/${m[0]}`);

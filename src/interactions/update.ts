@@ -50,7 +50,7 @@ export async function conditionalUpdate(svc: Services, ctx: RequestContext, inpu
   return withTransaction(
     svc.db.knex,
     async (tx) => {
-      const matches = await lockAndMatch(tx, input.type, input.criteria);
+      const matches = await lockAndMatch(tx, input.type, input.criteria, svc.store.phiIndexMode);
       if (matches.length > 1) throw new FhirError('multiple-matches', 'the criteria match more than one resource');
       if (matches.length === 1) {
         if (resource.id !== undefined && resource.id !== matches[0]) {

@@ -1,46 +1,207 @@
-// SQL planning for a SearchRequest over Vesta's schema. Produces SQL text with placeholders and
-// bindings only: every value is bound, never spliced (https://hl7.org/fhir/R4/search.html).
+// SQL planning for a SearchRequest over Vesta's schema (https://hl7.org/fhir/R4/search.html): each
+// clause becomes an EXISTS over the index table of its parameter type (OR values inside it, AND across
+// clauses); chains and _has nest the same conditions behind joins on idx_reference. Produces SQL text
+// with placeholders and bindings only: every value is bound, never spliced.
 import { FhirError } from '../fhir/errors.js';
-import type { SearchRequest } from './parse.js';
-import { splitToken } from './parse.js';
+import { INDEX_TABLES, type IndexKind } from './index-rows.js';
+import { splitUnescaped, unescapeValue } from './escape.js';
+import type { ChainLink, HasLink, ParamClause, SearchRequest } from './parse.js';
+import type { PhiIndexMode } from './phi-seam.js';
+import { paramsOf, type ParamSpec, type ValueKind } from './registry.js';
+import { Aliases, and, frag, or, type SqlFragment } from './sql.js';
+import { dateCondition, instantCondition, parseDateQuery } from './types/date.js';
+import { numberCondition, parseNumberQuery, parseQuantityQuery, quantityCondition } from './types/number.js';
+import { identifierParam, referenceCondition } from './types/reference.js';
+import { stringCondition, type StringModifier } from './types/string.js';
+import { ofTypeParam, tokenCondition, tokenOfTypeCondition, tokenTextCondition } from './types/token.js';
+import { uriCondition } from './types/uri.js';
 
-export interface SqlFragment {
-  sql: string;
-  bindings: (string | number)[];
+export type { SqlFragment } from './sql.js';
+
+/** Whose index rows a condition looks at: a resource type (as SQL) and id column, and its `resource` row alias if joined. */
+interface Owner {
+  type: SqlFragment;
+  id: string;
+  row?: string;
+}
+
+interface Ctx {
+  aliases: Aliases;
+  now: number;
+  baseUrl: string | undefined;
+  /** How PHI is kept (sealed PHI parameters match on their blind index), and the types searched. */
+  phi?: PhiIndexMode;
+  scope: readonly string[];
+}
+
+/** The index rows of `owner` for `param` in table `kind`, with `cond` on them (alias `a`). */
+function exists(ctx: Ctx, owner: Owner, kind: IndexKind, param: string, cond: (a: string) => SqlFragment, negate = false): SqlFragment {
+  const a = ctx.aliases.next('x');
+  const c = cond(a);
+  return frag(
+    `${negate ? 'not ' : ''}exists (select 1 from ${INDEX_TABLES[kind]} ${a} where ${a}.resource_type = ${owner.type.sql} and ${a}.resource_id = ${owner.id} and ${a}.param = ? and (${c.sql}))`,
+    ...owner.type.bindings,
+    param,
+    ...c.bindings,
+  );
+}
+
+/** The condition of one value of a plain (non-composite) parameter on index alias `a`. */
+function valueCondition(ctx: Ctx, kind: ValueKind, a: string, raw: string, code: string, modifier?: string): SqlFragment {
+  switch (kind) {
+    case 'string':
+      return stringCondition(a, unescapeValue(raw), modifier as StringModifier, code);
+    case 'token':
+      if (modifier === 'text') return tokenTextCondition(a, unescapeValue(raw), code);
+      if (modifier === 'of-type') return tokenOfTypeCondition(a, raw, code);
+      return tokenCondition(a, raw, code);
+    case 'reference':
+      return referenceCondition(a, raw, code, modifier, ctx.baseUrl);
+    case 'date':
+      return dateCondition(a, parseDateQuery(unescapeValue(raw), code), ctx.now);
+    case 'number':
+      return numberCondition(a, parseNumberQuery(unescapeValue(raw), code));
+    case 'quantity':
+      return quantityCondition(a, parseQuantityQuery(raw, code));
+    case 'uri':
+      return uriCondition(a, raw, modifier as 'below' | 'above' | undefined, code);
+  }
+}
+
+function compositeCondition(ctx: Ctx, owner: Owner, spec: ParamSpec, values: string[]): SqlFragment {
+  const comps = spec.components!;
+  const al = comps.map(() => ctx.aliases.next('k'));
+  const ors = values.map((v) => {
+    const parts = splitUnescaped(v, '$');
+    if (parts.length !== comps.length) throw new FhirError('invalid-search', `parameter ${spec.code} takes ${comps.length} values separated by $`);
+    return and(comps.map((c, i) => valueCondition(ctx, c.kind, al[i], parts[i], spec.code)));
+  });
+  const body = or(ors);
+  const joins = comps.slice(1).map((c, j) => {
+    const i = j + 1;
+    return frag(
+      `join ${INDEX_TABLES[c.kind]} ${al[i]} on ${al[i]}.resource_type = ${al[0]}.resource_type and ${al[i]}.resource_id = ${al[0]}.resource_id and ${al[i]}.grp = ${al[0]}.grp and ${al[i]}.param = ?`,
+      `${spec.code}$${i}`,
+    );
+  });
+  return frag(
+    `exists (select 1 from ${INDEX_TABLES[comps[0].kind]} ${al[0]} ${joins.map((j) => j.sql).join(' ')} where ${al[0]}.resource_type = ${owner.type.sql} and ${al[0]}.resource_id = ${owner.id} and ${al[0]}.param = ? and (${body.sql}))`,
+    ...joins.flatMap((j) => j.bindings),
+    ...owner.type.bindings,
+    `${spec.code}$0`,
+    ...body.bindings,
+  );
+}
+
+/** _id and _lastUpdated live on the resource row; off the top level it is joined in. */
+function columnCondition(ctx: Ctx, owner: Owner, spec: ParamSpec, values: string[]): SqlFragment {
+  const on = (row: string): SqlFragment => {
+    if (spec.column === 'id') {
+      const ids = values.map(unescapeValue);
+      return frag(`${row}.id in (${ids.map(() => '?').join(', ')})`, ...ids);
+    }
+    return or(values.map((v) => instantCondition(`${row}.last_updated`, parseDateQuery(unescapeValue(v), spec.code), ctx.now)));
+  };
+  if (owner.row) return on(owner.row);
+  const z = ctx.aliases.next('z');
+  const c = on(z);
+  return frag(`exists (select 1 from resource ${z} where ${z}.resource_type = ${owner.type.sql} and ${z}.id = ${owner.id} and ${z}.deleted = false and (${c.sql}))`, ...owner.type.bindings, ...c.bindings);
+}
+
+function missingCondition(ctx: Ctx, owner: Owner, spec: ParamSpec, missing: boolean): SqlFragment {
+  if (spec.column) return frag(missing ? 'false' : 'true');
+  const kind: IndexKind = spec.kind === 'composite' ? spec.components![0].kind : spec.kind;
+  const param = spec.kind === 'composite' ? `${spec.code}$0` : spec.code;
+  const has = [exists(ctx, owner, kind, param, () => frag('true'))];
+  // A Reference holding only an identifier is still a value of the parameter.
+  if (spec.kind === 'reference') has.push(exists(ctx, owner, 'token', identifierParam(spec.code), () => frag('true')));
+  const any = or(has);
+  return missing ? frag(`not (${any.sql})`, ...any.bindings) : any;
+}
+
+/** The condition of the final parameter of a clause on one owner. */
+function finalCondition(ctx: Ctx, owner: Owner, spec: ParamSpec, clause: ParamClause): SqlFragment {
+  const { modifier, values } = clause;
+  if (modifier === 'missing') return missingCondition(ctx, owner, spec, values[0] === 'true');
+  if (spec.column) return columnCondition(ctx, owner, spec, values);
+  if (spec.kind === 'composite') return compositeCondition(ctx, owner, spec, values);
+  const kind = spec.kind;
+  if (kind === 'token' && modifier === 'not') {
+    return exists(ctx, owner, 'token', spec.code, (a) => or(values.map((v) => tokenCondition(a, v, spec.code))), true);
+  }
+  if (kind === 'token' && modifier === 'of-type') {
+    return exists(ctx, owner, 'token', ofTypeParam(spec.code), (a) => or(values.map((v) => valueCondition(ctx, kind, a, v, spec.code, modifier))));
+  }
+  if (kind === 'reference' && modifier === 'identifier') {
+    return exists(ctx, owner, 'token', identifierParam(spec.code), (a) => or(values.map((v) => tokenCondition(a, v, spec.code))));
+  }
+  return exists(ctx, owner, kind, spec.code, (a) => or(values.map((v) => valueCondition(ctx, kind, a, v, spec.code, modifier))));
+}
+
+/** Follows the clause's chain/_has hops from `owner`, then applies the final parameter. */
+function pathCondition(ctx: Ctx, owner: Owner, clause: ParamClause, hop: number, type: string): SqlFragment {
+  if (hop === clause.path.length) {
+    const spec = hop === 0 ? clause.spec : paramsOf(type).supported.get(clause.code);
+    if (!spec) return frag('false');
+    // Sealed PHI parameters match on keyed HMACs instead of values (search/blind.ts).
+    const blind = ctx.phi?.sealed ? ctx.phi.blind?.clauseCondition(hop === 0 ? ctx.scope : [type], clause, owner.type, owner.id, ctx.aliases, () => finalCondition(ctx, owner, spec, clause)) : undefined;
+    if (blind) return blind;
+    return finalCondition(ctx, owner, spec, clause);
+  }
+  const link = clause.path[hop];
+  const a = ctx.aliases.next(link.kind === 'chain' ? 'c' : 'h');
+  if (link.kind === 'chain') return chainHop(ctx, owner, clause, hop, link, a);
+  return hasHop(ctx, owner, clause, hop, link, a);
+}
+
+function chainHop(ctx: Ctx, owner: Owner, clause: ParamClause, hop: number, link: ChainLink, a: string): SqlFragment {
+  // A reference to a resource that is not here refers to nothing (search.html#chaining); :not holds
+  // without index rows, so it alone needs the target shown to exist.
+  const exists = (t: string): SqlFragment[] => {
+    if (clause.modifier !== 'not') return [];
+    const z = ctx.aliases.next('z');
+    return [frag(`exists (select 1 from resource ${z} where ${z}.resource_type = ? and ${z}.id = ${a}.target_id and ${z}.deleted = false)`, t)];
+  };
+  const inner = or(
+    link.targets.map((t) => and([frag(`${a}.target_type = ?`, t), ...exists(t), pathCondition(ctx, { type: frag('?', t), id: `${a}.target_id` }, clause, hop + 1, t)])),
+  );
+  return frag(
+    `exists (select 1 from idx_reference ${a} where ${a}.resource_type = ${owner.type.sql} and ${a}.resource_id = ${owner.id} and ${a}.param = ? and ${a}.target_id is not null and (${inner.sql}))`,
+    ...owner.type.bindings,
+    link.spec.code,
+    ...inner.bindings,
+  );
+}
+
+function hasHop(ctx: Ctx, owner: Owner, clause: ParamClause, hop: number, link: HasLink, a: string): SqlFragment {
+  const inner = pathCondition(ctx, { type: frag('?', link.type), id: `${a}.resource_id` }, clause, hop + 1, link.type);
+  return frag(
+    `exists (select 1 from idx_reference ${a} where ${a}.resource_type = ? and ${a}.param = ? and ${a}.target_type = ${owner.type.sql} and ${a}.target_id = ${owner.id} and (${inner.sql}))`,
+    link.type,
+    link.spec.code,
+    ...owner.type.bindings,
+    ...inner.bindings,
+  );
+}
+
+export interface PlanOptions {
+  now?: number;
+  /** Types searched (system search); default: the request's type. An empty list means every type. */
+  types?: readonly string[];
+  /** Further conditions on `r`, ANDed (e.g. compartment membership). */
+  extra?: SqlFragment[];
 }
 
 /** WHERE conditions on `r` (the resource table) for the request's clauses. */
-export function planWhere(req: SearchRequest): SqlFragment {
-  const conds: string[] = ['r.resource_type = ?', 'r.deleted = false'];
-  const bindings: (string | number)[] = [req.resourceType];
-  for (const c of req.clauses) {
-    if (c.code === '_id') {
-      conds.push(`r.id in (${c.values.map(() => '?').join(', ')})`);
-      bindings.push(...c.values);
-      continue;
-    }
-    if (c.def.type !== 'token') throw new FhirError('unsupported-search', `parameter ${c.code} is not supported yet`);
-    const ors: string[] = [];
-    for (const v of c.values) {
-      const t = splitToken(v);
-      const parts = ['t.param = ?'];
-      const b: string[] = [c.code];
-      if (t.hasBar && t.system === undefined) parts.push('t.system is null');
-      else if (t.system !== undefined) {
-        parts.push('t.system = ?');
-        b.push(t.system);
-      }
-      if (t.code !== undefined) {
-        parts.push('t.code = ?');
-        b.push(t.code);
-      }
-      if (!t.hasBar && t.code === undefined) throw new FhirError('invalid-search', `parameter ${c.code} has an empty value`);
-      ors.push(`(${parts.join(' and ')})`);
-      bindings.push(...b);
-    }
-    conds.push(
-      `exists (select 1 from idx_token t where t.resource_type = r.resource_type and t.resource_id = r.id and (${ors.join(' or ')}))`,
-    );
-  }
-  return { sql: conds.join(' and '), bindings };
+export function planWhere(req: SearchRequest, opts: PlanOptions = {}): SqlFragment {
+  const ctx: Ctx = { aliases: new Aliases(), now: opts.now ?? Date.now(), baseUrl: req.baseUrl, ...(req.phi ? { phi: req.phi } : {}), scope: opts.types ?? [req.resourceType] };
+  const owner: Owner = { type: frag('r.resource_type'), id: 'r.id', row: 'r' };
+  const types = opts.types ?? [req.resourceType];
+  const conds: SqlFragment[] = [];
+  if (types.length === 1) conds.push(frag('r.resource_type = ?', types[0]));
+  else if (types.length > 1) conds.push(frag(`r.resource_type in (${types.map(() => '?').join(', ')})`, ...types));
+  conds.push(frag('r.deleted = false'));
+  for (const c of req.clauses) conds.push(pathCondition(ctx, owner, c, 0, req.resourceType));
+  conds.push(...(opts.extra ?? []));
+  return and(conds);
 }

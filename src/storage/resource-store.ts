@@ -3,7 +3,10 @@
 import type { Resource } from 'fhir/r4.js';
 import type { PhiCodec } from '../crypto/phi-codec.js';
 import type { IndexRows } from '../search/index-extract.js';
+import type { PhiIndexMode } from '../search/phi-seam.js';
+import { phiIndexModeOf } from '../search/blind.js';
 import type { Queryable, Tx } from './db.js';
+import { writeIndexRows } from './search-store.js';
 
 export type WriteMethod = 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
@@ -57,7 +60,6 @@ interface Row {
   seq?: number;
 }
 
-const INDEX_CHUNK = 1000;
 /** Rows per multi-row INSERT of resources (9 columns: well under PostgreSQL's 65535 bind limit). */
 const BATCH_ROWS = 500;
 
@@ -168,13 +170,14 @@ export class ResourceStore {
         .update(current);
       if (n !== 1) throw Object.assign(new Error('current row changed under a lock'), { code: '40001' });
     }
-    await tx('idx_token').where({ resource_type: v.resourceType, resource_id: v.id }).delete();
-    const tokens = v.index?.token ?? [];
-    for (let i = 0; i < tokens.length; i += INDEX_CHUNK) {
-      await tx('idx_token').insert(
-        tokens.slice(i, i + INDEX_CHUNK).map((t) => ({ resource_type: v.resourceType, resource_id: v.id, ...t })),
-      );
-    }
+    // Index rows of the new version replace the old ones in this transaction (none for a deletion);
+    // a first version has no old rows to delete.
+    await writeIndexRows(tx, [{ resourceType: v.resourceType, id: v.id, ...(v.resource && v.index ? { rows: v.index } : {}), replace: v.previous !== undefined }], this.phiIndexMode);
+  }
+
+  /** How PHI reaches the search index: sealed PHI parameters through blind indexes (search/blind.ts). */
+  get phiIndexMode(): PhiIndexMode {
+    return phiIndexModeOf(this.codec);
   }
 
   /**
@@ -196,8 +199,7 @@ export class ResourceStore {
       await tx('resource_history').insert(chunk.map((r, j) => ({ ...r, method: versions[i + j].method })));
       await tx('resource').insert(chunk);
     }
-    const tokens = versions.flatMap((v) => (v.index?.token ?? []).map((t) => ({ resource_type: v.resourceType, resource_id: v.id, ...t })));
-    for (let i = 0; i < tokens.length; i += INDEX_CHUNK) await tx('idx_token').insert(tokens.slice(i, i + INDEX_CHUNK));
+    await writeIndexRows(tx, versions.filter((v) => v.index).map((v) => ({ resourceType: v.resourceType, id: v.id, rows: v.index!, replace: false })), this.phiIndexMode);
   }
 
   /** Sealed versions not on the active key (what a re-seal still has to do). */

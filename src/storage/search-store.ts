@@ -1,24 +1,221 @@
-// Executes planned searches (search/plan.ts) against the resource and index tables.
-import type { SqlFragment } from '../search/plan.js';
+// Search index storage (https://hl7.org/fhir/R4/search.html): writes the index rows of a version in
+// its transaction, and executes planned searches (search/plan.ts, search/sort.ts) against the
+// resource and index tables.
+import { INDEX_TABLES, type IndexKind, type IndexRows } from '../search/index-rows.js';
+import { protectIndexValue, type PhiIndexMode } from '../search/phi-seam.js';
+import type { SqlFragment } from '../search/sql.js';
+import type { SortKey } from '../search/sort.js';
 import type { Queryable } from './db.js';
+import { blindIndexCtes } from './blind-index-store.js';
 
-/** Ids of matching current resources ordered by id, after a keyset position. */
-export async function searchIds(q: Queryable, where: SqlFragment, opts: { limit: number; afterId?: string }): Promise<string[]> {
-  let sql = `select r.id from resource r where ${where.sql}`;
-  const bindings = [...where.bindings];
-  if (opts.afterId !== undefined) {
-    sql += ' and r.id > ?';
-    bindings.push(opts.afterId);
+// ---- index writes --------------------------------------------------------------------------------
+
+/** Columns per table: [column, SQL type, IndexRows member]. */
+const COLUMNS: Record<IndexKind, [string, string, string][]> = {
+  token: [['system', 'text', 'system'], ['code', 'text', 'code'], ['text_norm', 'text', 'text']],
+  string: [['value_norm', 'text', 'norm'], ['value_exact', 'text', 'exact']],
+  reference: [['target_type', 'text', 'targetType'], ['target_id', 'text', 'targetId'], ['url', 'text', 'url'], ['version', 'text', 'version']],
+  date: [['low', 'bigint', 'low'], ['high', 'bigint', 'high']],
+  number: [['low', 'numeric', 'low'], ['high', 'numeric', 'high']],
+  quantity: [['low', 'numeric', 'low'], ['high', 'numeric', 'high'], ['system', 'text', 'system'], ['code', 'text', 'code'], ['unit', 'text', 'unit']],
+  uri: [['uri', 'text', 'uri']],
+};
+
+const KINDS = Object.keys(INDEX_TABLES) as IndexKind[];
+
+export interface IndexWrite {
+  resourceType: string;
+  id: string;
+  /** Absent for a deletion: the old rows go and none come. */
+  rows?: IndexRows;
+  /** Whether rows of an earlier version may exist (false for a first version: no deletes needed). */
+  replace: boolean;
+}
+
+/** Resources per statement: keeps each JSON parameter to a few megabytes. */
+const WRITE_CHUNK = 250;
+
+/**
+ * Writes (replacing) the index rows of several resources. All tables go in one statement per chunk:
+ * data-modifying CTEs delete the old rows and insert the new (every sub-statement sees the same
+ * snapshot, so the deletes never see the inserts), and the rows of each table travel as one JSON
+ * parameter, so a resource with hundreds of rows is one round trip and never meets the bind limit.
+ */
+export async function writeIndexRows(q: Queryable, writes: IndexWrite[], mode: PhiIndexMode): Promise<void> {
+  for (let i = 0; i < writes.length; i += WRITE_CHUNK) await writeChunk(q, writes.slice(i, i + WRITE_CHUNK), mode);
+}
+
+async function writeChunk(q: Queryable, writes: IndexWrite[], mode: PhiIndexMode): Promise<void> {
+  const ctes: string[] = [];
+  const bindings: string[] = [];
+  const owners = writes.filter((w) => w.replace).map((w) => ({ t: w.resourceType, i: w.id }));
+  if (owners.length) {
+    const json = JSON.stringify(owners);
+    for (const kind of KINDS) {
+      ctes.push(`d_${kind} as (delete from ${INDEX_TABLES[kind]} x using json_to_recordset(?::json) as o(t text, i text) where x.resource_type = o.t and x.resource_id = o.i)`);
+      bindings.push(json);
+    }
   }
-  sql += ' order by r.id limit ?';
-  bindings.push(opts.limit);
-  const res = (await q.raw(sql, bindings)) as { rows: { id: string }[] };
+  for (const kind of KINDS) {
+    const cols = COLUMNS[kind];
+    const records: Record<string, unknown>[] = [];
+    for (const w of writes) {
+      for (const row of (w.rows?.[kind] ?? []) as unknown as Record<string, unknown>[]) {
+        // The PHI seam: a PHI parameter's value is stored only as protectIndexValue returns it.
+        const kept = protectIndexValue(w.resourceType, row.param as string, row, mode);
+        if (kept === undefined) continue;
+        const rec: Record<string, unknown> = { t: w.resourceType, i: w.id, p: kept.param, g: kept.grp ?? null };
+        for (const [col, , key] of cols) rec[col] = kept[key] ?? null;
+        records.push(rec);
+      }
+    }
+    if (!records.length) continue;
+    const names = cols.map((c) => c[0]).join(', ');
+    ctes.push(
+      `i_${kind} as (insert into ${INDEX_TABLES[kind]} (resource_type, resource_id, param, grp, ${names}) select t, i, p, g, ${names} ` +
+        `from json_to_recordset(?::json) as x(t text, i text, p text, g smallint, ${cols.map((c) => `${c[0]} ${c[1]}`).join(', ')}))`,
+    );
+    bindings.push(JSON.stringify(records));
+  }
+  // Sealed PHI parameters: their keyed-HMAC rows go to idx_blind in the same statement.
+  const blind = blindIndexCtes(writes, mode);
+  ctes.push(...blind.ctes);
+  bindings.push(...blind.bindings);
+  if (ctes.length) await q.raw(`with ${ctes.join(', ')} select 1`, bindings);
+}
+
+// ---- searches ------------------------------------------------------------------------------------
+
+/** Ids of matching current resources ordered by id (conditional interactions: enough to tell 0, 1 and many apart). */
+export async function searchIds(q: Queryable, where: SqlFragment, opts: { limit: number }): Promise<string[]> {
+  const res = (await q.raw(`select r.id from resource r where ${where.sql} order by r.id limit ?`, [...where.bindings, opts.limit])) as { rows: { id: string }[] };
   return res.rows.map((r) => r.id);
 }
 
+/** A position in a result: the sort key values (as text, null when absent), the type and the id. */
+export interface PageCursor {
+  keys: (string | null)[];
+  type: string;
+  id: string;
+}
+
+export interface PageRow {
+  type: string;
+  id: string;
+  keys: (string | null)[];
+}
+
+/**
+ * `page.k{i}` comes strictly after (or, walking backwards, strictly before) the cursor value in the
+ * key's order, where resources without a value come last.
+ */
+function beyond(i: number, k: SortKey, v: string | null, backwards: boolean): SqlFragment {
+  const col = `page.k${i}`;
+  if (backwards) {
+    if (v === null) return { sql: `${col} is not null`, bindings: [] };
+    return { sql: `${col} ${k.desc ? '>' : '<'} ?::${k.type}`, bindings: [v] };
+  }
+  if (v === null) return { sql: 'false', bindings: [] };
+  const cmp = k.desc ? '<' : '>';
+  return { sql: k.notNull ? `${col} ${cmp} ?::${k.type}` : `(${col} ${cmp} ?::${k.type} or ${col} is null)`, bindings: [v] };
+}
+
+function same(i: number, v: string | null, k: SortKey): SqlFragment {
+  const col = `page.k${i}`;
+  return v === null ? { sql: `${col} is null`, bindings: [] } : { sql: `${col} = ?::${k.type}`, bindings: [v] };
+}
+
+/** Keyset predicate for (k0, ..., kn, type, id) beyond the cursor under mixed directions. */
+function keyset(keys: SortKey[], c: PageCursor, backwards: boolean): SqlFragment {
+  let acc: SqlFragment = { sql: `(page.resource_type, page.id) ${backwards ? '<' : '>'} (?, ?)`, bindings: [c.type, c.id] };
+  for (let i = keys.length - 1; i >= 0; i--) {
+    const gt = beyond(i, keys[i], c.keys[i] ?? null, backwards);
+    const eq = same(i, c.keys[i] ?? null, keys[i]);
+    acc = { sql: `(${gt.sql}) or ((${eq.sql}) and (${acc.sql}))`, bindings: [...gt.bindings, ...eq.bindings, ...acc.bindings] };
+  }
+  return acc;
+}
+
+function orderOf(k: SortKey, i: number, backwards: boolean): string {
+  const col = `page.k${i}`;
+  const desc = backwards ? !k.desc : k.desc;
+  if (k.notNull) return `${col}${desc ? ' desc' : ''}`;
+  return `${col}${desc ? ' desc' : ''} ${backwards ? 'nulls first' : 'nulls last'}`;
+}
+
+/**
+ * One page of matches in _sort order, then resource type and id (which makes keyset paging exact):
+ * the rows after `after`, or with `before` the rows just before it (returned in forward order). Each
+ * row carries its key values for the next cursor.
+ */
+export async function searchPage(q: Queryable, where: SqlFragment, keys: SortKey[], opts: { limit: number; after?: PageCursor; before?: PageCursor }): Promise<PageRow[]> {
+  const { sql, bindings } = pageQuery(where, keys, opts);
+  const res = (await q.raw(sql, bindings)) as { rows: Record<string, string | null>[] };
+  const rows = res.rows.map((row) => ({ type: row.resource_type as string, id: row.id as string, keys: keys.map((_k, i) => row[`c${i}`] ?? null) }));
+  return opts.before !== undefined ? rows.reverse() : rows;
+}
+
+/** The SQL of one page (exported so tests can EXPLAIN exactly what a search runs). */
+export function pageQuery(where: SqlFragment, keys: SortKey[], opts: { limit: number; after?: PageCursor; before?: PageCursor }): SqlFragment {
+  const select = keys.map((k, i) => `, ${k.expr.sql} as k${i}`).join('');
+  const bindings = [...keys.flatMap((k) => k.expr.bindings), ...where.bindings];
+  const cols = keys.map((_k, i) => `, page.k${i}::text as c${i}`).join('');
+  let sql = `select page.resource_type, page.id${cols} from (select r.resource_type, r.id${select} from resource r where ${where.sql}) page`;
+  const backwards = opts.before !== undefined;
+  const cursor = opts.before ?? opts.after;
+  if (cursor) {
+    const ks = keyset(keys, cursor, backwards);
+    sql += ` where ${ks.sql}`;
+    bindings.push(...ks.bindings);
+  }
+  const dir = backwards ? ' desc' : '';
+  const order = [...keys.map((k, i) => orderOf(k, i, backwards)), `page.resource_type${dir}`, `page.id${dir}`];
+  sql += ` order by ${order.join(', ')} limit ?`;
+  bindings.push(opts.limit);
+  return { sql, bindings };
+}
+
+/** The SQL of an accurate count (exported so tests can EXPLAIN it). */
+export function countQuery(where: SqlFragment): SqlFragment {
+  return { sql: `select count(*) as n from resource r where ${where.sql}`, bindings: where.bindings };
+}
+
 export async function countMatches(q: Queryable, where: SqlFragment): Promise<number> {
-  const res = (await q.raw(`select count(*) as n from resource r where ${where.sql}`, where.bindings)) as { rows: { n: number | string }[] };
+  const c = countQuery(where);
+  const res = (await q.raw(c.sql, c.bindings)) as { rows: { n: number | string }[] };
   return Number(res.rows[0].n);
+}
+
+/** The planner's row estimate for the search (_total=estimate): no scan of the matches. */
+export async function estimateMatches(q: Queryable, where: SqlFragment): Promise<number> {
+  const res = (await q.raw(`explain (format json) select 1 from resource r where ${where.sql}`, where.bindings)) as { rows: Record<string, unknown>[] };
+  const cell = Object.values(res.rows[0] ?? {})[0];
+  const plan = (typeof cell === 'string' ? JSON.parse(cell) : cell) as { Plan?: { 'Plan Rows'?: number } }[];
+  return Math.max(0, Math.round(Number(plan?.[0]?.Plan?.['Plan Rows'] ?? 0)));
+}
+
+/** _include: the targets that `params` of the given sources refer to (local references only). */
+export async function referencedTargets(q: Queryable, sourceType: string, ids: string[], params: string[], targetType: string | undefined, limit: number): Promise<{ type: string; id: string }[]> {
+  if (!ids.length || !params.length) return [];
+  const bindings: (string | number)[] = [sourceType, ...ids, ...params];
+  let sql = `select distinct x.target_type as type, x.target_id as id from idx_reference x where x.resource_type = ? and x.resource_id in (${ids.map(() => '?').join(', ')}) and x.param in (${params.map(() => '?').join(', ')}) and x.target_id is not null`;
+  if (targetType) {
+    sql += ' and x.target_type = ?';
+    bindings.push(targetType);
+  }
+  bindings.push(limit);
+  const res = (await q.raw(`${sql} limit ?`, bindings)) as { rows: { type: string; id: string }[] };
+  return res.rows;
+}
+
+/** _revinclude: resources of `sourceType` whose `params` refer to the given targets. */
+export async function referringSources(q: Queryable, sourceType: string, params: string[], targetType: string, ids: string[], limit: number): Promise<{ type: string; id: string }[]> {
+  if (!ids.length || !params.length) return [];
+  const res = (await q.raw(
+    `select distinct x.resource_type as type, x.resource_id as id from idx_reference x where x.resource_type = ? and x.param in (${params.map(() => '?').join(', ')}) and x.target_type = ? and x.target_id in (${ids.map(() => '?').join(', ')}) limit ?`,
+    [sourceType, ...params, targetType, ...ids, limit],
+  )) as { rows: { type: string; id: string }[] };
+  return res.rows;
 }
 
 /** Serializes conditional interactions on the same criteria for the rest of the transaction. */

@@ -33,9 +33,9 @@ describe.each(backends())('CRUD and history on %s PostgreSQL', (backend) => {
     expect(p.interaction.map((i: { code: string }) => i.code)).toEqual(
       expect.arrayContaining(['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'history-type', 'create', 'search-type']),
     );
-    expect(p.searchParam.map((s: { name: string }) => s.name)).toEqual(['_id', 'identifier']);
+    expect(p.searchParam.map((s: { name: string }) => s.name)).toEqual(expect.arrayContaining(['_id', '_lastUpdated', 'identifier', 'gender', 'general-practitioner']));
     expect(res.body.format).not.toContain('xml');
-    expect(res.body.rest[0].interaction.map((i: { code: string }) => i.code).sort()).toEqual(['batch', 'history-system', 'transaction']);
+    expect(res.body.rest[0].interaction.map((i: { code: string }) => i.code).sort()).toEqual(['batch', 'history-system', 'search-system', 'transaction']);
     expect(p.operation).toEqual([{ name: 'validate', definition: 'http://hl7.org/fhir/OperationDefinition/Resource-validate' }]);
   });
 

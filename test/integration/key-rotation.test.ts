@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import request from 'supertest';
 import { loadConfig } from '../../src/config/config.js';
 import { rotate, type KeyRingFile } from '../../src/crypto/key-ring.js';
+import { countBlindReindex } from '../../src/jobs/blind-reindex.js';
 import { runReseal, type ResealProgress } from '../../src/jobs/reseal.js';
 import { createLogger } from '../../src/log/logger.js';
 import { buildServices, startServer, type Running } from '../../src/server.js';
@@ -59,6 +60,10 @@ describe.each(concurrencyBackends())('key rotation on %s PostgreSQL', (backend) 
     expect(progress[0]).toEqual({ done: 0, total: 80 });
     expect(progress[progress.length - 1]).toEqual({ done: 80, total: 80 });
     expect(await svc2.store.countStale(svc2.db.knex)).toBe(0);
+    // The blind-index key is not rotated with the content keys: blind rows stay valid, search still matches.
+    expect(await countBlindReindex(svc2)).toBe(0);
+    const found = await request(b.url).get('/Patient?family=rot7c').set('Prefer', 'handling=strict').expect(200);
+    expect(found.body.entry.map((e: { resource: { id: string } }) => e.resource.id)).toEqual([ids[7]]);
 
     // Retire the old key: every version of every resource still opens.
     const onlyNew = { ...rotated, keys: rotated.keys.filter((k) => k.kid === rotated.active) };

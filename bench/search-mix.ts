@@ -1,0 +1,265 @@
+// Search mix at scale (search issue, bench issue): loads multiplied Synthea data into Vesta until at
+// least BENCH_SEARCH_RESOURCES resources, then measures p50/p95 of each query of the mix through
+// Vesta's HTTP API against the same query written by hand in SQL on Vesta's own schema, both in the
+// same run, alternating rounds so noise hits both. Also records whether PostgreSQL's chosen plan for
+// Vesta's SQL uses only index access on the large tables.
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import type { Agent } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { BlindIndexer, normaliseString } from '../src/crypto/blind-index.js';
+import { parseSearch } from '../src/search/parse.js';
+import { planWhere } from '../src/search/plan.js';
+import { countQuery, pageQuery } from '../src/storage/search-store.js';
+import { generateData } from './generate-data.js';
+import { vestaLoad } from './ingest.js';
+import { closedLoop, httpCall, median, percentile } from './load.js';
+
+export interface MixResult {
+  query: string;
+  vesta: { p50: number; p95: number; rps: number };
+  ceiling: { p50: number; p95: number; rps: number };
+  /** Vesta p95 over ceiling p95. */
+  ratio: number;
+  /** Matches of one sample query (first page total when reported). */
+  sampleTotal: number | null;
+  /** Parameters Vesta reported as not served in this mode (then the figure is not comparable). */
+  notServed: string[];
+}
+
+interface Sample {
+  family: string;
+  identifier: { system: string; value: string };
+  patientId: string;
+  code: { system: string; code: string };
+  date: string;
+}
+
+interface MixQuery {
+  name: string;
+  path: (s: Sample) => string;
+  /**
+   * The hand-written ceiling: $n placeholders, returns resource rows as Vesta would fetch them. With a
+   * blind indexer (PHI sealed), parameters over sealed elements look up their HMACs in idx_blind, as
+   * Vesta must; the ceiling does not open the JWE.
+   */
+  sql: (s: Sample, blind?: BlindIndexer) => { text: string; values: unknown[] };
+}
+
+const norm = (s: string) => s.normalize('NFD').replace(/\p{M}/gu, '').toLowerCase();
+
+/** The query mix of the search issue. The ceilings are the minimal correct SQL over Vesta's tables. */
+export const MIX: MixQuery[] = [
+  {
+    name: 'Patient?name=<prefix>',
+    path: (s) => `/Patient?name=${encodeURIComponent(s.family.slice(0, 4))}`,
+    sql: (s, blind) =>
+      blind
+        ? {
+            text: `select r.id, r.content, r.sealed from resource r where r.resource_type = 'Patient' and not r.deleted and r.id in (select b.resource_id from idx_blind b where b.resource_type = 'Patient' and b.param = 'name' and b.mac = decode($1, 'hex')) order by r.id limit 50`,
+            values: [blind.prefix('Patient', 'name', normaliseString(s.family.slice(0, 4)))],
+          }
+        : {
+            text: `select r.id, r.content from resource r where r.resource_type = 'Patient' and not r.deleted and r.id in (select x.resource_id from idx_string x where x.resource_type = 'Patient' and x.param = 'name' and left(x.value_norm, 100) like $1) order by r.id limit 50`,
+            values: [`${norm(s.family.slice(0, 4))}%`],
+          },
+  },
+  {
+    name: 'Patient?identifier=<system>|<value>',
+    path: (s) => `/Patient?identifier=${encodeURIComponent(`${s.identifier.system}|${s.identifier.value}`)}`,
+    sql: (s, blind) =>
+      blind
+        ? {
+            text: `select r.id, r.content, r.sealed from resource r where r.resource_type = 'Patient' and not r.deleted and r.id in (select b.resource_id from idx_blind b where b.resource_type = 'Patient' and b.param = 'identifier' and b.mac = decode($1, 'hex')) order by r.id limit 50`,
+            values: [blind.tokenSystemCode('Patient', 'identifier', s.identifier.system, s.identifier.value)],
+          }
+        : {
+            text: `select r.id, r.content from resource r where r.resource_type = 'Patient' and not r.deleted and r.id in (select x.resource_id from idx_token x where x.resource_type = 'Patient' and x.param = 'identifier' and x.code = $1 and x.system = $2) order by r.id limit 50`,
+            values: [s.identifier.value, s.identifier.system],
+          },
+  },
+  {
+    name: 'Observation?patient=<id>&code=<system>|<code>',
+    path: (s) => `/Observation?patient=${s.patientId}&code=${encodeURIComponent(`${s.code.system}|${s.code.code}`)}`,
+    sql: (s) => ({
+      text: `select r.id, r.content from resource r where r.resource_type = 'Observation' and not r.deleted
+        and r.id in (select x.resource_id from idx_reference x where x.resource_type = 'Observation' and x.param = 'patient' and x.target_id = $1 and x.target_type = 'Patient')
+        and r.id in (select t.resource_id from idx_token t where t.resource_type = 'Observation' and t.param = 'code' and t.code = $2 and t.system = $3) order by r.id limit 50`,
+      values: [s.patientId, s.code.code, s.code.system],
+    }),
+  },
+  {
+    name: 'Observation?code=<code>&date=ge<date>',
+    path: (s) => `/Observation?code=${encodeURIComponent(`${s.code.system}|${s.code.code}`)}&date=ge${s.date}`,
+    sql: (s) => ({
+      text: `select r.id, r.content from resource r where r.resource_type = 'Observation' and not r.deleted
+        and r.id in (select t.resource_id from idx_token t where t.resource_type = 'Observation' and t.param = 'code' and t.code = $1 and t.system = $2)
+        and r.id in (select d.resource_id from idx_date d where d.resource_type = 'Observation' and d.param = 'date' and d.high > $3) order by r.id limit 50`,
+      values: [s.code.code, s.code.system, Date.parse(`${s.date}T00:00:00Z`)],
+    }),
+  },
+  {
+    name: 'Encounter?_has:Observation:encounter:code=<code>',
+    path: (s) => `/Encounter?_has:Observation:encounter:code=${encodeURIComponent(`${s.code.system}|${s.code.code}`)}`,
+    sql: (s) => ({
+      text: `select r.id, r.content from resource r where r.resource_type = 'Encounter' and not r.deleted and r.id in (
+        select h.target_id from idx_reference h join idx_token t on t.resource_type = 'Observation' and t.resource_id = h.resource_id and t.param = 'code'
+        where h.resource_type = 'Observation' and h.param = 'encounter' and h.target_type = 'Encounter' and t.code = $1 and t.system = $2) order by r.id limit 50`,
+      values: [s.code.code, s.code.system],
+    }),
+  },
+  {
+    name: 'Observation?patient=<id>&_include=Observation:patient',
+    path: (s) => `/Observation?patient=${s.patientId}&_include=Observation:patient`,
+    sql: (s) => ({
+      text: `with page as (select r.id, r.content from resource r where r.resource_type = 'Observation' and not r.deleted
+          and r.id in (select x.resource_id from idx_reference x where x.resource_type = 'Observation' and x.param = 'patient' and x.target_id = $1 and x.target_type = 'Patient') order by r.id limit 50)
+        select id, content from page union all
+        select p.id, p.content from resource p where p.resource_type = 'Patient' and p.id in (select x.target_id from idx_reference x where x.resource_type = 'Observation' and x.param = 'patient' and x.resource_id in (select id from page))`,
+      values: [s.patientId],
+    }),
+  },
+  {
+    name: 'Observation?code=<code>&_summary=count',
+    path: (s) => `/Observation?code=${encodeURIComponent(`${s.code.system}|${s.code.code}`)}&_summary=count`,
+    sql: (s) => ({
+      text: `select count(*) from resource r where r.resource_type = 'Observation' and not r.deleted and r.id in (select t.resource_id from idx_token t where t.resource_type = 'Observation' and t.param = 'code' and t.code = $1 and t.system = $2)`,
+      values: [s.code.code, s.code.system],
+    }),
+  },
+];
+
+/** Query values taken from the loaded data: names and identifiers from the bundles (PHI is sealed in the database), ids and codes from the database. */
+async function samples(databaseUrl: string, dir: string, n: number): Promise<Sample[]> {
+  const families: string[] = [];
+  const identifiers: { system: string; value: string }[] = [];
+  for (const f of readdirSync(dir).filter((x) => x.startsWith('b')).slice(0, 200)) {
+    const b = JSON.parse(readFileSync(join(dir, f), 'utf8')) as { entry: { resource: { resourceType: string; name?: { family?: string }[]; identifier?: { system?: string; value?: string }[] } }[] };
+    for (const e of b.entry) {
+      if (e.resource.resourceType !== 'Patient') continue;
+      const fam = e.resource.name?.[0]?.family;
+      if (fam && fam.length >= 4) families.push(fam);
+      for (const i of e.resource.identifier ?? []) if (i.system && i.value) identifiers.push({ system: i.system, value: i.value });
+    }
+  }
+  const c = new pg.Client({ connectionString: databaseUrl });
+  await c.connect();
+  try {
+    const obs = (
+      await c.query<{ content: { subject?: { reference?: string }; code?: { coding?: { system?: string; code?: string }[] }; effectiveDateTime?: string } }>(
+        `select content from resource where resource_type = 'Observation' order by md5(id) limit $1`,
+        [n],
+      )
+    ).rows.map((r) => r.content);
+    const out: Sample[] = [];
+    for (let i = 0; i < obs.length; i++) {
+      const o = obs[i];
+      const coding = o.code?.coding?.[0];
+      const pid = o.subject?.reference?.split('/')[1];
+      if (!coding?.system || !coding.code || !pid || !o.effectiveDateTime) continue;
+      out.push({
+        family: families[i % families.length],
+        identifier: identifiers[(i * 7) % identifiers.length],
+        patientId: pid,
+        code: { system: coding.system, code: coding.code },
+        date: o.effectiveDateTime.slice(0, 10),
+      });
+    }
+    return out;
+  } finally {
+    await c.end();
+  }
+}
+
+/** Node types of a JSON plan and the relations they scan. */
+export function planScans(plan: Record<string, unknown>, out: { node: string; rel?: string }[] = []): { node: string; rel?: string }[] {
+  out.push({ node: String(plan['Node Type']), ...(plan['Relation Name'] ? { rel: String(plan['Relation Name']) } : {}) });
+  for (const p of (plan.Plans as Record<string, unknown>[] | undefined) ?? []) planScans(p, out);
+  return out;
+}
+
+export interface SearchMixOptions {
+  vestaUrl: string;
+  databaseUrl: string;
+  syntheaDir: string;
+  resources: number;
+  seconds: number;
+  rounds: number;
+  agent: Agent;
+  phiSealed: boolean;
+  /** The blind-index key when PHI is sealed (the ceiling looks up HMACs as Vesta does). */
+  blindKey?: Buffer;
+  log: (s: string) => void;
+}
+
+/** Loads the data and runs the mix; the caller owns the server and the database. */
+export async function searchMix(o: SearchMixOptions): Promise<{ resources: number; loadRps: number; queries: MixResult[]; seqScans: Record<string, string[]> }> {
+  const dir = mkdtempSync(join(tmpdir(), 'vesta-mix-'));
+  try {
+    const gen = generateData(o.syntheaDir, o.resources, dir);
+    o.log(`bench: search mix: loading ${gen.resources} resources (${gen.bundles} bundles)\n`);
+    const files = readdirSync(dir).filter((f) => f.startsWith('b')).sort().map((f) => join(dir, f));
+    const loaded = await vestaLoad(o.vestaUrl, files, 4);
+    if (loaded.failures) throw new Error(`search mix load: ${loaded.failures} bundles failed`);
+    const pool = new pg.Pool({ connectionString: o.databaseUrl, max: 4 });
+    await pool.query('analyze');
+    const sample = await samples(o.databaseUrl, dir, 400);
+    if (!sample.length) throw new Error('search mix: no samples');
+    const base = new URL(o.vestaUrl);
+    const blind = o.blindKey ? new BlindIndexer(o.blindKey) : undefined;
+    const queries: MixResult[] = [];
+    try {
+      for (const q of MIX) {
+        o.log(`bench: search mix: ${q.name}\n`);
+        const first = await httpCall(o.agent, base, 'GET', q.path(sample[0]));
+        if (first.status !== 200) throw new Error(`search mix: ${q.name} answered ${first.status}`);
+        const body = JSON.parse(first.body) as { total?: number; entry?: { search?: { mode?: string }; resource?: { issue?: { diagnostics?: string }[] } }[] };
+        const notServed = (body.entry ?? []).filter((e) => e.search?.mode === 'outcome').flatMap((e) => (e.resource?.issue ?? []).map((i) => String(i.diagnostics)));
+        const vr: { p50: number; p95: number; rps: number }[] = [];
+        const cr: { p50: number; p95: number; rps: number }[] = [];
+        for (let r = 0; r < o.rounds; r++) {
+          const v = await closedLoop(4, o.seconds, (w, i) => httpCall(o.agent, base, 'GET', q.path(sample[(w * 97 + i) % sample.length])));
+          if (v.errors) throw new Error(`search mix: ${q.name}: ${v.errors} errors`);
+          vr.push({ p50: percentile(v.lat, 50), p95: percentile(v.lat, 95), rps: v.rps });
+          const c = await closedLoop(4, o.seconds, async (w, i) => {
+            const t0 = process.hrtime.bigint();
+            const s = q.sql(sample[(w * 97 + i) % sample.length], blind);
+            await pool.query(s.text, s.values);
+            return { status: 200, ms: Number(process.hrtime.bigint() - t0) / 1e6 };
+          });
+          cr.push({ p50: percentile(c.lat, 50), p95: percentile(c.lat, 95), rps: c.rps });
+        }
+        const med = (xs: { p50: number; p95: number; rps: number }[]) => ({ p50: r2(median(xs.map((x) => x.p50))), p95: r2(median(xs.map((x) => x.p95))), rps: Math.round(median(xs.map((x) => x.rps))) });
+        const vm = med(vr);
+        const cm = med(cr);
+        queries.push({ query: q.name, vesta: vm, ceiling: cm, ratio: r2(vm.p95 / cm.p95), sampleTotal: body.total ?? null, notServed });
+      }
+      // What the planner picks for Vesta's own SQL at this size: sequential scans on big tables, if any.
+      const seqScans: Record<string, string[]> = {};
+      for (const q of MIX) {
+        const sql = vestaSql(q.path(sample[0]), o.phiSealed, o.vestaUrl);
+        const plan = (await pool.query(`explain (format json) ${sql.text}`, sql.values)).rows[0]['QUERY PLAN'] as { Plan: Record<string, unknown> }[];
+        seqScans[q.name] = planScans(plan[0].Plan).filter((n) => n.node === 'Seq Scan' && n.rel).map((n) => n.rel as string);
+      }
+      return { resources: loaded.resources, loadRps: Math.round(loaded.rps), queries, seqScans };
+    } finally {
+      await pool.end();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const r2 = (x: number) => Math.round(x * 100) / 100;
+
+/** The SQL Vesta runs for a search path (its page query, or its count for _summary=count), with $n placeholders. */
+export function vestaSql(path: string, phiSealed: boolean, baseUrl: string): { text: string; values: unknown[] } {
+  const u = new URL(path, 'http://x');
+  const type = u.pathname.slice(1);
+  const req = parseSearch(type, [...u.searchParams], { strict: false, phi: { sealed: phiSealed }, baseUrl });
+  const where = planWhere(req);
+  const q = req.control._summary === 'count' ? countQuery(where) : pageQuery(where, [], { limit: 51 });
+  let n = 0;
+  return { text: q.sql.replace(/\?/g, () => `$${++n}`), values: q.bindings };
+}

@@ -1,0 +1,77 @@
+// Index rows (https://hl7.org/fhir/R4/search.html#ptypes): what extraction produces for one resource
+// version and storage writes to the per-type tables of migrations/0002_search_index.ts.
+
+interface RowBase {
+  /** Parameter code; `code$i` for component i of a composite, `code:identifier` / `code:of-type` for derived rows. */
+  param: string;
+  /** Groups the component rows of one composite value; absent for plain parameters. */
+  grp?: number | null;
+}
+
+export interface TokenRow extends RowBase {
+  system: string | null;
+  code: string | null;
+  /** Normalised display / CodeableConcept.text / Identifier.type.text, for :text. */
+  text?: string | null;
+}
+
+export interface StringRow extends RowBase {
+  norm: string;
+  exact: string;
+}
+
+export interface ReferenceRow extends RowBase {
+  targetType: string | null;
+  targetId: string | null;
+  url: string | null;
+  version: string | null;
+}
+
+/** [low, high) in epoch milliseconds. */
+export interface DateRow extends RowBase {
+  low: number;
+  high: number;
+}
+
+/** Closed [low, high] as decimal strings ('-Infinity' / 'Infinity' for open bounds). */
+export interface NumberRow extends RowBase {
+  low: string;
+  high: string;
+}
+
+export interface QuantityRow extends NumberRow {
+  system: string | null;
+  code: string | null;
+  unit: string | null;
+}
+
+export interface UriRow extends RowBase {
+  uri: string;
+}
+
+export interface IndexRows {
+  token: TokenRow[];
+  string?: StringRow[];
+  reference?: ReferenceRow[];
+  date?: DateRow[];
+  number?: NumberRow[];
+  quantity?: QuantityRow[];
+  uri?: UriRow[];
+}
+
+/** Every index table and the IndexRows member that feeds it. */
+export const INDEX_TABLES = {
+  token: 'idx_token',
+  string: 'idx_string',
+  reference: 'idx_reference',
+  date: 'idx_date',
+  number: 'idx_number',
+  quantity: 'idx_quantity',
+  uri: 'idx_uri',
+} as const;
+
+export type IndexKind = keyof typeof INDEX_TABLES;
+
+export function emptyRows(): Required<IndexRows> {
+  return { token: [], string: [], reference: [], date: [], number: [], quantity: [], uri: [] };
+}

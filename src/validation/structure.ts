@@ -1,0 +1,230 @@
+// Structure checks from the generated JSON Schemas (https://hl7.org/fhir/R4/json.html): element types,
+// cardinality, choice types, primitive formats, _element siblings, unknown and empty elements.
+// ajv compiles one validator per resource type on first use; nested resources (contained, Bundle
+// entries, Parameters) are checked by the validator of their own type.
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import formatsPlugin from 'ajv-formats';
+import type { Issue } from '../fhir/errors.js';
+import { schemaDocument } from './artifacts.js';
+import { fhirPathOf } from './location.js';
+import { definition, safeName } from './type-model.js';
+
+type AnyErr = ErrorObject<string, Record<string, any>, unknown>;
+
+// ajv-formats' RFC 3339 full-date check (leap years, days per month), applied to the complete part of
+// FHIR's partial dates: the spec's regexes alone accept 2021-02-30.
+type FormatsPlugin = { get(name: string, mode?: string): unknown };
+const plugin = ((formatsPlugin as unknown as { default?: FormatsPlugin }).default ?? formatsPlugin) as unknown as FormatsPlugin;
+const rfcDate = plugin.get('date', 'full') as { validate: (s: string) => boolean };
+
+function calendarOk(s: string): boolean {
+  return s.length < 10 || rfcDate.validate(s.slice(0, 10));
+}
+
+const UNKNOWN_TYPE = 'fhirResource';
+
+let ajv: Ajv | undefined;
+const validators = new Map<string, ValidateFunction>();
+
+function nestedErrors(errors: AnyErr[] | null | undefined, prefix: string): AnyErr[] {
+  // ajv rewrites schemaPath to the fhirResource keyword; the original names the primitive at fault.
+  return (errors ?? []).map((e) => ({ ...e, instancePath: prefix + e.instancePath, params: { ...e.params, innerSchemaPath: e.params.innerSchemaPath ?? e.schemaPath } }));
+}
+
+function instance(): Ajv {
+  if (ajv) return ajv;
+  const a = new Ajv({ allErrors: true, strict: true, strictTypes: false, strictTuples: false, validateSchema: false, inlineRefs: true, code: { optimize: true } });
+  a.addFormat('fhir-date', { type: 'string', validate: calendarOk });
+  a.addFormat('fhir-dateTime', { type: 'string', validate: calendarOk });
+  a.addFormat('fhir-instant', { type: 'string', validate: calendarOk });
+  // The FHIR keywords are compiled once per schema; the returned checks allocate nothing when the data is valid.
+  type Check = ((data: Record<string, unknown>, cxt?: { instancePath: string }) => boolean) & { errors?: AnyErr[] };
+  const keyword = (name: string, schemaType: 'object' | 'array', compile: (schema: any, parent: any) => Check) =>
+    a.addKeyword({ keyword: name, type: 'object', schemaType, errors: true, compile: compile as never });
+  const fail = (check: Check, errs: AnyErr[]) => {
+    check.errors = errs;
+    return false;
+  };
+  keyword('fhirChoice', 'object', (schema: Record<string, string[]>) => {
+    const groups = Object.entries(schema).map(([base, variants]) => ({ base, keys: variants.flatMap((v) => [v, `_${v}`]) }));
+    const check: Check = (data, cxt) => {
+      let errs: AnyErr[] | undefined;
+      for (const g of groups) {
+        let present = 0;
+        for (const k of g.keys) if (data[k] !== undefined) present++;
+        // a variant and its own _ sibling count once
+        if (present > 1 && new Set(g.keys.filter((k) => data[k] !== undefined).map((k) => k.replace(/^_/, ''))).size > 1) {
+          (errs ??= []).push({ keyword: 'fhirChoice', params: { base: g.base }, instancePath: cxt?.instancePath ?? '', schemaPath: '', message: '' });
+        }
+      }
+      return errs ? fail(check, errs) : true;
+    };
+    return check;
+  });
+  keyword('fhirRequired', 'array', (schema: string[][], parent: { fhirChoice?: Record<string, string[]> }) => {
+    const groups = schema.map((group) => {
+      const base = Object.entries(parent?.fhirChoice ?? {}).find(([, vs]) => vs.includes(group[0]))?.[0];
+      return { group, name: base ? `${base}[x]` : group[0] };
+    });
+    const check: Check = (data, cxt) => {
+      let errs: AnyErr[] | undefined;
+      for (const g of groups) {
+        if (g.group.some((k) => data[k] !== undefined)) continue;
+        (errs ??= []).push({ keyword: 'fhirRequired', params: { name: g.name }, instancePath: cxt?.instancePath ?? '', schemaPath: '', message: '' });
+      }
+      return errs ? fail(check, errs) : true;
+    };
+    return check;
+  });
+  keyword('fhirPrimitiveArrays', 'array', (schema: string[]) => {
+    const names = schema.map((name) => ({ name, ext: `_${name}` }));
+    const check: Check = (data, cxt) => {
+      let errs: AnyErr[] | undefined;
+      const at = cxt?.instancePath ?? '';
+      for (const { name, ext } of names) {
+        const v = Array.isArray(data[name]) ? (data[name] as unknown[]) : undefined;
+        const e = Array.isArray(data[ext]) ? (data[ext] as unknown[]) : undefined;
+        if (!e && !v?.includes(null)) continue; // the common case: values only, no nulls
+        if (v && e && v.length !== e.length) {
+          (errs ??= []).push({ keyword: 'fhirPrimitiveArrays', params: { name, reason: 'length' }, instancePath: at, schemaPath: '', message: '' });
+          continue;
+        }
+        const len = Math.max(v?.length ?? 0, e?.length ?? 0);
+        for (let i = 0; i < len; i++) {
+          if ((v?.[i] ?? null) === null && (e?.[i] ?? null) === null) {
+            (errs ??= []).push({ keyword: 'fhirPrimitiveArrays', params: { name, index: i, reason: 'null' }, instancePath: `${at}/${name}/${i}`, schemaPath: '', message: '' });
+          }
+        }
+      }
+      return errs ? fail(check, errs) : true;
+    };
+    return check;
+  });
+  a.addKeyword({
+    keyword: 'fhirResource',
+    schemaType: 'boolean',
+    errors: true,
+    validate: function nested(_schema: boolean, data: unknown, _parent: unknown, cxt?: { instancePath: string }): boolean {
+      const at = cxt?.instancePath ?? '';
+      const rt = data && typeof data === 'object' && !Array.isArray(data) ? (data as { resourceType?: unknown }).resourceType : undefined;
+      const v = typeof rt === 'string' ? structureValidator(rt) : undefined;
+      if (!v) {
+        (nested as unknown as { errors: AnyErr[] }).errors = [{ keyword: UNKNOWN_TYPE, params: {}, instancePath: at, schemaPath: '', message: '' }];
+        return false;
+      }
+      const ok = v(data);
+      (nested as unknown as { errors: AnyErr[] }).errors = ok ? [] : nestedErrors(v.errors as AnyErr[], at);
+      return ok;
+    },
+  });
+  a.addSchema(schemaDocument() as object);
+  ajv = a;
+  return a;
+}
+
+/** The compiled validator of a resource type (compiled on first use), or undefined for unknown types. */
+export function structureValidator(type: string): ValidateFunction | undefined {
+  const hit = validators.get(type);
+  if (hit) return hit;
+  const def = definition(type);
+  if (!def?.isResource) return undefined;
+  const a = instance();
+  const v = a.getSchema(`${schemaDocument().$id}#/$defs/${type}`);
+  if (!v) return undefined;
+  validators.set(type, v);
+  return v;
+}
+
+/** Runs the structure checks; returns issues with FHIRPath locations. */
+export function checkStructure(resource: Record<string, unknown>): Issue[] {
+  const type = String(resource.resourceType);
+  const v = structureValidator(type);
+  if (!v) return [{ severity: 'error', code: 'structure', diagnostics: 'resourceType is missing or not an R4 resource type', expression: ['resourceType'] }];
+  if (v(resource)) return [];
+  const out: Issue[] = [];
+  const seen = new Set<string>();
+  const errs = v.errors as AnyErr[];
+  // A value that fails its regex is not also reported as an impossible calendar date.
+  const badPattern = new Set(errs.filter((e) => e.keyword === 'pattern').map((e) => e.instancePath));
+  for (const e of errs) {
+    if (e.keyword === 'format' && badPattern.has(e.instancePath)) continue;
+    const issue = toIssue(type, resource, e);
+    if (!issue) continue;
+    const k = `${issue.code}|${issue.diagnostics}|${issue.expression?.[0]}`;
+    if (seen.has(k)) continue;
+    seen.add(k);
+    out.push(issue);
+  }
+  return out;
+}
+
+/** The value a JSON Pointer names (undefined if it names nothing). */
+function valueAt(root: unknown, pointer: string): unknown {
+  let v = root;
+  for (const seg of pointer.split('/').slice(1)) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<string, unknown>)[seg.replace(/~1/g, '/').replace(/~0/g, '~')];
+  }
+  return v;
+}
+
+/** The primitive type whose definition raised an error, from its schema path (#/$defs/date/pattern). */
+function primitiveOf(e: AnyErr): string {
+  const m = /^#\/\$defs\/([A-Za-z0-9]+)(?:-or-null)?\/[a-zA-Z]+$/.exec(String(e.params.innerSchemaPath ?? e.schemaPath));
+  return m ? m[1] : 'value';
+}
+
+function toIssue(type: string, resource: unknown, e: AnyErr): Issue | undefined {
+  const at = (pointer: string) => fhirPathOf(type, resource, pointer);
+  const here = at(e.instancePath);
+  const p = e.params;
+  const issue = (code: string, diagnostics: string, expression = here): Issue => ({ severity: 'error', code, diagnostics, expression: [expression] });
+  switch (e.keyword) {
+    case 'additionalProperties': {
+      const name = safeName(String(p.additionalProperty));
+      return issue('structure', `unknown element '${name}'`, at(`${e.instancePath}/${String(p.additionalProperty).replace(/~/g, '~0').replace(/\//g, '~1')}`));
+    }
+    case 'required':
+      return issue('required', `missing required element '${safeName(String(p.missingProperty))}'`, at(`${e.instancePath}/${String(p.missingProperty)}`));
+    case 'fhirRequired': {
+      const name = String(p.name);
+      return issue('required', `missing required element '${name}'`, `${here}.${name.replace('[x]', '')}`);
+    }
+    case 'fhirChoice':
+      return issue('structure', `only one type of '${String(p.base)}[x]' may be present`, `${here}.${String(p.base)}`);
+    case 'fhirPrimitiveArrays':
+      return p.reason === 'length'
+        ? issue('structure', `'${String(p.name)}' and '_${String(p.name)}' must have the same number of items`, `${here}.${String(p.name)}`)
+        : issue('structure', 'a repeating primitive item has neither a value nor extensions (null in both arrays)');
+    case UNKNOWN_TYPE:
+      return issue('structure', 'a nested resource has a missing or unknown resourceType');
+    case 'type': {
+      const t = Array.isArray(p.type) ? (p.type as string[]).filter((x) => x !== 'null').join(' or ') : String(p.type);
+      const what = primitiveOf(e);
+      if (t === 'array') return issue('structure', 'this element repeats and must be a JSON array');
+      if (t === 'object') return issue('structure', 'this element must be a JSON object');
+      return issue('value', `a ${what} must be a JSON ${t}`);
+    }
+    case 'minItems':
+      return issue('structure', 'arrays must not be empty');
+    case 'maxItems':
+      return issue('structure', `at most ${String(p.limit)} item(s) allowed`);
+    case 'minProperties':
+      return issue('structure', 'objects must not be empty');
+    case 'minLength':
+      return issue('value', 'strings must not be empty');
+    case 'maxLength':
+      return issue('value', `the value exceeds the maximum length of a ${primitiveOf(e)} (${String(p.limit)} characters)`);
+    case 'pattern':
+      return valueAt(resource, e.instancePath) === '' ? issue('value', 'strings must not be empty') : issue('value', `the value is not a valid ${primitiveOf(e)}`);
+    case 'format':
+      return issue('value', `the value is not a valid calendar ${String(p.format).replace('fhir-', '')}`);
+    case 'minimum':
+    case 'maximum':
+      return issue('value', `the value is out of range for a ${primitiveOf(e)}`);
+    case 'const':
+      return issue('structure', 'resourceType does not match the type expected here');
+    default:
+      return issue('structure', 'the element does not match its definition');
+  }
+}

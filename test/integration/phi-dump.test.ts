@@ -1,0 +1,151 @@
+// Proof of PHI at rest (issue 6 acceptance, design.md "PHI at rest"): after loading the Synthea
+// bundles into real PostgreSQL with sealing on, a pg_dump of the whole database holds none of the
+// loaded patients' family names, given names, birth dates, phone numbers, street lines or identifier
+// values. The same grep over a dump of the same data loaded with PHI_ENCRYPTION=off finds every one
+// of them, so the check cannot pass by looking in the wrong place.
+//
+// False positives, honestly: the dump also holds ciphertext (base64url) and MACs (hex), where a short
+// value such as "Ned" occurs by chance (about once per 260 kB of base64 for a 3-letter string). A value
+// is therefore matched as a whole token: not preceded or followed by a letter, digit, "-" or "_" (the
+// base64url and hex alphabets), case-insensitively (the plaintext index keeps values lowercased). A
+// real leak (JSON "family": "Hintz", a narrative <div>Ned Hintz</div>, an index row "hintz") is still a
+// whole token. A value may also legitimately appear outside the patient's sealed elements (another
+// resource's date equal to a birth date, a practitioner sharing a family name); such a value is not a
+// leak of that patient, but rather than skip it silently, the test computes those occurrences from the
+// loaded data with the sealed elements removed and requires that there are none: if a future fixture
+// has one, the test fails and whoever adds it must decide.
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { execFile } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import type { Bundle, Patient, Resource } from 'fhir/r4.js';
+import request from 'supertest';
+import { extractProtected } from '../../src/crypto/phi-extract.js';
+import { loadPhiPolicy } from '../../src/crypto/phi-policy.js';
+import { resourceTypeInfo } from '../../src/fhir/definitions.js';
+import { findPackageRoot } from '../../src/fhir/package-root.js';
+import { extractIndexRows } from '../../src/search/index-extract.js';
+import { dateRange } from '../../src/search/types/date.js';
+import { startTestServer, type TestServer } from '../support/backends.js';
+
+const run = promisify(execFile);
+const FHIR = 'application/fhir+json';
+const fixtures = join(findPackageRoot(), 'test', 'fixtures', 'synthea');
+const bundles = readdirSync(fixtures)
+  .filter((f) => f.endsWith('.json') && f !== 'manifest.json')
+  .map((f) => JSON.parse(readFileSync(join(fixtures, f), 'utf8')) as Bundle);
+
+/** Why the test cannot run here, or undefined when it can. */
+async function unavailable(): Promise<string | undefined> {
+  if (!process.env.TEST_DATABASE_URL) return 'TEST_DATABASE_URL is not set (pg_dump needs a real PostgreSQL)';
+  try {
+    await run('pg_dump', ['--version']);
+  } catch {
+    return 'pg_dump is not on the PATH';
+  }
+  return undefined;
+}
+
+interface PhiValue {
+  kind: 'family' | 'given' | 'birthDate' | 'birthDate (epoch ms)' | 'phone' | 'line' | 'identifier';
+  value: string;
+}
+
+/** Every value the acceptance criterion names, for each loaded patient. */
+function phiValues(): PhiValue[] {
+  const out: PhiValue[] = [];
+  for (const b of bundles) {
+    for (const e of b.entry ?? []) {
+      const p = e.resource as Patient;
+      if (p?.resourceType !== 'Patient') continue;
+      for (const n of p.name ?? []) {
+        if (n.family) out.push({ kind: 'family', value: n.family });
+        for (const g of n.given ?? []) out.push({ kind: 'given', value: g });
+      }
+      if (p.birthDate) {
+        out.push({ kind: 'birthDate', value: p.birthDate });
+        // how idx_date would hold it, were it indexed in the clear
+        out.push({ kind: 'birthDate (epoch ms)', value: String(dateRange(p.birthDate)!.low) });
+      }
+      for (const t of p.telecom ?? []) if (t.system === 'phone' && t.value) out.push({ kind: 'phone', value: t.value });
+      for (const a of p.address ?? []) for (const l of a.line ?? []) out.push({ kind: 'line', value: l });
+      for (const i of p.identifier ?? []) if (i.value) out.push({ kind: 'identifier', value: i.value });
+    }
+  }
+  const seen = new Set<string>();
+  return out.filter((v) => !seen.has(`${v.kind}|${v.value}`) && seen.add(`${v.kind}|${v.value}`));
+}
+
+const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+/** Occurrences of `value` as a whole token (see the header), case-insensitively. */
+function occurrences(text: string, value: string): number {
+  return text.match(new RegExp(`(?<![A-Za-z0-9_-])${escapeRe(value)}(?![A-Za-z0-9_-])`, 'gi'))?.length ?? 0;
+}
+
+/** What the database may legitimately hold in the clear: the loaded resources without their sealed elements, and their index values. */
+function clearRemainder(): string {
+  const policy = loadPhiPolicy(undefined, resourceTypeInfo().map((t) => t.type));
+  const parts: string[] = [];
+  for (const b of bundles) {
+    for (const e of b.entry ?? []) {
+      const r = structuredClone(e.resource) as Resource;
+      extractProtected(r as unknown as Record<string, unknown>, policy);
+      parts.push(JSON.stringify(r), JSON.stringify(extractIndexRows(r)));
+    }
+  }
+  return parts.join('\n');
+}
+
+async function loadAndDump(t: TestServer): Promise<string> {
+  for (const b of bundles) await request(t.url).post('/').set('Content-Type', FHIR).send(b).expect(200);
+  const db = ((await t.svc.db.knex.raw('select current_database() as d')) as { rows: { d: string }[] }).rows[0].d;
+  const u = new URL(process.env.TEST_DATABASE_URL!);
+  u.pathname = `/${db}`;
+  const { stdout } = await run('pg_dump', ['--no-owner', '--no-privileges', `--dbname=${u.toString()}`], { maxBuffer: 512 * 1024 * 1024 });
+  return stdout;
+}
+
+describe('pg_dump of a database loaded with the Synthea bundles', () => {
+  let skip: string | undefined;
+  let sealed: TestServer | undefined;
+  let plain: TestServer | undefined;
+  beforeAll(async () => {
+    skip = await unavailable();
+    if (skip) {
+      // eslint-disable-next-line no-console
+      console.warn(`phi-dump: skipped: ${skip}`);
+      return;
+    }
+    sealed = await startTestServer('pg');
+    plain = await startTestServer('pg', { PHI_ENCRYPTION: 'off' });
+  });
+  afterAll(async () => {
+    await sealed?.close();
+    await plain?.close();
+  });
+
+  test('no loaded patient value can be found in the dump with sealing on; all of them with it off', async () => {
+    if (skip) return;
+    const values = phiValues();
+    // Every kind the criterion names is checked for every patient (3 fixtures).
+    for (const kind of ['family', 'given', 'birthDate', 'phone', 'line', 'identifier'] as const) expect([kind, values.filter((v) => v.kind === kind).length >= bundles.length]).toEqual([kind, true]);
+
+    const remainder = clearRemainder();
+    const legitimate = values.filter((v) => occurrences(remainder, v.value) > 0).map((v) => v.kind);
+    expect(legitimate).toEqual([]);
+
+    const dump = await loadAndDump(sealed!);
+    expect(dump).toContain('COPY public.idx_blind');
+    expect(dump.length).toBeGreaterThan(100_000);
+    // Reported by kind only: a failure message must not print PHI either.
+    const found = values.filter((v) => occurrences(dump, v.value) > 0).map((v) => v.kind);
+    expect(found).toEqual([]);
+
+    const control = await loadAndDump(plain!);
+    const missing = values.filter((v) => v.kind !== 'birthDate (epoch ms)' && occurrences(control, v.value) === 0).map((v) => v.kind);
+    expect(missing).toEqual([]);
+    // idx_date keeps birth dates as epoch milliseconds when they are in the clear
+    expect(values.filter((v) => v.kind === 'birthDate (epoch ms)').every((v) => occurrences(control, v.value) > 0)).toBe(true);
+  });
+});
