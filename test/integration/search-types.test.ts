@@ -158,7 +158,8 @@ describe.each(backends())('search parameter types on %s PostgreSQL', (backend) =
 
   test('number: implicit precision, prefixes, Range values', async () => {
     const ra = (p: Record<string, unknown>) => ({ resourceType: 'RiskAssessment', status: 'final', subject: { reference: 'Patient/x' }, prediction: [p] });
-    const { find } = await fixture({ p08: ra({ probabilityDecimal: 0.8 }), range: ra({ probabilityRange: { low: { value: 0.2 }, high: { value: 0.4 } } }), p100: ra({ probabilityDecimal: 100 }) });
+    const UCUM = 'http://unitsofmeasure.org';
+    const { find } = await fixture({ p08: ra({ probabilityDecimal: 0.8 }), range: ra({ probabilityRange: { low: { value: 0.2, system: UCUM, code: '%' }, high: { value: 0.4, system: UCUM, code: '%' } } }) /* ras-1: percentages */, p100: ra({ probabilityDecimal: 100 }) });
     expect(await find('RiskAssessment', 'probability=0.8')).toEqual(['p08']);
     expect(await find('RiskAssessment', 'probability=0.80')).toEqual(['p08']);
     expect(await find('RiskAssessment', 'probability=0.81')).toEqual([]);

@@ -61,9 +61,25 @@ describe.each(backends())('transactions and batches on %s PostgreSQL', (backend)
     }
   });
 
-  test('the Inferno US Core bundles load (PUT entries with urn:uuid fullUrls), references resolved', async () => {
+  test('the Inferno US Core bundles load (PUT entries with urn:uuid fullUrls), references resolved; the one with an invalid entry is refused whole', async () => {
     const dir = join(findPackageRoot(), 'test', 'fixtures', 'inferno');
-    const files = ['uscore_bundle_asserted-date.json', 'uscore_bundle_patient_355.json', 'uscore_bundle_patient_85.json', 'uscore_bundle_patient_907.json', 'uscore_bundle_patient_908.json', 'uscore_bundle_patient_client_test.json'];
+    // uscore_bundle_patient_355.json carries one Observation that is not valid R4 (effectivePeriod.stop, an
+    // element Period does not have): as a transaction it must be refused whole, as a batch only that entry fails.
+    const bad = readFileSync(join(dir, 'uscore_bundle_patient_355.json'), 'utf8');
+    const refused = await api.post('/').set('Content-Type', FHIR).send(bad).expect(422);
+    expect(refused.body.issue[0].diagnostics).toMatch(/^entry 266 \(urn:uuid:3c766796-d8a0-480f-8215-f1e7e3afab21\)/);
+    expect(refused.body.issue.some((i: { expression?: string[] }) => i.expression?.[0] === 'Observation.effective.ofType(Period).stop')).toBe(true);
+    await api.get('/Patient/355').expect(404);
+    const asBatch = JSON.parse(bad) as { type: string; entry: Entry[] };
+    asBatch.type = 'batch';
+    const batch = await api.post('/').set('Content-Type', FHIR).send(asBatch).expect(200);
+    const statuses = (batch.body.entry as { response: { status: string } }[]).map((e) => e.response.status.split(' ')[0]);
+    expect(statuses.filter((s) => s === '422')).toHaveLength(1);
+    expect(statuses[266]).toBe('422');
+    expect(statuses.filter((s) => s === '201' || s === '200')).toHaveLength(asBatch.entry.length - 1);
+    await api.get('/Patient/355').expect(200);
+
+    const files = ['uscore_bundle_asserted-date.json', 'uscore_bundle_patient_85.json', 'uscore_bundle_patient_907.json', 'uscore_bundle_patient_908.json', 'uscore_bundle_patient_client_test.json'];
     for (const f of files) {
       const text = readFileSync(join(dir, f), 'utf8');
       const res = await api.post('/').set('Content-Type', FHIR).send(text);
