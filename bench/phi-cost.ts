@@ -16,10 +16,10 @@ interface RunResult {
 }
 
 /** Runs bench/run.js in one PHI mode (its output passes through) and returns its results file. */
-function runMode(phi: 'on' | 'off'): Promise<RunResult> {
+function runMode(phi: 'on' | 'off', extraEnv: Record<string, string> = {}): Promise<RunResult> {
   const root = findPackageRoot();
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(root, 'dist', 'bench', 'run.js')], { env: { ...process.env, BENCH_PHI: phi }, stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, [join(root, 'dist', 'bench', 'run.js')], { env: { ...process.env, ...extraEnv, BENCH_PHI: phi }, stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     child.stdout.on('data', (d: Buffer) => {
       out += d.toString();
@@ -39,7 +39,7 @@ const ratio = (on: number, off: number) => (off > 0 ? Math.round((on / off) * 10
 export async function phiCost(): Promise<void> {
   process.stderr.write('bench: PHI_ENCRYPTION=on, then off (set BENCH_PHI=on|off to run one mode)\n');
   const on = await runMode('on');
-  const off = await runMode('off');
+  const off = await runMode('off', { BENCH_VALIDATION: '0' }); // validation does not touch PHI: measured once
   const rows: [string, number, number][] = [
     ...on.ingest.runs.map((r): [string, number, number] => [`Synthea ingest, concurrency ${r.concurrency}: resources/s`, r.vestaRps, off.ingest.runs.find((x) => x.concurrency === r.concurrency)?.vestaRps ?? NaN]),
     ['read by id, 16 conn: req/s', on.readById.vesta.rps, off.readById.vesta.rps],

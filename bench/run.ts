@@ -3,6 +3,7 @@
 //   BENCH_ADMIN_URL  PostgreSQL to create a throw-away database in (default postgres://postgres@127.0.0.1:5432/postgres)
 //   BENCH_SECONDS    seconds per round (default 5); BENCH_ROUNDS rounds per workload (default 3)
 //   BENCH_SEARCH_RESOURCES  resources loaded (multiplied Synthea) for the search mix (default 100000; 0 skips)
+//   BENCH_VALIDATION  0 skips the in-process validation throughput (bench/validation.ts); default on
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { Agent } from 'node:http';
@@ -15,6 +16,7 @@ import { generateKeyRing } from '../src/crypto/key-ring.js';
 import { bareLoad, syntheaFiles, verifyCounts, vestaLoad, type IngestRun } from './ingest.js';
 import { searchMix, type MixResult } from './search-mix.js';
 import { phiCost } from './phi-cost.js';
+import { validationThroughput, type ValidationBench } from './validation.js';
 
 const root = findPackageRoot();
 const ADMIN = process.env.BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -89,6 +91,10 @@ async function main(): Promise<void> {
     settings: { seconds: SECONDS, rounds: ROUNDS, database: 'PostgreSQL (DATABASE_URL)', phiEncryption: PHI },
   };
   const children: ChildProcess[] = [];
+  if (process.env.BENCH_VALIDATION !== '0') {
+    // In-process, before any server runs: one core, nothing else competing.
+    results.validation = validationThroughput({ rounds: ROUNDS, log: (m) => process.stderr.write(m) });
+  }
   try {
     // Ingest: Synthea bundles through vesta load at concurrency 1, 2, 4, each into an empty database.
     const files = syntheaFiles(join(SYNTHEA, 'bundles'));
@@ -258,6 +264,20 @@ async function main(): Promise<void> {
       return `| Synthea ingest check (concurrency 4): counts equal manifest / urn:uuid left / references unresolved | ${v.countsMatch} / ${v.urnLeft} / ${v.unresolved} of ${v.references} | | |`;
     })(),
   ];
+  const val = results.validation as ValidationBench | undefined;
+  if (val) {
+    const row = (name: string, f: ValidationBench['examples']) =>
+      `| ${name} (${f.resources} resources, ${f.megabytes} MB) | ${f.schemaOnly.resourcesPerSecond} (${f.schemaOnly.megabytesPerSecond} MB/s) | ${f.full.resourcesPerSecond} (${f.full.megabytesPerSecond} MB/s) | ${Math.round((f.full.resourcesPerSecond / f.schemaOnly.resourcesPerSecond) * 1000) / 1000} |`;
+    lines.push(
+      '',
+      `Validation throughput, one core, in-process, medians of ${val.rounds} rounds (resources/s); first validation after start ${val.firstValidationMs} ms:`,
+      '',
+      '| set | schema only (ajv) | schema + invariants + bindings | ratio full/schema |',
+      '|---|---|---|---|',
+      row('official examples, instances', val.examples),
+      row('official examples, whole package', val.wholePackage),
+    );
+  }
   const mix = results.searchMix as { resources: number; loadRps: number; queries: MixResult[]; seqScans: Record<string, string[]> } | undefined;
   if (mix) {
     lines.push(
