@@ -148,7 +148,7 @@ async function samples(databaseUrl: string, dir: string, n: number): Promise<Sam
   try {
     const obs = (
       await c.query<{ content: { subject?: { reference?: string }; code?: { coding?: { system?: string; code?: string }[] }; effectiveDateTime?: string } }>(
-        `select content from resource where resource_type = 'Observation' order by md5(id) limit $1`,
+        `select content from resource where resource_type = 'Observation' and not deleted order by md5(id) limit $1`,
         [n],
       )
     ).rows.map((r) => r.content);
@@ -203,13 +203,15 @@ export async function searchMix(o: SearchMixOptions): Promise<{ resources: numbe
     const loaded = await vestaLoad(o.vestaUrl, files, 4);
     if (loaded.failures) throw new Error(`search mix load: ${loaded.failures} bundles failed`);
     const pool = new pg.Pool({ connectionString: o.databaseUrl, max: 4 });
-    await pool.query('analyze');
-    const sample = await samples(o.databaseUrl, dir, 400);
-    if (!sample.length) throw new Error('search mix: no samples');
-    const base = new URL(o.vestaUrl);
-    const blind = o.blindKey ? new BlindIndexer(o.blindKey) : undefined;
-    const queries: MixResult[] = [];
+    // The caller drops the database with (force) afterwards: an idle client it terminates must not crash us.
+    pool.on('error', () => undefined);
     try {
+      await pool.query('analyze');
+      const sample = await samples(o.databaseUrl, dir, 400);
+      if (!sample.length) throw new Error('search mix: no samples');
+      const base = new URL(o.vestaUrl);
+      const blind = o.blindKey ? new BlindIndexer(o.blindKey) : undefined;
+      const queries: MixResult[] = [];
       for (const q of MIX) {
         o.log(`bench: search mix: ${q.name}\n`);
         const first = await httpCall(o.agent, base, 'GET', q.path(sample[0]));
