@@ -50,8 +50,31 @@ async function unavailable(): Promise<string | undefined> {
 }
 
 interface PhiValue {
-  kind: 'family' | 'given' | 'birthDate' | 'birthDate (epoch ms)' | 'phone' | 'line' | 'identifier';
+  kind: 'family' | 'given' | 'birthDate' | 'birthDate (epoch ms)' | 'phone' | 'line' | 'identifier' | 'extension';
   value: string;
+}
+
+/** For each kind of value, how many of the loaded patients have at least one. */
+function patientsWith(): { patients: number; byKind: Record<string, number> } {
+  let patients = 0;
+  const byKind: Record<string, number> = {};
+  for (const b of bundles) {
+    for (const e of b.entry ?? []) {
+      const p = e.resource as Patient;
+      if (p?.resourceType !== 'Patient') continue;
+      patients++;
+      const kinds = new Set<string>();
+      if (p.name?.some((n) => n.family)) kinds.add('family');
+      if (p.name?.some((n) => n.given?.length)) kinds.add('given');
+      if (p.birthDate) kinds.add('birthDate');
+      if (p.telecom?.some((t) => t.system === 'phone' && t.value)) kinds.add('phone');
+      if (p.address?.some((a) => a.line?.length)) kinds.add('line');
+      if (p.identifier?.some((i) => i.value)) kinds.add('identifier');
+      if (p.extension?.length) kinds.add('extension');
+      for (const k of kinds) byKind[k] = (byKind[k] ?? 0) + 1;
+    }
+  }
+  return { patients, byKind };
 }
 
 /** Every value the acceptance criterion names, for each loaded patient. */
@@ -73,6 +96,12 @@ function phiValues(): PhiValue[] {
       for (const t of p.telecom ?? []) if (t.system === 'phone' && t.value) out.push({ kind: 'phone', value: t.value });
       for (const a of p.address ?? []) for (const l of a.line ?? []) out.push({ kind: 'line', value: l });
       for (const i of p.identifier ?? []) if (i.value) out.push({ kind: 'identifier', value: i.value });
+      // The patient's own extensions (Synthea: mother's maiden name, birth place); strings only, and only
+      // those of some length, so that a code or a number does not stand for a person.
+      for (const x of JSON.stringify(p.extension ?? []).match(/"value(?:String|[a-z]+)":"[^"]{5,}"|"(?:city|line)":"[^"]{5,}"/g) ?? []) {
+        const v = x.slice(x.indexOf(':') + 2, -1);
+        if (!/^https?:|^urn:/.test(v)) out.push({ kind: 'extension', value: v });
+      }
     }
   }
   const seen = new Set<string>();
@@ -131,23 +160,37 @@ describe('pg_dump of a database loaded with the Synthea bundles', () => {
     if (skip) return;
     const values = phiValues();
     // Every kind the criterion names is checked for every patient.
-    for (const kind of ['family', 'given', 'birthDate', 'phone', 'line', 'identifier'] as const) expect([kind, values.filter((v) => v.kind === kind).length >= bundles.length]).toEqual([kind, true]);
+    const { patients, byKind } = patientsWith();
+    expect(patients).toBeGreaterThanOrEqual(bundles.length);
+    for (const kind of ['family', 'given', 'birthDate', 'phone', 'line', 'identifier', 'extension'] as const) expect([kind, byKind[kind]]).toEqual([kind, patients]);
 
     const remainder = clearRemainder();
-    const legitimate = values.filter((v) => occurrences(remainder, v.value) > 0).map((v) => v.kind);
-    expect(legitimate).toEqual([]);
+    const shared = new Set(values.filter((v) => occurrences(remainder, v.value) > 0));
+    if (process.env.PHI_DUMP_BUNDLES) {
+      // Over a large set, some values legitimately occur outside the patients' sealed elements (in the
+      // full Synthea set: practitioners sharing a family name, a given name that is also an anatomical
+      // word in a procedure's text). They are left out of the check and counted by kind.
+      const byKindShared: Record<string, number> = {};
+      for (const v of shared) byKindShared[v.kind] = (byKindShared[v.kind] ?? 0) + 1;
+      // eslint-disable-next-line no-console
+      console.log(`phi-dump: ${patients} patients, ${values.length} distinct values; also present outside sealed elements (left out): ${JSON.stringify(byKindShared)}`);
+      expect(shared.size).toBeLessThan(values.length / 20);
+    } else {
+      expect([...shared].map((v) => v.kind)).toEqual([]);
+    }
+    const checked = values.filter((v) => !shared.has(v));
 
     const dump = await loadAndDump(sealed!);
     expect(dump).toContain('COPY public.idx_blind');
     expect(dump.length).toBeGreaterThan(100_000);
     // Reported by kind only: a failure message must not print PHI either.
-    const found = values.filter((v) => occurrences(dump, v.value) > 0).map((v) => v.kind);
+    const found = checked.filter((v) => occurrences(dump, v.value) > 0).map((v) => v.kind);
     expect(found).toEqual([]);
 
     const control = await loadAndDump(plain!);
-    const missing = values.filter((v) => v.kind !== 'birthDate (epoch ms)' && occurrences(control, v.value) === 0).map((v) => v.kind);
+    const missing = checked.filter((v) => v.kind !== 'birthDate (epoch ms)' && occurrences(control, v.value) === 0).map((v) => v.kind);
     expect(missing).toEqual([]);
     // idx_date keeps birth dates as epoch milliseconds when they are in the clear
-    expect(values.filter((v) => v.kind === 'birthDate (epoch ms)').every((v) => occurrences(control, v.value) > 0)).toBe(true);
+    expect(checked.filter((v) => v.kind === 'birthDate (epoch ms)').every((v) => occurrences(control, v.value) > 0)).toBe(true);
   }, 900_000);
 });
