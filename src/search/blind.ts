@@ -254,7 +254,7 @@ export class BlindIndex {
         else if (n.length > MAX_PREFIX) throw refuse(code, `a starts-with value is served up to ${MAX_PREFIX} characters (use :exact for the whole value)`);
         else macs.add(bi.prefix(type, code, n));
       } else if (spec.kind === 'token') {
-        if (modifier === 'text' || modifier === 'not') throw refuse(code, `:${modifier} is not served (only [system]|[code], [code], [system]| and :of-type)`);
+        if (modifier === 'text' || modifier === 'not' || modifier === 'in' || modifier === 'not-in') throw refuse(code, `:${modifier} is not served (only [system]|[code], [code], [system]| and :of-type)`);
         if (modifier === 'of-type') {
           const parts = splitUnescaped(raw, '|').map(unescapeValue);
           if (parts.length !== 3 || parts.some((p) => p === '')) throw new FhirError('invalid-search', `parameter ${code}:of-type needs system|code|value`);

@@ -61,7 +61,7 @@ const INCLUDES = new Set(['_include', '_revinclude', '_include:iterate', '_revin
 /** Modifiers served per parameter kind (search.html#modifiers); `missing` is served everywhere. */
 const MODIFIERS: Record<string, ReadonlySet<string>> = {
   string: new Set(['exact', 'contains']),
-  token: new Set(['not', 'text', 'of-type']),
+  token: new Set(['not', 'text', 'of-type', 'in', 'not-in']),
   reference: new Set(['identifier']),
   date: new Set(),
   number: new Set(),

@@ -68,7 +68,7 @@ export function phiSearchDocumentation(type: string, code: string, kind: string,
       code === 'phonetic'
         ? 'Soundex match as on plaintext.'
         : `Served: starts-with (case- and accent-insensitive) up to ${MAX_PREFIX} characters, and :exact. Refused (400): :contains, longer starts-with values.`,
-    token: 'Served: [system]|[code], |[code], [code], [system]|' + (code === 'identifier' ? ', :of-type' : '') + '. Refused (400): :text, :not.',
+    token: 'Served: [system]|[code], |[code], [code], [system]|' + (code === 'identifier' ? ', :of-type' : '') + '. Refused (400): :text, :not, :in, :not-in.',
     date: 'Served: an exact year, month or day (YYYY, YYYY-MM, YYYY-MM-DD) without prefix. Refused (400): prefixes (gt, lt, ge, le, ne, sa, eb, ap) and times.',
   };
   return `${description} [Sealed PHI: searched through a blind index (keyed HMACs; no value in the clear). ${served[kind] ?? ''} :missing is served; _sort on it is refused (400).]`;

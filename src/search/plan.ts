@@ -3,6 +3,7 @@
 // clauses); chains and _has nest the same conditions behind joins on idx_reference. Produces SQL text
 // with placeholders and bindings only: every value is bound, never spliced.
 import { FhirError } from '../fhir/errors.js';
+import { resourceTypeInfo } from '../fhir/definitions.js';
 import { INDEX_TABLES, type IndexKind } from './index-rows.js';
 import { splitUnescaped, unescapeValue } from './escape.js';
 import type { ChainLink, HasLink, ParamClause, SearchRequest } from './parse.js';
@@ -14,6 +15,7 @@ import { numberCondition, parseNumberQuery, parseQuantityQuery, quantityConditio
 import { identifierParam, referenceCondition } from './types/reference.js';
 import { stringCondition, type StringModifier } from './types/string.js';
 import { ofTypeParam, tokenCondition, tokenOfTypeCondition, tokenTextCondition } from './types/token.js';
+import { isValueSetModifier, tokenInCondition } from './types/token-in.js';
 import { uriCondition } from './types/uri.js';
 
 export type { SqlFragment } from './sql.js';
@@ -119,8 +121,15 @@ function missingCondition(ctx: Ctx, owner: Owner, spec: ParamSpec, missing: bool
   return missing ? frag(`not (${any.sql})`, ...any.bindings) : any;
 }
 
-/** The condition of the final parameter of a clause on one owner. */
-function finalCondition(ctx: Ctx, owner: Owner, spec: ParamSpec, clause: ParamClause): SqlFragment {
+/** The specs of a parameter on each owner type (all types having it when `types` is empty). */
+function specsFor(types: readonly string[], spec: ParamSpec): ParamSpec[] {
+  const list = types.length ? types : resourceTypeInfo().map((t) => t.type);
+  const out = list.map((t) => paramsOf(t).supported.get(spec.code)).filter((p): p is ParamSpec => p !== undefined && p.kind === spec.kind);
+  return out.length ? out : [spec];
+}
+
+/** The condition of the final parameter of a clause on one owner, whose type is one of `types` (empty: any). */
+function finalCondition(ctx: Ctx, owner: Owner, spec: ParamSpec, clause: ParamClause, types: readonly string[]): SqlFragment {
   const { modifier, values } = clause;
   if (modifier === 'missing') return missingCondition(ctx, owner, spec, values[0] === 'true');
   if (spec.column) return columnCondition(ctx, owner, spec, values);
@@ -128,6 +137,10 @@ function finalCondition(ctx: Ctx, owner: Owner, spec: ParamSpec, clause: ParamCl
   const kind = spec.kind;
   if (kind === 'token' && modifier === 'not') {
     return exists(ctx, owner, 'token', spec.code, (a) => or(values.map((v) => tokenCondition(a, v, spec.code))), true);
+  }
+  if (kind === 'token' && isValueSetModifier(modifier)) {
+    const specs = specsFor(types, spec);
+    return exists(ctx, owner, 'token', spec.code, (a) => or(values.map((v) => tokenInCondition(a, v, spec.code, modifier, specs))), modifier === 'not-in');
   }
   if (kind === 'token' && modifier === 'of-type') {
     return exists(ctx, owner, 'token', ofTypeParam(spec.code), (a) => or(values.map((v) => valueCondition(ctx, kind, a, v, spec.code, modifier))));
@@ -144,9 +157,10 @@ function pathCondition(ctx: Ctx, owner: Owner, clause: ParamClause, hop: number,
     const spec = hop === 0 ? clause.spec : paramsOf(type).supported.get(clause.code);
     if (!spec) return frag('false');
     // Sealed PHI parameters match on keyed HMACs instead of values (search/blind.ts).
-    const blind = ctx.phi?.sealed ? ctx.phi.blind?.clauseCondition(hop === 0 ? ctx.scope : [type], clause, owner.type, owner.id, ctx.aliases, () => finalCondition(ctx, owner, spec, clause)) : undefined;
+    const types = hop === 0 ? ctx.scope : [type];
+    const blind = ctx.phi?.sealed ? ctx.phi.blind?.clauseCondition(types, clause, owner.type, owner.id, ctx.aliases, () => finalCondition(ctx, owner, spec, clause, types)) : undefined;
     if (blind) return blind;
-    return finalCondition(ctx, owner, spec, clause);
+    return finalCondition(ctx, owner, spec, clause, types);
   }
   const link = clause.path[hop];
   const a = ctx.aliases.next(link.kind === 'chain' ? 'c' : 'h');
@@ -155,10 +169,10 @@ function pathCondition(ctx: Ctx, owner: Owner, clause: ParamClause, hop: number,
 }
 
 function chainHop(ctx: Ctx, owner: Owner, clause: ParamClause, hop: number, link: ChainLink, a: string): SqlFragment {
-  // A reference to a resource that is not here refers to nothing (search.html#chaining); :not holds
-  // without index rows, so it alone needs the target shown to exist.
+  // A reference to a resource that is not here refers to nothing (search.html#chaining); :not and
+  // :not-in hold without index rows, so they alone need the target shown to exist.
   const exists = (t: string): SqlFragment[] => {
-    if (clause.modifier !== 'not') return [];
+    if (clause.modifier !== 'not' && clause.modifier !== 'not-in') return [];
     const z = ctx.aliases.next('z');
     return [frag(`exists (select 1 from resource ${z} where ${z}.resource_type = ? and ${z}.id = ${a}.target_id and ${z}.deleted = false)`, t)];
   };
