@@ -276,6 +276,8 @@ async function main(): Promise<void> {
       '|---|---|---|---|',
       row('official examples, instances', val.examples),
       row('official examples, whole package', val.wholePackage),
+      '',
+      `Hostile primitives: the slowest judgement of a ${val.hostile.length.toLocaleString('en')}-character value (7 backtracking-prone shapes, best of 3 tries) is ${val.hostile.worstMs} ms (${val.hostile.worstType}); per type: ${Object.entries(val.hostile.worstMsByType).map(([k, ms]) => `${k} ${ms}`).join(', ')}.`,
     );
   }
   const mix = results.searchMix as { resources: number; loadRps: number; queries: MixResult[]; seqScans: Record<string, string[]> } | undefined;

@@ -8,6 +8,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { R4Validator } from '../src/validation/validator.js';
+import { hostileTimings, type HostileFigures } from './hostile-primitives.js';
 
 const DEFINITIONS = new Set([
   'StructureDefinition', 'ValueSet', 'CodeSystem', 'SearchParameter', 'ConceptMap', 'OperationDefinition', 'CompartmentDefinition',
@@ -27,6 +28,8 @@ export interface ValidationBench {
   wholePackage: ThroughputFigures;
   /** Cost of the first validation (artifacts loaded, Patient validator compiled), ms. */
   firstValidationMs: number;
+  /** Slowest judgement of a hostile 100,000-character primitive (issue target: under 50 ms). */
+  hostile: HostileFigures;
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -86,7 +89,9 @@ export function validationThroughput(opts: { rounds?: number; log?: (m: string) 
     const f = measure(set, full, rounds);
     return { resources: set.length, megabytes: r1(set.reduce((n, x) => n + x.bytes, 0) / 1e6), schemaOnly: s, full: f };
   };
-  return { rounds, firstValidationMs, examples: figures(examples, 'the example instances'), wholePackage: figures(all, 'the whole package') };
+  const result = { examples: figures(examples, 'the example instances'), wholePackage: figures(all, 'the whole package') };
+  log('bench: hostile 100,000-character primitives, every type\n');
+  return { rounds, firstValidationMs, ...result, hostile: hostileTimings(full) };
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {

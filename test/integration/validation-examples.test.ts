@@ -2,7 +2,8 @@
 // stored with its own id through the update interaction (PUT [type]/[id], called directly: the largest
 // examples exceed the HTTP body limit) and read back equal apart from meta; the files the
 // specification ships invalid (test/fixtures/known-invalid-examples.json, a reason each) are rejected.
-// One backend (embedded PostgreSQL): the package holds 5,306 resources, 188 MB.
+// One backend (real PostgreSQL when TEST_DATABASE_URL names one, as in CI; else the embedded one): the
+// package holds 5,306 resources, 188 MB, and the embedded database takes several times longer over it.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { readdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -13,7 +14,7 @@ import { findPackageRoot } from '../../src/fhir/package-root.js';
 import type { RequestContext } from '../../src/interactions/context.js';
 import { read } from '../../src/interactions/read.js';
 import { update } from '../../src/interactions/update.js';
-import { startTestServer, type TestServer } from '../support/backends.js';
+import { concurrencyBackends, startTestServer, type TestServer } from '../support/backends.js';
 
 const dir = dirname(createRequire(import.meta.url).resolve('hl7.fhir.r4.examples/package.json'));
 const known = JSON.parse(readFileSync(join(findPackageRoot(), 'test', 'fixtures', 'known-invalid-examples.json'), 'utf8')) as { invalid: Record<string, string> };
@@ -25,11 +26,13 @@ function withoutMeta(r: unknown): unknown {
   return rest;
 }
 
-describe('the official R4 examples round-trip (embedded PostgreSQL)', () => {
+const backend = concurrencyBackends()[0];
+
+describe(`the official R4 examples round-trip (${backend})`, () => {
   let t: TestServer;
   const ctx: RequestContext = { requestId: 'examples', principal: 'test', clock: () => new Date(), baseUrl: 'http://localhost', preferReturn: 'minimal' };
   beforeAll(async () => {
-    t = await startTestServer('embedded');
+    t = await startTestServer(backend);
   });
   afterAll(async () => {
     await t.close();
