@@ -53,6 +53,10 @@ function headType(part: string): string {
   return m ? m[1] : '';
 }
 
+function sortKeys<T>(o: Record<string, T>): Record<string, T> {
+  return Object.fromEntries(Object.entries(o).sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)));
+}
+
 function main(): void {
   const pkg = packageDir();
   const root = findPackageRoot();
@@ -138,12 +142,33 @@ function main(): void {
     elements[sd.type] = map;
   }
 
+  // Summary elements (https://hl7.org/fhir/R4/search.html#summary): per resource type, the element paths
+  // of _summary=true (isSummary, and isModifier: R4 leaves DomainResource.modifierExtension and a few
+  // nested modifiers unflagged, and a summary must not hide a change of meaning) and the top-level
+  // mandatory elements of _summary=text (min >= 1). Choice elements appear under their [x] name.
+  const summary: Record<string, string[]> = {};
+  const mandatory: Record<string, string[]> = {};
+  for (const sd of structures.filter((x) => x.kind === 'resource' && !x.abstract)) {
+    const flagged: string[] = [];
+    const required: string[] = [];
+    for (const el of sd.snapshot.element as Json[]) {
+      const path = String(el.path);
+      if (!path.includes('.') || el.max === '0') continue;
+      const rel = path.slice(path.indexOf('.') + 1);
+      if (el.isSummary === true || el.isModifier === true) flagged.push(rel);
+      if (!rel.includes('.') && Number(el.min) >= 1) required.push(rel);
+    }
+    summary[sd.type] = flagged;
+    mandatory[sd.type] = required;
+  }
+
   const write = (name: string, data: unknown) =>
     writeFileSync(join(out, name), JSON.stringify({ $comment: HEADER, data }, null, 1) + '\n');
   write('resource-types.json', resourceTypes);
   write('search-parameters.json', byType);
   write('compartments.json', compartments);
   write('elements.json', elements);
+  writeFileSync(join(out, 'summary.json'), serializeTables({ $comment: HEADER, data: { summary: sortKeys(summary), mandatory: sortKeys(mandatory) } }));
   const validation = buildValidationArtifacts(pkg, sds, HEADER);
   writeFileSync(join(out, 'schemas.json'), serializeSchemas(validation.schemas));
   writeFileSync(join(out, 'invariants.json'), serializeTables(validation.invariants));

@@ -38,6 +38,23 @@ let searchParams: Readonly<Record<string, SearchParamDef[]>> | undefined;
 let compartments: readonly CompartmentDef[] | undefined;
 let elements: Readonly<Record<string, Record<string, string[]>>> | undefined;
 
+let summaries: Readonly<{ summary: Record<string, string[]>; mandatory: Record<string, string[]> }> | undefined;
+const summaryCache = new Map<string, { summary: ReadonlySet<string>; mandatory: readonly string[] }>();
+
+/**
+ * The elements of a resource type for _summary (https://hl7.org/fhir/R4/search.html#summary): paths
+ * (relative, choices as [x]) marked isSummary (or isModifier), and the top-level mandatory elements.
+ */
+export function summaryElements(type: string): { summary: ReadonlySet<string>; mandatory: readonly string[] } {
+  summaries ??= load<{ summary: Record<string, string[]>; mandatory: Record<string, string[]> }>('summary.json');
+  let s = summaryCache.get(type);
+  if (!s) {
+    s = { summary: new Set(summaries.summary[type] ?? []), mandatory: summaries.mandatory[type] ?? [] };
+    summaryCache.set(type, s);
+  }
+  return s;
+}
+
 /** Element paths (relative to the type) and their type codes, per resource and complex datatype. */
 export function elementIndex(): Readonly<Record<string, Record<string, string[]>>> {
   elements ??= load<Record<string, Record<string, string[]>>>('elements.json');

@@ -282,12 +282,13 @@ export function createApp(svc: Services): express.Express {
   fhir
     .route('/:type/:id')
     .get(
-      handle('read', (ctx, req) =>
+      handle('read', (ctx, req, res) =>
         read(svc, ctx, {
           type: params(req).type,
           id: params(req).id,
           ...opt('ifNoneMatch', header(req, 'If-None-Match')),
           ...opt('ifModifiedSince', header(req, 'If-Modified-Since')),
+          ...opt('summary', single(res, '_summary')),
         }),
       ),
     )
@@ -301,7 +302,7 @@ export function createApp(svc: Services): express.Express {
     .all(notAllowed('GET, HEAD'));
   fhir
     .route('/:type/:id/_history/:vid')
-    .get(handle('vread', (ctx, req) => vread(svc, ctx, { type: params(req).type, id: params(req).id, vid: params(req).vid })))
+    .get(handle('vread', (ctx, req, res) => vread(svc, ctx, { type: params(req).type, id: params(req).id, vid: params(req).vid, ...opt('summary', single(res, '_summary')) })))
     .all(notAllowed('GET, HEAD'));
 
   fhir
@@ -326,6 +327,13 @@ export function createApp(svc: Services): express.Express {
     respondError(res, toErrorResponse(err, log, locals(res).requestId ?? 'unknown'), format);
   });
   return app;
+}
+
+/** A query parameter that may appear at most once. */
+function single(res: Response, name: string): string | undefined {
+  const values = locals(res).pairs.filter(([k]) => k === name);
+  if (values.length > 1) throw new FhirError('invalid-request', `parameter ${name} may appear only once`);
+  return values[0]?.[1];
 }
 
 function opt<K extends string, V>(k: K, v: V | undefined): { [P in K]?: V } {

@@ -73,9 +73,10 @@ function build(svc: Services, ctx: RequestContext): CapabilityStatement {
           'JSON only: XML request bodies are refused with 415 and XML responses with 406. Search serves the parameters listed per type ' +
           '(string, token, reference, date, number, quantity, uri, composite) with their modifiers, token :in/:not-in against the value ' +
           'sets of the R4 package that can be expanded from it (any other value set is refused with 400), chaining and _has, _sort, _total, ' +
-          '_count, _summary (count, data, false), _elements, _include/_revinclude (with :iterate, capped, marked incomplete when cut), ' +
+          '_count, _summary (true, text, data, count, false; true, text and data also on read and vread), _elements, ' +
+          '_include/_revinclude (with :iterate, capped, marked incomplete when cut), ' +
           'paging with self/next/previous links, system search (_type) and compartment search. Not served: _text, _content, _filter, ' +
-          '_query, token :above/:below, _summary=true|text. Unknown or unsupported parameters are ignored and reported in ' +
+          '_query, token :above/:below. Unknown or unsupported parameters are ignored and reported in ' +
           'an OperationOutcome entry (400 with Prefer: handling=strict). Transaction and batch Bundles are supported (PATCH entries as a JSON Patch Binary; no $operations inside Bundles). $validate checks against the base R4 definitions only (no named profiles). ' +
           'Conditional create/update/delete/patch criteria are serialized per criteria by a database lock.',
         resource: resources,

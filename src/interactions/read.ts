@@ -1,6 +1,7 @@
 // read: GET [base]/[type]/[id] (https://hl7.org/fhir/R4/http.html#read), with If-None-Match and
-// If-Modified-Since (https://hl7.org/fhir/R4/http.html#cread).
+// If-Modified-Since (https://hl7.org/fhir/R4/http.html#cread) and _summary.
 import { FhirError } from '../fhir/errors.js';
+import { parseReadSummary, shapeBySummary } from '../search/shape.js';
 import { parseVersionEtag, requireId, requireType, versionHeaders } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 
@@ -9,11 +10,14 @@ export interface ReadInput {
   id: string;
   ifNoneMatch?: string;
   ifModifiedSince?: string;
+  /** _summary (true, text, data or false), as search.html#summary defines it. */
+  summary?: string;
 }
 
 export async function read(svc: Services, ctx: RequestContext, input: ReadInput): Promise<InteractionResult> {
   requireType(input.type);
   requireId(input.id);
+  const summary = parseReadSummary(input.summary);
   const v = await svc.store.readCurrent(svc.db.knex, input.type, input.id);
   if (!v) throw new FhirError('not-found', `${input.type}/${input.id} is not known`);
   if (v.deleted) {
@@ -28,5 +32,5 @@ export async function read(svc: Services, ctx: RequestContext, input: ReadInput)
     // HTTP dates have second precision; a resource is unmodified when its second is not later.
     if (!Number.isNaN(since) && Math.floor(v.lastUpdated.getTime() / 1000) * 1000 <= since) return { status: 304, headers };
   }
-  return { status: 200, headers, body: v.resource };
+  return { status: 200, headers, body: v.resource && shapeBySummary(v.resource, summary) };
 }

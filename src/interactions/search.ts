@@ -12,7 +12,7 @@ import { parseIncludes, resolveIncludes, type IncludeSource } from '../search/in
 import { canonicalCriteria, parseSearch, type SearchRequest } from '../search/parse.js';
 import { planWhere } from '../search/plan.js';
 import { confirmBlindMatches } from '../search/blind.js';
-import { applyElements, applySummaryData, parseElements, parseSummary } from '../search/shape.js';
+import { applyElements, parseElements, parseSummary, shapeBySummary } from '../search/shape.js';
 import { planSort, type SortKey } from '../search/sort.js';
 import type { SqlFragment } from '../search/sql.js';
 import type { StoredVersion } from '../storage/resource-store.js';
@@ -148,12 +148,7 @@ async function run(svc: Services, ctx: RequestContext, scope: Scope, query: [str
   if (c._total !== undefined && !['none', 'estimate', 'accurate'].includes(c._total)) {
     throw new FhirError('invalid-search', '_total must be none, estimate or accurate');
   }
-  let summary = parseSummary(c._summary);
-  if (summary !== undefined && typeof summary === 'object') {
-    if (strict) throw new FhirError('unsupported-search', summary.unsupported);
-    req.ignored.push({ name: '_summary', reason: summary.unsupported });
-    summary = undefined;
-  }
+  const summary = parseSummary(c._summary);
   const elements = parseElements(c._elements);
   if (summary !== undefined && summary !== 'false' && elements) throw new FhirError('invalid-search', '_summary and _elements cannot be combined');
   const sort = planSort(scope.types[0], c._sort, { strict, phi });
@@ -181,8 +176,7 @@ async function run(svc: Services, ctx: RequestContext, scope: Scope, query: [str
   const shape = (r: Resource | undefined): Resource | undefined => {
     if (!r) return r;
     if (elements) return applyElements(r, elements);
-    if (summary === 'data') return applySummaryData(r);
-    return r;
+    return shapeBySummary(r, summary);
   };
   const entry: BundleEntry[] = found.map((v) => ({ fullUrl: `${ctx.baseUrl}/${v.resourceType}/${v.id}`, resource: shape(v.resource), search: { mode: 'match' } }));
   let incomplete = false;
