@@ -5,6 +5,7 @@ import * as m0001 from './0001_resources.js';
 import * as m0002 from './0002_search_index.js';
 import * as m0003 from './0003_sealed_kid.js';
 import * as m0004 from './0004_blind_index.js';
+import * as m0005 from './0005_position_index.js';
 
 export interface Migration {
   name: string;
@@ -17,4 +18,5 @@ export const MIGRATIONS: Migration[] = [
   { name: '0002_search_index', ...m0002 },
   { name: '0003_sealed_kid', ...m0003 },
   { name: '0004_blind_index', ...m0004 },
+  { name: '0005_position_index', ...m0005 },
 ];

@@ -71,7 +71,8 @@ function build(svc: Services, ctx: RequestContext): CapabilityStatement {
         mode: 'server',
         documentation:
           'JSON only: XML request bodies are refused with 415 and XML responses with 406. Search serves the parameters listed per type ' +
-          '(string, token, reference, date, number, quantity, uri, composite) with their modifiers, token :in/:not-in against the value ' +
+          '(string, token, reference, date, number, quantity, uri, composite, and the special parameter Location near: great-circle ' +
+          'distance, km by default, 5 km without a distance) with their modifiers, token :in/:not-in against the value ' +
           'sets of the R4 package that can be expanded from it (any other value set is refused with 400), chaining and _has, _sort, _total, ' +
           '_count, _summary (true, text, data, count, false; true, text and data also on read and vread), _elements, ' +
           '_include/_revinclude (with :iterate, capped, marked incomplete when cut), ' +

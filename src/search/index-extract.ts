@@ -13,6 +13,7 @@ import { extractReference } from './types/reference.js';
 import { extractString } from './types/string.js';
 import { extractToken } from './types/token.js';
 import { extractUri } from './types/uri.js';
+import { extractPosition } from './types/position.js';
 
 export type { IndexRows, TokenRow, StringRow, ReferenceRow, DateRow, NumberRow, QuantityRow, UriRow } from './index-rows.js';
 
@@ -43,6 +44,8 @@ function addValue(kind: ValueKind, param: string, value: unknown, grp: number | 
       return extractQuantity(param, value, grp, out.quantity);
     case 'uri':
       return extractUri(param, value, grp, out.uri);
+    case 'position':
+      return extractPosition(param, value, grp, out.position);
   }
 }
 

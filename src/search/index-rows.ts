@@ -1,5 +1,6 @@
 // Index rows (https://hl7.org/fhir/R4/search.html#ptypes): what extraction produces for one resource
-// version and storage writes to the per-type tables of migrations/0002_search_index.ts.
+// version and storage writes to the per-type tables of migrations/0002_search_index.ts (and
+// 0005_position_index.ts for positions).
 
 interface RowBase {
   /** Parameter code; `code$i` for component i of a composite, `code:identifier` / `code:of-type` for derived rows. */
@@ -49,6 +50,12 @@ export interface UriRow extends RowBase {
   uri: string;
 }
 
+/** A point on the Earth (WGS84 degrees), for Location near (location.html#positional). */
+export interface PositionRow extends RowBase {
+  latitude: number;
+  longitude: number;
+}
+
 export interface IndexRows {
   token: TokenRow[];
   string?: StringRow[];
@@ -57,6 +64,7 @@ export interface IndexRows {
   number?: NumberRow[];
   quantity?: QuantityRow[];
   uri?: UriRow[];
+  position?: PositionRow[];
 }
 
 /** Every index table and the IndexRows member that feeds it. */
@@ -68,10 +76,11 @@ export const INDEX_TABLES = {
   number: 'idx_number',
   quantity: 'idx_quantity',
   uri: 'idx_uri',
+  position: 'idx_position',
 } as const;
 
 export type IndexKind = keyof typeof INDEX_TABLES;
 
 export function emptyRows(): Required<IndexRows> {
-  return { token: [], string: [], reference: [], date: [], number: [], quantity: [], uri: [] };
+  return { token: [], string: [], reference: [], date: [], number: [], quantity: [], uri: [], position: [] };
 }

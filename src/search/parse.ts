@@ -68,6 +68,7 @@ const MODIFIERS: Record<string, ReadonlySet<string>> = {
   quantity: new Set(),
   uri: new Set(['below', 'above']),
   composite: new Set(),
+  position: new Set(),
 };
 
 /** Longest chain or _has nesting followed (each hop is a join). */

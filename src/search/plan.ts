@@ -17,6 +17,7 @@ import { stringCondition, type StringModifier } from './types/string.js';
 import { ofTypeParam, tokenCondition, tokenOfTypeCondition, tokenTextCondition } from './types/token.js';
 import { isValueSetModifier, tokenInCondition } from './types/token-in.js';
 import { uriCondition } from './types/uri.js';
+import { nearCondition, parseNearQuery } from './types/position.js';
 
 export type { SqlFragment } from './sql.js';
 
@@ -67,6 +68,8 @@ function valueCondition(ctx: Ctx, kind: ValueKind, a: string, raw: string, code:
       return quantityCondition(a, parseQuantityQuery(raw, code));
     case 'uri':
       return uriCondition(a, raw, modifier as 'below' | 'above' | undefined, code);
+    case 'position':
+      return nearCondition(a, parseNearQuery(raw, code));
   }
 }
 

@@ -4,8 +4,10 @@
 import { searchParamsFor, type SearchParamDef, type SearchParamType } from '../fhir/definitions.js';
 import { compileExpression, type Evaluator } from './expressions.js';
 import { phiParamIndexed, phiSearchDocumentation, type PhiIndexMode } from './phi-seam.js';
+import { NEAR_DOCUMENTATION } from './types/position.js';
 
-export type ValueKind = 'string' | 'token' | 'reference' | 'date' | 'number' | 'quantity' | 'uri';
+/** How a parameter's values are indexed and matched; `position` serves the special parameter Location near. */
+export type ValueKind = 'string' | 'token' | 'reference' | 'date' | 'number' | 'quantity' | 'uri' | 'position';
 export type ParamKind = ValueKind | 'composite';
 
 export interface ComponentSpec {
@@ -25,6 +27,8 @@ export interface ParamSpec {
   /** The resource type this spec was built for (simple expressions compile to a fast path per type). */
   owner?: string;
   components?: ComponentSpec[];
+  /** What Vesta serves, when the official description does not say it (special parameters). */
+  documentation?: string;
 }
 
 export interface TypeParams {
@@ -37,6 +41,11 @@ export interface TypeParams {
 }
 
 const VALUE_KINDS: ReadonlySet<SearchParamType> = new Set(['string', 'token', 'reference', 'date', 'number', 'quantity', 'uri']);
+
+/** Special parameters Vesta serves (search.html#special), by type and code. */
+const SPECIAL: Readonly<Record<string, { kind: ValueKind; documentation: string }>> = {
+  'Location.near': { kind: 'position', documentation: NEAR_DOCUMENTATION },
+};
 
 /** Why a parameter without an expression or of type special is not served. */
 const NOT_SERVED: Readonly<Record<string, string>> = {
@@ -74,6 +83,7 @@ function build(type: string): TypeParams {
       if (typeof comps === 'string') unsupported.set(code, comps);
       else supported.set(code, { code, kind: 'composite', def, components: comps });
     } else if (VALUE_KINDS.has(def.type)) supported.set(code, { code, kind: def.type as ValueKind, def });
+    else if (def.type === 'special' && Object.hasOwn(SPECIAL, `${type}.${code}`)) supported.set(code, { code, def, ...SPECIAL[`${type}.${code}`] });
     else unsupported.set(code, `parameters of type ${def.type} are not supported`);
   }
   for (const p of supported.values()) p.owner = type;
@@ -114,5 +124,5 @@ export interface SupportedSearchParam {
 export function supportedSearchParams(type: string, mode: PhiIndexMode = { sealed: true }): SupportedSearchParam[] {
   return [...paramsOf(type).supported.values()]
     .filter((p) => phiParamIndexed(type, p.code, mode))
-    .map((p) => ({ name: p.code, type: p.def.type, definition: p.def.url, documentation: phiSearchDocumentation(type, p.code, p.kind, p.def.description, mode) ?? p.def.description }));
+    .map((p) => ({ name: p.code, type: p.def.type, definition: p.def.url, documentation: phiSearchDocumentation(type, p.code, p.kind, p.def.description, mode) ?? p.documentation ?? p.def.description }));
 }

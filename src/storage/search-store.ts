@@ -19,6 +19,7 @@ const COLUMNS: Record<IndexKind, [string, string, string][]> = {
   number: [['low', 'numeric', 'low'], ['high', 'numeric', 'high']],
   quantity: [['low', 'numeric', 'low'], ['high', 'numeric', 'high'], ['system', 'text', 'system'], ['code', 'text', 'code'], ['unit', 'text', 'unit']],
   uri: [['uri', 'text', 'uri']],
+  position: [['latitude', 'double precision', 'latitude'], ['longitude', 'double precision', 'longitude']],
 };
 
 const KINDS = Object.keys(INDEX_TABLES) as IndexKind[];
