@@ -6,6 +6,7 @@ import { describe, expect, test } from '@jest/globals';
 import { FhirError, type Issue } from '../../src/fhir/errors.js';
 import { R4Validator } from '../../src/validation/validator.js';
 import { schemaDocument } from '../../src/validation/artifacts.js';
+import { BASE64_PATTERN, base64Shape } from '../../src/validation/structure.js';
 import { bestTimeMs, carrying, hostileValues, STRING_PRIMITIVES } from '../../bench/hostile-primitives.js';
 
 const v = new R4Validator();
@@ -286,5 +287,22 @@ describe('bounds and faults', () => {
     expect(thrown).toBeInstanceOf(FhirError);
     expect((thrown as FhirError).code).toBe('internal');
     expect((thrown as FhirError).message).not.toContain('boom');
+  });
+});
+
+describe('the base64Binary shape check', () => {
+  // ajv runs base64Shape in place of the generated pattern (src/validation/structure.ts); it must
+  // accept exactly the pattern's language, and the pattern must still be the one it replaces.
+  test('agrees with the generated pattern on edge cases and random strings', () => {
+    expect(schemaDocument().$defs.base64Binary.pattern).toBe(BASE64_PATTERN);
+    const re = new RegExp(BASE64_PATTERN);
+    const cases = ['', ' ', 'AAAA', ' AAAA', 'AAAA ', 'AA AA', 'AAAA\nBBBB', 'AAA', 'AAAAA', 'AA==', '\t\nAAAA  BBBB\r\n', 'AAAA!', 'AAA\u00e9', '====', 'A/+9', 'AAAA\u00a0'];
+    const alphabet = 'Ab9+/= \n\t!\u00e9';
+    let seed = 7;
+    const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+    for (let i = 0; i < 5000; i++) cases.push(Array.from({ length: Math.floor(rnd() * 14) }, () => alphabet[Math.floor(rnd() * alphabet.length)]).join(''));
+    const disagree = cases.filter((s) => re.test(s) !== base64Shape(s));
+    expect(disagree).toEqual([]);
+    expect(cases.filter((s) => base64Shape(s)).length).toBeGreaterThan(20); // the random strings reach both verdicts
   });
 });
