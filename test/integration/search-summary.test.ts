@@ -78,4 +78,10 @@ describe.each(backends())('_summary on %s PostgreSQL', (backend) => {
     await api.get(`/Patient/${patient}?_summary=maybe`).expect(400);
     await api.get(`/Patient/${patient}?_summary=true&_summary=text`).expect(400);
   });
+
+  test('the CapabilityStatement says _summary=true and text are served', async () => {
+    const doc = (await api.get('/metadata').expect(200)).body.rest[0].documentation as string;
+    expect(doc).toMatch(/_summary \(true, text, data, count, false/);
+    expect(doc).not.toMatch(/Not served:[^.]*_summary/);
+  });
 });
