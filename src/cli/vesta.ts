@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The `vesta` command: serve, migrate.
+// The `vesta` command: serve, worker, migrate, load, keys.
 import { ConfigError, loadConfig } from '../config/config.js';
 import { serve } from '../main.js';
 import { load } from './load.js';
@@ -7,6 +7,7 @@ import { parseArgs } from 'node:util';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { checkRing, generateKeyRing, rotate, rotateBlind } from '../crypto/key-ring.js';
 import { runReseal } from '../jobs/reseal.js';
+import { PHI_QUEUE, PhiMaintenance } from '../jobs/phi-maintenance.js';
 import { buildServices } from '../server.js';
 import { createLogger } from '../log/logger.js';
 import { openDatabase } from '../storage/db.js';
@@ -15,6 +16,8 @@ import { migrateLatest } from '../storage/migrate.js';
 const USAGE = `usage: vesta <command>
   serve     start the FHIR server (configuration from the environment, see README)
   migrate   apply pending database migrations and exit
+  worker    run the background job worker only (BullMQ; needs REDIS_URL): the PHI re-seal and
+            blind re-index jobs, without serving HTTP (every server also runs one)
   load <files or folders> [--url URL] [--concurrency N] [--ndjson-batch N]
             post transaction/batch Bundles, single resources or NDJSON to a FHIR server
   keys init                 print a new PHI key ring (JSON) to standard output
@@ -25,11 +28,49 @@ const USAGE = `usage: vesta <command>
                             replace the blind-index key; the servers re-index sealed PHI parameters on
                             their next start (searches on them are incomplete until that finishes)`;
 
+/**
+ * `vesta worker`: a node that takes jobs from the BullMQ queues and serves no HTTP (design.md "Jobs").
+ * It schedules nothing itself: the servers add jobs when they find work on start.
+ */
+async function worker(): Promise<void> {
+  const config = loadConfig();
+  if (!config.redisUrl) throw new ConfigError('REDIS_URL', 'must be set for vesta worker (without Redis every server runs the jobs in-process)');
+  const log = createLogger(config.logLevel);
+  const svc = await buildServices(config, log);
+  const maintenance = new PhiMaintenance(svc, {
+    redisUrl: config.redisUrl,
+    onProgress: (job, p) => log.info({ job, progress: p, activeKid: svc.store.activeKid }, 'PHI maintenance in progress'),
+  });
+  await maintenance.start();
+  log.info({ queues: [PHI_QUEUE] }, 'Vesta worker ready');
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'worker shutting down after the current batch');
+    maintenance.close().then(() => svc.db.close()).then(
+      () => {
+        log.info('worker stopped');
+        process.exit(0);
+      },
+      (e: unknown) => {
+        log.error({ err: { message: (e as Error)?.message } }, 'worker shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
 async function main(argv: string[]): Promise<number> {
   const [cmd] = argv;
   switch (cmd) {
     case 'serve':
       await serve();
+      return -1;
+    case 'worker':
+      await worker();
       return -1;
     case 'migrate': {
       const config = loadConfig();

@@ -12,8 +12,8 @@ const root = findPackageRoot();
 const main = join(root, 'dist', 'src', 'main.js');
 const dirs: string[] = [];
 
-function run(env: Record<string, string>): { child: ChildProcess; out: () => string; err: () => string; exit: Promise<number | null> } {
-  const child = spawn(process.execPath, [main], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+function run(env: Record<string, string>, args: string[] = [main]): { child: ChildProcess; out: () => string; err: () => string; exit: Promise<number | null> } {
+  const child = spawn(process.execPath, args, { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.on('data', (d) => (out += d));
@@ -93,5 +93,30 @@ describe('the server process', () => {
     expect(read.status).toBe(200);
     again.child.kill('SIGTERM');
     expect(await again.exit).toBe(0);
+  });
+
+  const cli = join(root, 'dist', 'src', 'cli', 'vesta.js');
+
+  test('vesta worker needs REDIS_URL: without it, one line naming the variable', async () => {
+    const p = run({ DATA_DIR: mkdtempSync(join(tmpdir(), 'vesta-worker-')) }, [cli, 'worker']);
+    expect(await p.exit).toBe(2);
+    const lines = p.err().trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/REDIS_URL/);
+  });
+
+  const redisUrl = process.env.REDIS_URL;
+  (redisUrl ? test : test.skip)('vesta worker joins the job queue and stops cleanly on SIGTERM (needs REDIS_URL)', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'vesta-worker-'));
+    dirs.push(dataDir);
+    const p = run({ DATA_DIR: dataDir, REDIS_URL: redisUrl!, LOG_LEVEL: 'info' }, [cli, 'worker']);
+    const until = Date.now() + 60000;
+    while (!p.out().includes('Vesta worker ready')) {
+      if (Date.now() > until || p.child.exitCode !== null) throw new Error(`worker did not start: ${p.err().slice(0, 300)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    p.child.kill('SIGTERM');
+    expect(await p.exit).toBe(0);
+    expect(p.out()).toContain('worker stopped');
   });
 });
