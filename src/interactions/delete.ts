@@ -8,7 +8,8 @@ import { lockAndMatch } from './conditional.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { checkIfMatch, writeNext } from './write.js';
 
-function deleted(ctx: RequestContext, message: string, versionId?: number): InteractionResult {
+/** The answer to a delete: 204 (or 200 with an OperationOutcome when asked), ETag when a version exists. */
+export function deleted(ctx: RequestContext, message: string, versionId?: number): InteractionResult {
   const headers: Record<string, string> = versionId ? { ETag: etag(versionId) } : {};
   if (ctx.preferReturn === 'OperationOutcome') return { status: 200, headers, body: info(message) };
   return { status: 204, headers };

@@ -7,7 +7,7 @@ import { FhirError, isFhirError } from '../fhir/errors.js';
 import { operationOutcome } from '../fhir/outcome.js';
 import { conditionalReferences, rewriteReferences } from '../fhir/references.js';
 import { isResourceType } from '../fhir/definitions.js';
-import { advisoryXactLock, withTransaction } from '../storage/db.js';
+import { advisoryXactLocks, withTransaction } from '../storage/db.js';
 import { parseEntry, statusText, type ParsedEntry } from './bundle-entry.js';
 import { lockKey, parseVersionEtag, writeResult } from './common.js';
 import { checkResourceShape } from '../validation/shape.js';
@@ -23,6 +23,7 @@ import { read } from './read.js';
 import { search } from './search.js';
 import { conditionalUpdate, update } from './update.js';
 import { vread } from './vread.js';
+import { isKeyedWrite, writeKeyedEntries } from './transaction-writes.js';
 
 /** Processing order within a transaction (http.html#trules): DELETE, POST, PUT/PATCH, GET/HEAD. */
 const ORDER: Record<string, number> = { DELETE: 0, POST: 1, PUT: 2, PATCH: 2, GET: 3, HEAD: 3 };
@@ -222,12 +223,13 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
     if (map.size) for (const e of entries) if (e.resource) rewriteReferences(e.resource, map);
     // Lock every resource this transaction writes, in one global order, before writing any:
     // concurrent transactions over the same resources then queue instead of deadlocking.
-    for (const ref of [...lockTargets].sort()) await advisoryXactLock(tx, lockKey(`resource:${ref}`));
+    await advisoryXactLocks(tx, [...lockTargets].sort().map((ref) => lockKey(`resource:${ref}`)));
     const out: InteractionResult[] = new Array(entries.length);
     // 4. Execute in the spec's order; answers keep the request order.
     const ordered = [...entries].sort((a, b) => ORDER[a.method] - ORDER[b.method] || a.index - b.index);
     // Plain creates (fresh server ids) are prepared one by one and written together when the
-    // POST stage is reached; everything else runs entry by entry.
+    // POST stage is reached; PUT and DELETE entries with an id are locked, checked and written
+    // together when their stage is reached (transaction-writes.ts); the rest runs entry by entry.
     const bulk = new Map<number, NewVersion>();
     for (const e of entries) {
       if (e.method !== 'POST' || e.id !== undefined || preExisting.has(e.index)) continue;
@@ -241,11 +243,26 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
       }
     }
     let bulkWritten = false;
+    const keyed = new Map<string, ParsedEntry[]>();
+    for (const e of ordered) {
+      if (!isKeyedWrite(e)) continue;
+      const group = keyed.get(e.method) ?? [];
+      group.push(e);
+      keyed.set(e.method, group);
+    }
     for (const e of ordered) {
       if (bulk.has(e.index)) {
         if (!bulkWritten) {
           await svc.store.writeNewBatch(tx, [...bulk.values()]);
           bulkWritten = true;
+        }
+        continue;
+      }
+      if (isKeyedWrite(e)) {
+        const group = keyed.get(e.method);
+        if (group) {
+          keyed.delete(e.method);
+          for (const [i, r] of await writeKeyedEntries(txSvc, ctx, tx, group, failure)) out[i] = r;
         }
         continue;
       }

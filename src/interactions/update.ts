@@ -1,7 +1,8 @@
 // update: PUT [base]/[type]/[id] (https://hl7.org/fhir/R4/http.html#update), update-as-create,
 // version-aware update with If-Match, and conditional update PUT [base]/[type]?criteria (#cond-update).
 import type { Resource } from 'fhir/r4.js';
-import { FhirError } from '../fhir/errors.js';
+import { FhirError, type Issue } from '../fhir/errors.js';
+import type { StoredVersion, VersionHead } from '../storage/resource-store.js';
 import { withTransaction, type Tx } from '../storage/db.js';
 import { checkResourceShape } from '../validation/shape.js';
 import { randomUUID } from 'node:crypto';
@@ -21,16 +22,27 @@ async function updateIn(svc: Services, ctx: RequestContext, tx: Tx, type: string
   const head = await svc.store.lockCurrent(tx, type, id);
   checkIfMatch(type, id, head, ifMatch);
   const v = await writeNext(svc, ctx, tx, head, 'PUT', type, id, resource);
-  const created = !head || head.deleted;
-  return writeResult(ctx, created ? 201 : 200, v, created ? `created ${type}/${id}` : `updated ${type}/${id}`, true);
+  return updateResult(ctx, head, v);
 }
 
-export async function update(svc: Services, ctx: RequestContext, input: UpdateInput): Promise<InteractionResult> {
+/** What update checks before touching the database (also the batched transaction path's checks). */
+export function checkUpdate(input: { type: string; id: string; body: unknown }): Resource {
   requireType(input.type);
   requireId(input.id);
   const resource = checkResourceShape(input.body, input.type);
   if (resource.id === undefined) throw new FhirError('invalid-resource', 'the resource must carry an id equal to the id in the URL');
   if (resource.id !== input.id) throw new FhirError('invalid-resource', 'the resource id does not match the id in the URL');
+  return resource;
+}
+
+/** The answer to a written update: 201 when it created (or re-created) the resource, else 200. */
+export function updateResult(ctx: RequestContext, head: VersionHead | undefined, v: StoredVersion & { warnings: Issue[] }): InteractionResult {
+  const created = !head || head.deleted;
+  return writeResult(ctx, created ? 201 : 200, v, created ? `created ${v.resourceType}/${v.id}` : `updated ${v.resourceType}/${v.id}`, true);
+}
+
+export async function update(svc: Services, ctx: RequestContext, input: UpdateInput): Promise<InteractionResult> {
+  const resource = checkUpdate(input);
   // Two concurrent update-as-creates of one id collide on the primary key; the retry becomes an update.
   return withTransaction(svc.db.knex, (tx) => updateIn(svc, ctx, tx, input.type, input.id, resource, input.ifMatch), {
     retryOnUniqueViolation: true,

@@ -48,6 +48,38 @@ export function prepareNew(svc: Services, ctx: RequestContext, type: string, id:
   };
 }
 
+/**
+ * Prepares the next version of a resource after `head` (stamped, validated and indexed, not yet
+ * written): the single-entry path and the batched transaction path share it, so both number
+ * versions, move lastUpdated and validate alike.
+ */
+export function prepareNext(
+  svc: Services,
+  ctx: RequestContext,
+  head: VersionHead | undefined,
+  method: WriteMethod,
+  type: string,
+  id: string,
+  body: Resource | undefined,
+): { version: NewVersion; stored: StoredVersion & { warnings: Issue[] } } {
+  const versionId = (head?.versionId ?? 0) + 1;
+  const lastUpdated = nextTimestamp(ctx, head);
+  const resource = body ? stamp({ ...body, id }, versionId, lastUpdated) : undefined;
+  const warnings = resource ? enforceValid(svc, resource) : [];
+  return {
+    version: {
+      resourceType: type,
+      id,
+      versionId,
+      lastUpdated,
+      method,
+      ...(resource ? { resource, index: extractIndexRows(resource) } : {}),
+      ...(head ? { previous: head.versionId } : {}),
+    },
+    stored: { resourceType: type, id, versionId, lastUpdated, deleted: !resource, method, ...(resource ? { resource } : {}), warnings },
+  };
+}
+
 /** Writes the next version of a resource (the caller holds the lock from lockCurrent). */
 export async function writeNext(
   svc: Services,
@@ -59,18 +91,7 @@ export async function writeNext(
   id: string,
   body: Resource | undefined,
 ): Promise<StoredVersion & { warnings: Issue[] }> {
-  const versionId = (head?.versionId ?? 0) + 1;
-  const lastUpdated = nextTimestamp(ctx, head);
-  const resource = body ? stamp({ ...body, id }, versionId, lastUpdated) : undefined;
-  const warnings = resource ? enforceValid(svc, resource) : [];
-  await svc.store.writeVersion(tx, {
-    resourceType: type,
-    id,
-    versionId,
-    lastUpdated,
-    method,
-    ...(resource ? { resource, index: extractIndexRows(resource) } : {}),
-    ...(head ? { previous: head.versionId } : {}),
-  });
-  return { resourceType: type, id, versionId, lastUpdated, deleted: !resource, method, ...(resource ? { resource } : {}), warnings };
+  const { version, stored } = prepareNext(svc, ctx, head, method, type, id, body);
+  await svc.store.writeVersion(tx, version);
+  return stored;
 }

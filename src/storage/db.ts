@@ -102,3 +102,15 @@ export async function withTransaction<T>(
 export async function advisoryXactLock(q: Queryable, key: bigint): Promise<void> {
   await q.raw('select pg_advisory_xact_lock(?::bigint)', [key.toString()]);
 }
+
+/**
+ * Takes several transaction-scoped advisory locks in one statement, one after the other in the
+ * order given (a volatile function in the select list is evaluated after the ORDER BY).
+ */
+export async function advisoryXactLocks(q: Queryable, keys: bigint[]): Promise<void> {
+  if (!keys.length) return;
+  if (keys.length === 1) return advisoryXactLock(q, keys[0]);
+  await q.raw('select pg_advisory_xact_lock(k.v::bigint) from json_array_elements_text(?::json) with ordinality as k(v, n) order by k.n', [
+    JSON.stringify(keys.map((k) => k.toString())),
+  ]);
+}

@@ -119,6 +119,29 @@ export class ResourceStore {
     };
   }
 
+  /**
+   * Locks the current rows of several resources in one statement (transaction Bundles) and returns
+   * their heads by "type/id"; resources that never existed are absent from the map.
+   */
+  async lockCurrentMany(tx: Tx, refs: { resourceType: string; id: string }[]): Promise<Map<string, VersionHead>> {
+    const heads = new Map<string, VersionHead>();
+    if (!refs.length) return heads;
+    const res = (await tx.raw(
+      'select r.resource_type, r.id, r.version_id, r.last_updated, r.deleted from resource r ' +
+        'join json_to_recordset(?::json) as x(t text, i text) on r.resource_type = x.t and r.id = x.i ' +
+        'order by r.resource_type, r.id for update of r',
+      [JSON.stringify(refs.map((r) => ({ t: r.resourceType, i: r.id })))],
+    )) as { rows: Row[] };
+    for (const row of res.rows) {
+      heads.set(`${row.resource_type}/${row.id}`, {
+        versionId: row.version_id,
+        lastUpdated: row.last_updated instanceof Date ? row.last_updated : new Date(row.last_updated),
+        deleted: row.deleted,
+      });
+    }
+    return heads;
+  }
+
   /** Reads several current resources by id (deleted ones excluded), in the order given. */
   async readMany(q: Queryable, resourceType: string, ids: string[]): Promise<StoredVersion[]> {
     if (!ids.length) return [];
@@ -186,20 +209,57 @@ export class ResourceStore {
    * Every version must be new (versionId 1, no previous); a clash on an id fails the statement.
    */
   async writeNewBatch(tx: Tx, versions: NewVersion[]): Promise<void> {
+    for (const v of versions) if (v.previous !== undefined || !v.resource) throw new Error('writeNewBatch takes first versions of resources only');
+    await this.writeVersions(tx, versions);
+  }
+
+  /**
+   * Writes many versions at once (transaction Bundles), each as writeVersion would, in a few
+   * statements per chunk: one multi-row insert of history rows, one of new current rows, and one
+   * UPDATE ... FROM of the existing current rows, guarded by their previous version (a compare-and-
+   * swap: fewer rows updated than expected throws 40001, as writeVersion does). The caller holds
+   * the row locks (lockCurrentMany) and gives each resource at most once.
+   */
+  async writeVersions(tx: Tx, versions: NewVersion[]): Promise<void> {
     if (!versions.length) return;
     const rows = await Promise.all(
       versions.map(async (v) => {
-        if (v.previous !== undefined || !v.resource) throw new Error('writeNewBatch takes first versions of resources only');
-        const s = await this.codec.seal(v.resource, { resourceType: v.resourceType, id: v.id, versionId: v.versionId });
-        return { resource_type: v.resourceType, id: v.id, version_id: v.versionId, last_updated: v.lastUpdated, deleted: false, content: JSON.stringify(s.content), sealed: s.sealed, sealed_kid: s.kid };
+        let content: string | null = null;
+        let sealed: string | null = null;
+        let sealedKid: string | null = null;
+        if (v.resource) {
+          const s = await this.codec.seal(v.resource, { resourceType: v.resourceType, id: v.id, versionId: v.versionId });
+          content = JSON.stringify(s.content);
+          sealed = s.sealed;
+          sealedKid = s.kid;
+        }
+        return { resource_type: v.resourceType, id: v.id, version_id: v.versionId, last_updated: v.lastUpdated, deleted: !v.resource, content, sealed, sealed_kid: sealedKid };
       }),
     );
     for (let i = 0; i < rows.length; i += BATCH_ROWS) {
       const chunk = rows.slice(i, i + BATCH_ROWS);
-      await tx('resource_history').insert(chunk.map((r, j) => ({ ...r, method: versions[i + j].method })));
-      await tx('resource').insert(chunk);
+      const vs = versions.slice(i, i + BATCH_ROWS);
+      await tx('resource_history').insert(chunk.map((r, j) => ({ ...r, method: vs[j].method })));
+      const fresh = chunk.filter((_r, j) => vs[j].previous === undefined);
+      if (fresh.length) await tx('resource').insert(fresh);
+      const existing = chunk.flatMap((r, j) => (vs[j].previous === undefined ? [] : [{ ...r, last_updated: r.last_updated.toISOString(), previous: vs[j].previous }]));
+      if (existing.length) {
+        const res = (await tx.raw(
+          'update resource r set version_id = x.version_id, last_updated = x.last_updated, deleted = x.deleted, content = x.content::jsonb, sealed = x.sealed, sealed_kid = x.sealed_kid ' +
+            'from json_to_recordset(?::json) as x(resource_type text, id text, previous integer, version_id integer, last_updated timestamptz, deleted boolean, content text, sealed text, sealed_kid text) ' +
+            'where r.resource_type = x.resource_type and r.id = x.id and r.version_id = x.previous returning r.id',
+          [JSON.stringify(existing)],
+        )) as { rows: unknown[] };
+        if (res.rows.length !== existing.length) throw Object.assign(new Error('current rows changed under a lock'), { code: '40001' });
+      }
     }
-    await writeIndexRows(tx, versions.filter((v) => v.index).map((v) => ({ resourceType: v.resourceType, id: v.id, rows: v.index!, replace: false })), this.phiIndexMode);
+    // Index rows of each new version replace the old ones (none for a deletion); first versions
+    // have no old rows to delete.
+    await writeIndexRows(
+      tx,
+      versions.map((v) => ({ resourceType: v.resourceType, id: v.id, ...(v.resource && v.index ? { rows: v.index } : {}), replace: v.previous !== undefined })),
+      this.phiIndexMode,
+    );
   }
 
   /** Sealed versions not on the active key (what a re-seal still has to do). */
