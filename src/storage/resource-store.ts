@@ -5,7 +5,7 @@ import type { PhiCodec } from '../crypto/phi-codec.js';
 import type { IndexRows } from '../search/index-extract.js';
 import type { PhiIndexMode } from '../search/phi-seam.js';
 import { phiIndexModeOf } from '../search/blind.js';
-import type { Queryable, Tx } from './db.js';
+import { preparedRows, type Queryable, type Tx } from './db.js';
 import { writeIndexRows } from './search-store.js';
 
 export type WriteMethod = 'POST' | 'PUT' | 'PATCH' | 'DELETE';
@@ -93,7 +93,7 @@ export class ResourceStore {
 
   /** The current version (possibly a deletion marker), or undefined if the resource never existed. */
   async readCurrent(q: Queryable, resourceType: string, id: string): Promise<StoredVersion | undefined> {
-    const row = (await q('resource').where({ resource_type: resourceType, id }).first()) as Row | undefined;
+    const [row] = await preparedRows<Row>(q, 'vesta_read_current', 'select resource_type, id, version_id, last_updated, deleted, content, sealed from resource where resource_type = $1 and id = $2', [resourceType, id]);
     return row ? this.toVersion(row) : undefined;
   }
 
