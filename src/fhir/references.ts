@@ -3,7 +3,7 @@
 // including references nested in extensions and contained resources, and narrative links.
 
 /** Replaces references in place; returns how many were rewritten. */
-export function rewriteReferences(root: unknown, map: ReadonlyMap<string, string>): number {
+export function rewriteReferences(root: unknown, map: ReadonlyMap<string, string>, undo?: [Record<string, unknown>, string, unknown][]): number {
   let n = 0;
   const stack: unknown[] = [root];
   while (stack.length) {
@@ -20,10 +20,12 @@ export function rewriteReferences(root: unknown, map: ReadonlyMap<string, string
         const base = hash > 0 ? x.slice(0, hash) : x;
         const to = map.get(base);
         if (to !== undefined) {
+          undo?.push([o, k, x]);
           o[k] = hash > 0 ? to + x.slice(hash) : to;
           n++;
         }
       } else if (k === 'div' && typeof x === 'string' && x.includes('urn:')) {
+        undo?.push([o, k, x]);
         o[k] = x.replace(/(href|src)="([^"]+)"/g, (m, attr: string, url: string) => {
           const to = map.get(url);
           return to === undefined ? m : `${attr}="${to}"`;

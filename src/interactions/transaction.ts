@@ -16,7 +16,7 @@ import type { NewVersion } from '../storage/resource-store.js';
 import { lockAndMatch } from './conditional.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { create } from './create.js';
-import { conditionalDelete, remove } from './delete.js';
+import { conditionalDelete, deleted, remove } from './delete.js';
 import { history } from './history.js';
 import { conditionalPatch, patch } from './patch.js';
 import { read } from './read.js';
@@ -150,7 +150,15 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
       seenFullUrls.add(e.fullUrl);
     }
   }
+  const parsed = entries;
+  // Reference rewrites of an attempt that is retried (serialization failure, deadlock, id collision)
+  // are undone first, so the retry resolves every reference afresh.
+  const undo: [Record<string, unknown>, string, unknown][] = [];
   const results = await withTransaction(svc.db.knex, async (tx) => {
+    for (let i = undo.length - 1; i >= 0; i--) undo[i][0][undo[i][1]] = undo[i][2];
+    undo.length = 0;
+    // Entries resolved in this attempt (conditional patch/delete get their target's id) stay local to it.
+    const entries = [...parsed];
     // Every interaction below runs on this one transaction (nested calls become savepoints).
     const txSvc: Services = { ...svc, db: { ...svc.db, knex: tx as unknown as typeof svc.db.knex } };
     const map = new Map<string, string>();
@@ -164,6 +172,8 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
     const preExisting = new Map<number, string>();
     // Targets that may already exist (not freshly generated ids): these need the ordered lock.
     const lockTargets = new Set<string>();
+    // Conditional deletes whose criteria match nothing: answered as a no-op, as outside a Bundle.
+    const unmatchedDeletes = new Set<number>();
     // 1. Resolve identities: server ids for POST, criteria matches for conditional create/update.
     for (const e of entries) {
       try {
@@ -192,6 +202,21 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
           assigned.set(e.index, id);
           if (e.fullUrl) map.set(e.fullUrl, `${e.type}/${id}`);
           claim(e, `${e.type}/${id}`);
+        } else if ((e.method === 'PATCH' || e.method === 'DELETE') && e.id === undefined) {
+          // Conditional patch and delete resolve here too, so that their targets take part in the
+          // overlap rule (bundle.html#transaction: resolved identities of conditional update/delete
+          // that overlap fail the transaction) and in the ordered locks; they then run as keyed entries.
+          const m = await lockAndMatch(tx, e.type, e.query!, svc.store.phiIndexMode);
+          if (m.length > 1) throw new FhirError('multiple-matches', e.method === 'DELETE' ? 'the criteria match more than one resource; only single deletes are supported' : 'the criteria match more than one resource');
+          if (m.length === 0) {
+            if (e.method === 'PATCH') throw new FhirError('not-found', 'no resource matches the criteria');
+            unmatchedDeletes.add(e.index);
+            continue;
+          }
+          entries[e.index] = { ...e, id: m[0] };
+          if (e.fullUrl) map.set(e.fullUrl, `${e.type}/${m[0]}`);
+          claim(e, `${e.type}/${m[0]}`);
+          lockTargets.add(`${e.type}/${m[0]}`);
         } else if ((e.method === 'PUT' || e.method === 'PATCH' || e.method === 'DELETE') && e.id !== undefined) {
           if (e.fullUrl) map.set(e.fullUrl, `${e.type}/${e.id}`);
           claim(e, `${e.type}/${e.id}`);
@@ -220,7 +245,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
       }
     }
     // 3. Rewrite references everywhere in the Bundle's resources.
-    if (map.size) for (const e of entries) if (e.resource) rewriteReferences(e.resource, map);
+    if (map.size) for (const e of entries) if (e.resource) rewriteReferences(e.resource, map, undo);
     // Lock every resource this transaction writes, in one global order, before writing any:
     // concurrent transactions over the same resources then queue instead of deadlocking.
     await advisoryXactLocks(tx, [...lockTargets].sort().map((ref) => lockKey(`resource:${ref}`)));
@@ -264,6 +289,10 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
           keyed.delete(e.method);
           for (const [i, r] of await writeKeyedEntries(txSvc, ctx, tx, group, failure)) out[i] = r;
         }
+        continue;
+      }
+      if (unmatchedDeletes.has(e.index)) {
+        out[e.index] = deleted(ctx, 'no resource matches the criteria; nothing to delete');
         continue;
       }
       try {

@@ -280,4 +280,35 @@ describe.each(backends())('transactions and batches on %s PostgreSQL', (backend)
       .expect(200);
     expect(r.body.entry[0].resource.code.text).toBe('patched');
   });
+
+  test('conditional delete and patch resolve before writing: overlapping targets fail, no match is a no-op or 404', async () => {
+    const tag = `cd${Date.now()}`;
+    const { body: b } = await api.post('/Basic').set('Content-Type', FHIR).send({ resourceType: 'Basic', identifier: [{ system: 'urn:t', value: tag }], code: { text: 'c' } }).expect(201);
+    const data = Buffer.from(JSON.stringify([{ op: 'replace', path: '/code/text', value: 'patched' }])).toString('base64');
+    const patchBy = (url: string) => ({ resource: { resourceType: 'Binary', contentType: 'application/json-patch+json', data }, request: { method: 'PATCH', url } });
+    // A PUT by id and a conditional delete that resolves to the same resource: refused, nothing written.
+    const overlap = await api
+      .post('/')
+      .set('Content-Type', FHIR)
+      .send(tx([{ resource: { resourceType: 'Basic', id: b.id, code: { text: 'put' } }, request: { method: 'PUT', url: `Basic/${b.id}` } }, { request: { method: 'DELETE', url: `Basic?identifier=urn:t|${tag}` } }]))
+      .expect(400);
+    expect(JSON.stringify(overlap.body)).toMatch(/resolve to the same resource/);
+    // A conditional patch and a conditional delete on one resource: refused too.
+    await api.post('/').set('Content-Type', FHIR).send(tx([patchBy(`Basic?identifier=urn:t|${tag}`), { request: { method: 'DELETE', url: `Basic?identifier=urn:t|${tag}` } }])).expect(400);
+    const still = await api.get(`/Basic/${b.id}`).expect(200);
+    expect(still.body.meta.versionId).toBe('1');
+    // A conditional patch alone applies to its match; a conditional delete matching nothing is a no-op.
+    const ok = await api
+      .post('/')
+      .set('Content-Type', FHIR)
+      .send(tx([patchBy(`Basic?identifier=urn:t|${tag}`), { request: { method: 'DELETE', url: `Basic?identifier=urn:t|none-${tag}` } }]))
+      .expect(200);
+    expect(ok.body.entry[0].resource.code.text).toBe('patched');
+    expect(ok.body.entry[1].response.status).toMatch(/^204/);
+    // A conditional patch matching nothing fails the transaction with 404.
+    await api.post('/').set('Content-Type', FHIR).send(tx([patchBy(`Basic?identifier=urn:t|none-${tag}`)])).expect(404);
+    // A conditional delete that matches deletes that resource.
+    await api.post('/').set('Content-Type', FHIR).send(tx([{ request: { method: 'DELETE', url: `Basic?identifier=urn:t|${tag}` } }])).expect(200);
+    await api.get(`/Basic/${b.id}`).expect(410);
+  });
 });
