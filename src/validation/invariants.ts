@@ -4,6 +4,7 @@
 import fhirpath from 'fhirpath';
 import r4model from 'fhirpath/fhir-context/r4/index.js';
 import { invariantTable, type ConstraintDef } from './artifacts.js';
+import { fhirRegExp } from './precheck.js';
 
 export type Evaluator = (node: unknown, env: Record<string, unknown>) => unknown[];
 
@@ -31,15 +32,11 @@ type Env = { resource?: unknown; rootResource?: unknown };
 /** The variables of the evaluation under way (evaluation is synchronous; user functions see no context). */
 let current: Env = {};
 
-const regexCache = new Map<string, RegExp>();
-
 const asNode = fhirpath.compile('%node', r4model, { resolveInternalTypes: false }) as unknown as (r: unknown, env: object) => unknown[];
 
 /**
  * Functions replaced for the R4 invariants:
- * - matches(): the R4 patterns use escapes (`\/`, `\@`, `\'`) and a lone `]` that the u flag rejects;
- *   they are compiled with it when possible and without it otherwise (the patterns are the spec's
- *   constants, never client input).
+ * - matches(): the R4 patterns as fhirRegExp() compiles them (precheck.ts, which decides them too).
  * - resolve(): references resolve only inside the resource (contained `#id`); others are empty, as
  *   the spec's invariants expect when a target is not at hand (e.g. ctm-1's iif(empty(), true, ...)).
  */
@@ -47,16 +44,7 @@ const userInvocationTable = {
   matches: {
     fn: (inputs: unknown[], regex: unknown) => {
       if (inputs.length !== 1 || typeof inputs[0] !== 'string' || typeof regex !== 'string') return [];
-      let re = regexCache.get(regex);
-      if (!re) {
-        try {
-          re = new RegExp(regex, 'su');
-        } catch {
-          re = new RegExp(regex, 's');
-        }
-        regexCache.set(regex, re);
-      }
-      return [re.test(inputs[0])];
+      return [fhirRegExp(regex).test(inputs[0])];
     },
     arity: { 1: ['String'] },
   },
@@ -139,6 +127,9 @@ export const SHORTCUTS: Record<string, (n: Node, env: Env) => boolean> = {
   },
   // fullUrl.exists() implies fullUrl.contains('/_history/').not()
   'bdl-8': (n) => typeof n.fullUrl !== 'string' || !n.fullUrl.includes('/_history/'),
+  // descendants().linkId.isDistinct(): every linkId anywhere in the JSON (a superset of what the
+  // model's descendants() reach) is a distinct string
+  'que-2': (n) => linkIdsDistinct(n),
   // extension.exists() != value.exists()
   'ext-1': (n) => has(n, 'extension') !== hasChoice(n, 'value'),
   // entry.all(request.exists() = (%resource.type = 'batch' or … 'transaction' or … 'history'))
@@ -152,6 +143,28 @@ export const SHORTCUTS: Record<string, (n: Node, env: Env) => boolean> = {
     return urls.every((u) => typeof u === 'string') && new Set(urls).size === urls.length;
   },
 };
+
+function linkIdsDistinct(root: Node): boolean {
+  const seen = new Set<string>();
+  const stack: unknown[] = [root];
+  while (stack.length) {
+    const v = stack.pop();
+    if (Array.isArray(v)) {
+      for (const x of v) if (x !== null && typeof x === 'object') stack.push(x);
+      continue;
+    }
+    const o = v as Node;
+    for (const k in o) {
+      const x = o[k];
+      if (k === 'linkId') {
+        if (typeof x !== 'string' || seen.has(x)) return false;
+        seen.add(x);
+      } else if (k === '_linkId') return false;
+      else if (x !== null && typeof x === 'object') stack.push(x);
+    }
+  }
+  return true;
+}
 
 function entries(n: Node): Node[] {
   const e = n.entry;

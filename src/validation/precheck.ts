@@ -1,24 +1,56 @@
 // A cheap, partial reading of invariant expressions (https://hl7.org/FHIRPath/N1/#boolean-logic) on
-// the JSON itself, to skip fhirpath.js when the answer is certain. It understands only boolean
-// combinations (or, and, implies, not()) of member paths tested with exists(), empty(), hasValue()
-// and `= 'literal'`; anything else is Unknown and the expression is evaluated by fhirpath.js. A decided
-// answer replaces the evaluation; test/unit/validation-invariants.test.ts compares every decided answer
-// with fhirpath.js over the official examples.
+// the JSON itself, to skip fhirpath.js when the answer is certain. It understands boolean combinations
+// (or, and, xor, implies, not()) of member paths (into contained and other nested resources by their
+// resourceType) tested with exists(), empty(), hasValue(), count(), startsWith() and matches() with a
+// literal, and
+// comparisons (=, !=, <, <=, >, >=) of single string, boolean and number values, count() and sums of
+// counts with literals; anything else is Unknown and the expression is evaluated by fhirpath.js. A
+// decided answer replaces the evaluation; test/unit/validation-invariants.test.ts compares every
+// decided answer with fhirpath.js over the official examples.
 import { definition, isPrimitiveType, type DefInfo, type PropInfo } from './type-model.js';
 
 /** True, False, Empty (FHIRPath's {}), Unknown (not decided here). */
 export type Truth = 'T' | 'F' | 'E' | 'U';
 
+/** The kind of a single value as FHIRPath compares it. */
+type Ty = 'string' | 'boolean' | 'integer' | 'decimal';
+
 type Expr =
-  | { k: 'or' | 'and' | 'implies'; a: Expr; b: Expr }
+  | { k: 'or' | 'and' | 'xor' | 'implies'; a: Expr; b: Expr }
+  | { k: 'cmp'; op: string; a: Expr; b: Expr }
+  | { k: 'plus'; a: Expr; b: Expr }
   | { k: 'not'; a: Expr }
-  | { k: 'test'; path: string[]; fn: 'exists' | 'empty' | 'hasValue' | 'all'; filtered: boolean }
-  | { k: 'eq'; path: string[]; value: string }
+  | { k: 'lit'; v: string | number | boolean; ty: Ty }
+  | { k: 'path'; path: string[] }
+  | { k: 'test'; path: string[]; fn: 'exists' | 'empty' | 'hasValue' | 'all' | 'count'; filtered: boolean }
+  | { k: 'startsWith' | 'matches'; path: string[]; arg: string }
   | { k: 'unknown' };
 
 const UNKNOWN: Expr = { k: 'unknown' };
 
-type Tok = { t: 'id' | 'str' | 'op' | 'sym'; v: string };
+const regexCache = new Map<string, RegExp>();
+
+/**
+ * The RegExp of a matches() pattern of the R4 invariants: they use escapes (`\/`, `\@`, `\'`) and a
+ * lone `]` that the u flag rejects, so they are compiled with it when possible and without it
+ * otherwise (the patterns are the spec's constants, never client input).
+ */
+export function fhirRegExp(pattern: string): RegExp {
+  let re = regexCache.get(pattern);
+  if (!re) {
+    try {
+      re = new RegExp(pattern, 'su');
+    } catch {
+      re = new RegExp(pattern, 's');
+    }
+    regexCache.set(pattern, re);
+  }
+  return re;
+}
+
+type Tok = { t: 'id' | 'str' | 'num' | 'op' | 'cmp' | 'sym'; v: string };
+
+const BOOLEAN_OPS = new Set(['or', 'and', 'xor', 'implies']);
 
 function tokenize(src: string): Tok[] | undefined {
   const out: Tok[] = [];
@@ -31,8 +63,12 @@ function tokenize(src: string): Tok[] | undefined {
       let j = i + 1;
       while (j < src.length && /[A-Za-z0-9_]/.test(src[j])) j++;
       const w = src.slice(i, j);
-      out.push({ t: w === 'or' || w === 'and' || w === 'implies' ? 'op' : 'id', v: w });
+      out.push({ t: BOOLEAN_OPS.has(w) ? 'op' : 'id', v: w });
       i = j;
+    } else if (/[0-9]/.test(c)) {
+      const m = /^[0-9]+(\.[0-9]+)?/.exec(src.slice(i))!;
+      out.push({ t: 'num', v: m[0] });
+      i += m[0].length;
     } else if (c === '`') {
       const j = src.indexOf('`', i + 1);
       if (j < 0) return undefined;
@@ -48,11 +84,17 @@ function tokenize(src: string): Tok[] | undefined {
       if (j >= src.length) return undefined;
       out.push({ t: 'str', v });
       i = j + 1;
-    } else if ('().='.includes(c)) {
-      out.push({ t: 'sym', v: c });
+    } else if (src.startsWith('%ucum', i) && !/[A-Za-z0-9_]/.test(src[i + 5] ?? '')) {
+      out.push({ t: 'str', v: 'http://unitsofmeasure.org' });
+      i += 5;
+    } else if (src.startsWith('!=', i) || src.startsWith('<=', i) || src.startsWith('>=', i)) {
+      out.push({ t: 'cmp', v: src.slice(i, i + 2) });
+      i += 2;
+    } else if (c === '=' || c === '<' || c === '>') {
+      out.push({ t: 'cmp', v: c });
       i++;
     } else {
-      // any other operator or token (<=, !=, |, %, $, numbers, ...) makes the whole term unknown
+      // '(', ')', '.', '+' and any other operator or token (|, ~, %, $, @, -, ...), which makes its term unknown
       out.push({ t: 'sym', v: c });
       i++;
     }
@@ -75,24 +117,44 @@ function parse(src: string): Expr {
   }
   let p = 0;
   const peek = () => toks[p];
-  const binary = (ops: string[], next: () => Expr) => (): Expr => {
+  const boolean = (ops: string[], next: () => Expr) => (): Expr => {
     let left = next();
     while (peek()?.t === 'op' && ops.includes(peek().v)) {
-      const op = toks[p++].v as 'or' | 'and' | 'implies';
+      const op = toks[p++].v as 'or' | 'and' | 'xor' | 'implies';
       left = { k: op, a: left, b: next() };
     }
     return left;
   };
-  // FHIRPath precedence: and binds tighter than or, which binds tighter than implies.
+  /** Skips a balanced parenthesised argument list (p at the token after '('); false if unbalanced. */
+  const skipArgs = (): boolean => {
+    let depth = 1;
+    while (p < toks.length && depth > 0) {
+      if (toks[p].v === '(') depth++;
+      else if (toks[p].v === ')') depth--;
+      p++;
+    }
+    return depth === 0;
+  };
   const primary = (): Expr => {
     const start = p;
+    const t = peek();
     let e: Expr;
-    if (peek()?.t === 'sym' && peek().v === '(') {
+    if (t?.t === 'sym' && t.v === '(') {
       p++;
       e = implies();
       if (peek()?.v !== ')') return skipTerm(start);
       p++;
+    } else if (t?.t === 'str') {
+      p++;
+      e = { k: 'lit', v: t.v, ty: 'string' };
+    } else if (t?.t === 'num') {
+      p++;
+      e = { k: 'lit', v: Number(t.v), ty: t.v.includes('.') ? 'decimal' : 'integer' };
+    } else if (t?.t === 'id' && (t.v === 'true' || t.v === 'false') && toks[p + 1]?.v !== '.' && toks[p + 1]?.v !== '(') {
+      p++;
+      e = { k: 'lit', v: t.v === 'true', ty: 'boolean' };
     } else {
+      if (t?.t === 'id' && (t.v === 'true' || t.v === 'false')) return skipTerm(start);
       const path: string[] = [];
       let filtered = false;
       while (peek()?.t === 'id' && toks[p + 1]?.v !== '(') {
@@ -105,13 +167,7 @@ function parse(src: string): Expr {
       // `.where(…)` / `.select(…)` and anything after them: empty when the path before is empty
       while (peek()?.v === '.' && (toks[p + 1]?.v === 'where' || toks[p + 1]?.v === 'select') && toks[p + 2]?.v === '(') {
         p += 3;
-        let depth = 1;
-        while (p < toks.length && depth > 0) {
-          if (toks[p].v === '(') depth++;
-          else if (toks[p].v === ')') depth--;
-          p++;
-        }
-        if (depth > 0) return skipTerm(start);
+        if (!skipArgs()) return skipTerm(start);
         filtered = true;
         while (peek()?.v === '.' && toks[p + 1]?.t === 'id' && toks[p + 2]?.v !== '(') p += 2;
       }
@@ -122,24 +178,18 @@ function parse(src: string): Expr {
       if (!filtered && peek()?.v === '.' && toks[p + 1]?.v === 'all' && toks[p + 2]?.v === '(') {
         // path.all(criteria) is true on an empty path; otherwise not decided here
         p += 3;
-        let depth = 1;
-        while (p < toks.length && depth > 0) {
-          if (toks[p].v === '(') depth++;
-          else if (toks[p].v === ')') depth--;
-          p++;
-        }
-        if (depth > 0) return skipTerm(start);
+        if (!skipArgs()) return skipTerm(start);
         e = { k: 'test', path, fn: 'all', filtered: false };
-        return postfix(e, start);
-      }
-      if (!filtered && peek()?.v === '=' && toks[p + 1]?.t === 'str') {
-        e = { k: 'eq', path, value: toks[p + 1].v };
-        p += 2;
+      } else if (!filtered && peek()?.v === '.' && (toks[p + 1]?.v === 'startsWith' || toks[p + 1]?.v === 'matches') && toks[p + 2]?.v === '(' && toks[p + 3]?.t === 'str' && toks[p + 4]?.v === ')') {
+        e = { k: toks[p + 1].v as 'startsWith' | 'matches', path, arg: toks[p + 3].v };
+        p += 5;
       } else if (peek()?.v === '.' && toks[p + 1]?.t === 'id' && toks[p + 2]?.v === '(' && toks[p + 3]?.v === ')') {
         const fn = toks[p + 1].v;
-        if (fn !== 'exists' && fn !== 'empty' && !(fn === 'hasValue' && !filtered)) return skipTerm(start);
+        if (fn !== 'exists' && fn !== 'empty' && !((fn === 'hasValue' || fn === 'count') && !filtered)) return skipTerm(start);
         e = { k: 'test', path, fn, filtered };
         p += 4;
+      } else if (!filtered) {
+        e = { k: 'path', path };
       } else return skipTerm(start);
     }
     return postfix(e, start);
@@ -151,10 +201,11 @@ function parse(src: string): Expr {
       e = { k: 'not', a: e };
       p += 4;
     }
-    if (peek() && !(peek().t === 'op' || peek().v === ')')) return skipTerm(start);
+    const n = peek();
+    if (n && !(n.t === 'op' || n.t === 'cmp' || n.v === ')' || n.v === '+')) return skipTerm(start);
     return e;
   };
-  /** Skips to the end of the current operand (balanced parentheses, up to the next top-level operator). */
+  /** Skips to the end of the current operand (balanced parentheses, up to the next top-level boolean operator). */
   const skipTerm = (start: number): Expr => {
     p = start;
     let depth = 0;
@@ -169,9 +220,29 @@ function parse(src: string): Expr {
     }
     return UNKNOWN;
   };
-  const and = binary(['and'], primary);
-  const or = binary(['or'], and);
-  const implies: () => Expr = binary(['implies'], or);
+  // FHIRPath precedence: + binds tighter than comparisons, which bind tighter than = and !=, then
+  // and, then or/xor, then implies.
+  const additive = (): Expr => {
+    let left = primary();
+    while (peek()?.v === '+' && left.k !== 'unknown') {
+      p++;
+      left = { k: 'plus', a: left, b: primary() };
+    }
+    return left;
+  };
+  const comparison = (ops: string[], next: () => Expr) => (): Expr => {
+    let left = next();
+    while (peek()?.t === 'cmp' && ops.includes(peek().v)) {
+      const op = toks[p++].v;
+      left = { k: 'cmp', op, a: left, b: next() };
+    }
+    return left;
+  };
+  const relational = comparison(['<', '<=', '>', '>='], additive);
+  const equality = comparison(['=', '!='], relational);
+  const and = boolean(['and'], equality);
+  const or = boolean(['or', 'xor'], and);
+  const implies: () => Expr = boolean(['implies'], or);
   const e = implies();
   return p === toks.length ? e : UNKNOWN;
 }
@@ -197,19 +268,44 @@ function propsOf(d: DefInfo, name: string): PropInfo[] | undefined {
 }
 
 const STRING_TYPES = new Set(['string', 'code', 'id', 'uri', 'url', 'canonical', 'markdown', 'oid', 'uuid']);
+const INTEGER_TYPES = new Set(['integer', 'positiveInt', 'unsignedInt']);
 
-/** Values at a member path, with choice elements resolved through the definitions; undefined = unknown. */
-function navigate(node: Obj, def: DefInfo, path: string[]): { values: unknown[]; siblings: boolean; stringTyped: boolean } | undefined {
+/** How FHIRPath compares a value of a primitive type (undefined: not compared here). */
+function classOf(target: string): Ty | undefined {
+  if (STRING_TYPES.has(target)) return 'string';
+  if (INTEGER_TYPES.has(target)) return 'integer';
+  if (target === 'decimal') return 'decimal';
+  if (target === 'boolean') return 'boolean';
+  return undefined;
+}
+
+interface Found {
+  values: unknown[];
+  /** Some `_name` sibling (extensions or id on a primitive) is present at the last step. */
+  siblings: boolean;
+  /** The comparison class shared by every property that held a value at the last step (undefined: mixed or other). */
+  ty: Ty | undefined;
+}
+
+/**
+ * Values at a member path, with choice elements resolved through the definitions and nested
+ * resources (contained, Bundle.entry.resource, ...) through their resourceType; undefined = unknown.
+ */
+function navigate(node: Obj, def: DefInfo, path: string[]): Found | undefined {
   let level: { v: Obj; d: DefInfo }[] = [{ v: node, d: def }];
   let values: unknown[] = [];
   let siblings = false;
-  let stringTyped = true;
+  let ty: Ty | undefined;
+  let typed = true;
   for (let i = 0; i < path.length; i++) {
+    if (!level.length) return NOTHING; // the rest of the path is empty too
     const name = path[i];
+    const last = i === path.length - 1;
     const next: { v: Obj; d: DefInfo }[] = [];
     values = [];
     siblings = false;
-    stringTyped = true;
+    ty = undefined;
+    typed = true;
     for (const { v, d } of level) {
       const props = propsOf(d, name);
       if (!props) {
@@ -219,26 +315,131 @@ function navigate(node: Obj, def: DefInfo, path: string[]): { values: unknown[];
         continue;
       }
       for (const prop of props) {
-        if (!STRING_TYPES.has(prop.target)) stringTyped = false;
         const raw = v[prop.name];
-        const items = raw === undefined || raw === null ? [] : Array.isArray(raw) ? raw.filter((x) => x !== null) : [raw];
-        const ext = v[`_${prop.name}`];
-        if (ext !== undefined && ext !== null) siblings = true;
-        for (const it of items) {
+        const ext = v[prop.siblingName];
+        if (ext !== undefined && ext !== null) {
+          if (!last) return undefined; // extensions on a primitive mid-path: not modelled
+          siblings = true;
+        }
+        if (raw === undefined || raw === null) continue;
+        const many = Array.isArray(raw);
+        const count = many ? raw.length : 1;
+        for (let k = 0; k < count; k++) {
+          const it: unknown = many ? raw[k] : raw;
+          if (it === null) continue;
+          if (last) {
+            const c = classOf(prop.target);
+            if (c === undefined || (ty !== undefined && ty !== c)) typed = false;
+            ty = c;
+          }
           values.push(it);
-          if (i < path.length - 1) {
-            if (prop.kind === 'resource' || isPrimitiveType(prop.target)) return undefined;
+          if (!last) {
+            if (typeof it !== 'object' || Array.isArray(it)) return undefined;
+            if (prop.kind === 'resource') {
+              // a nested resource is navigated as its own type
+              const nd = definition(String((it as Obj).resourceType));
+              if (!nd?.isResource) return undefined;
+              next.push({ v: it as Obj, d: nd });
+              continue;
+            }
+            if (isPrimitiveType(prop.target)) return undefined;
             const nd = definition(prop.target);
-            if (!nd || typeof it !== 'object') return undefined;
+            if (!nd) return undefined;
             next.push({ v: it as Obj, d: nd });
           }
         }
-        if (i < path.length - 1 && siblings) return undefined; // extensions on a primitive mid-path: not modelled
       }
     }
     level = next;
   }
-  return { values, siblings, stringTyped };
+  return { values, siblings, ty: typed ? ty : undefined };
+}
+
+const NOTHING: Found = Object.freeze({ values: [], siblings: false, ty: undefined }) as Found;
+
+/** A FHIRPath collection of at most one primitive value; undefined = unknown. */
+type Val = { items: []; ty?: undefined } | { items: [string | number | boolean]; ty: Ty };
+
+const EMPTY: Val = { items: [] };
+const TRUE: Val = { items: [true], ty: 'boolean' };
+const FALSE: Val = { items: [false], ty: 'boolean' };
+
+/** The single typed value at a path (empty when absent). */
+function single(n: Found | undefined): Val | undefined {
+  if (!n) return undefined;
+  if (n.values.length === 0) return n.siblings ? undefined : EMPTY;
+  if (n.values.length > 1 || !n.ty) return undefined;
+  const v = n.values[0];
+  switch (n.ty) {
+    case 'string':
+      return typeof v === 'string' ? { items: [v], ty: 'string' } : undefined;
+    case 'boolean':
+      return typeof v === 'boolean' ? { items: [v], ty: 'boolean' } : undefined;
+    case 'integer':
+      return Number.isInteger(v) ? { items: [v as number], ty: 'integer' } : undefined;
+    case 'decimal':
+      return typeof v === 'number' && Number.isFinite(v) ? { items: [v], ty: 'decimal' } : undefined;
+  }
+}
+
+function value(e: Expr, node: Obj, def: DefInfo): Val | undefined {
+  switch (e.k) {
+    case 'lit':
+      return { items: [e.v], ty: e.ty } as Val;
+    case 'path':
+      return single(navigate(node, def, e.path));
+    case 'plus': {
+      const a = value(e.a, node, def);
+      const b = value(e.b, node, def);
+      if (!a || !b) return undefined;
+      if (!a.items.length || !b.items.length) return EMPTY;
+      if (a.ty !== 'integer' || b.ty !== 'integer') return undefined;
+      return { items: [(a.items[0] as number) + (b.items[0] as number)], ty: 'integer' };
+    }
+    default: {
+      if (e.k === 'test' && e.fn === 'count') {
+        const n = navigate(node, def, e.path);
+        // a primitive with only extensions (_name) is an item too: not counted here
+        if (!n || n.siblings) return undefined;
+        return { items: [n.values.length], ty: 'integer' };
+      }
+      // the other forms are boolean
+      const t = truth(e, node, def);
+      return t === 'T' ? TRUE : t === 'F' ? FALSE : t === 'E' ? EMPTY : undefined;
+    }
+  }
+}
+
+function compare(op: string, a: Val | undefined, b: Val | undefined): Truth {
+  if (!a || !b) return 'U';
+  if (!a.items.length || !b.items.length) return 'E';
+  const x = a.items[0];
+  const y = b.items[0];
+  let eq: boolean;
+  if (a.ty === 'string' && b.ty === 'string') {
+    if (op !== '=' && op !== '!=') return 'U';
+    eq = x === y;
+  } else if (a.ty === 'boolean' && b.ty === 'boolean') {
+    if (op !== '=' && op !== '!=') return 'U';
+    eq = x === y;
+  } else if ((a.ty === 'integer' || a.ty === 'decimal') && (b.ty === 'integer' || b.ty === 'decimal')) {
+    const m = x as number;
+    const n = y as number;
+    switch (op) {
+      case '<':
+        return m < n ? 'T' : 'F';
+      case '<=':
+        return m <= n ? 'T' : 'F';
+      case '>':
+        return m > n ? 'T' : 'F';
+      case '>=':
+        return m >= n ? 'T' : 'F';
+    }
+    // decimal equality follows precision rules in FHIRPath: only integers are compared here
+    if (a.ty !== 'integer' || b.ty !== 'integer') return 'U';
+    eq = m === n;
+  } else return 'U';
+  return (op === '=') === eq ? 'T' : 'F';
 }
 
 function truth(e: Expr, node: Obj, def: DefInfo): Truth {
@@ -265,6 +466,14 @@ function truth(e: Expr, node: Obj, def: DefInfo): Truth {
       if (a === 'U' || b === 'U') return 'U';
       return a === 'T' && b === 'T' ? 'T' : 'E';
     }
+    case 'xor': {
+      const a = truth(e.a, node, def);
+      if (a === 'U') return 'U';
+      const b = truth(e.b, node, def);
+      if (b === 'U') return 'U';
+      if (a === 'E' || b === 'E') return 'E';
+      return a !== b ? 'T' : 'F';
+    }
     case 'implies': {
       const a = truth(e.a, node, def);
       if (a === 'F') return 'T';
@@ -273,7 +482,19 @@ function truth(e: Expr, node: Obj, def: DefInfo): Truth {
       if (a === 'U' || b === 'U') return 'U';
       return a === 'T' ? b : 'E';
     }
+    case 'cmp':
+      return compare(e.op, value(e.a, node, def), value(e.b, node, def));
+    case 'startsWith':
+    case 'matches': {
+      const v = single(navigate(node, def, e.path));
+      if (!v) return 'U';
+      if (!v.items.length) return 'E';
+      if (v.ty !== 'string') return 'U';
+      const s = v.items[0] as string;
+      return (e.k === 'startsWith' ? s.startsWith(e.arg) : fhirRegExp(e.arg).test(s)) ? 'T' : 'F';
+    }
     case 'test': {
+      if (e.fn === 'count') return 'U';
       const n = navigate(node, def, e.path);
       if (!n) return 'U';
       const exists = n.values.length > 0 || n.siblings;
@@ -289,12 +510,14 @@ function truth(e: Expr, node: Obj, def: DefInfo): Truth {
       if (n.values.length === 0) return 'F';
       return n.values.length === 1 && typeof n.values[0] !== 'object' ? 'T' : 'U';
     }
-    case 'eq': {
-      const n = navigate(node, def, e.path);
-      if (!n) return 'U';
-      if (n.values.length === 0) return n.siblings ? 'U' : 'E';
-      if (n.values.length > 1 || typeof n.values[0] !== 'string' || !n.stringTyped) return 'U';
-      return n.values[0] === e.value ? 'T' : 'F';
+    case 'lit':
+    case 'path':
+    case 'plus': {
+      // a boolean value in a boolean context
+      const v = value(e, node, def);
+      if (!v) return 'U';
+      if (!v.items.length) return 'E';
+      return v.ty === 'boolean' ? (v.items[0] ? 'T' : 'F') : 'U';
     }
   }
 }

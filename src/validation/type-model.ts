@@ -8,6 +8,8 @@ export type PropKind = 'primitive' | 'complex' | 'resource' | 'sibling';
 export interface PropInfo {
   /** JSON property name (valueQuantity, _given). */
   name: string;
+  /** The name of its `_` sibling (_valueQuantity), built once: the walk looks it up at every primitive. */
+  siblingName: string;
   kind: PropKind;
   array: boolean;
   /** Definition of the value: a primitive type, datatype, backbone path, 'Element' for _ siblings, 'Resource'. */
@@ -61,6 +63,7 @@ function defInfo(name: string, d: SchemaDef): DefInfo {
     const kind: PropKind = sibling ? 'sibling' : target === 'Resource' ? 'resource' : PRIMITIVE_TYPES.has(target) ? 'primitive' : 'complex';
     const info: PropInfo = {
       name: prop,
+      siblingName: `_${prop}`,
       kind,
       array,
       target,
@@ -88,9 +91,16 @@ export function isPrimitiveType(name: string): boolean {
   return PRIMITIVE_TYPES.has(name);
 }
 
-/** The FHIRPath step for a property: `.given`, `.value.ofType(Quantity)`. */
+const steps = new WeakMap<PropInfo, string>();
+
+/** The FHIRPath step for a property: `.given`, `.value.ofType(Quantity)` (built once per property: the walk asks for it at every node). */
 export function step(p: PropInfo): string {
-  return p.choiceType ? `.${p.element}.ofType(${p.choiceType})` : `.${p.element}`;
+  let s = steps.get(p);
+  if (s === undefined) {
+    s = p.choiceType ? `.${p.element}.ofType(${p.choiceType})` : `.${p.element}`;
+    steps.set(p, s);
+  }
+  return s;
 }
 
 /** An element name safe to show in a message or location (property names are chosen by the client). */

@@ -172,7 +172,7 @@ function walkChildren(ctx: Ctx, def: DefInfo, obj: Obj, path: string, host: Host
       continue;
     }
     const value = obj[key];
-    if (prop.kind === 'primitive') visitPrimitive(ctx, prop, value, obj[`_${key}`], path, obj);
+    if (prop.kind === 'primitive') visitPrimitive(ctx, prop, value, obj[prop.siblingName], path, obj);
     else if (prop.array) {
       if (!Array.isArray(value)) continue;
       const extension = ctx.opts.invariants && prop.target === 'Extension';
@@ -203,7 +203,7 @@ function visitValue(ctx: Ctx, prop: PropInfo, value: unknown, path: string): voi
     runInvariants(ctx, propInvariants(prop), value, path, undefined, def);
     checkTypeRules(prop.target, value, path, ctx.out);
   }
-  if (ctx.opts.bindings && !ctx.badPaths.has(path)) checkCoded(ctx, prop, value, path);
+  if (ctx.opts.bindings && (ctx.badPaths.size === 0 || !ctx.badPaths.has(path))) checkCoded(ctx, prop, value, path);
   if (def) walkChildren(ctx, def, value, path, { path: prop.elementPath, type: prop.target, resource: false });
 }
 
@@ -240,7 +240,7 @@ function primitiveItem(ctx: Ctx, prop: PropInfo, value: unknown, ext: unknown, p
     const list = propInvariants(prop);
     if (list.length) runInvariants(ctx, list, value, path, parent);
   }
-  if (ctx.opts.bindings && typeof value === 'string' && !ctx.badPaths.has(path)) {
+  if (ctx.opts.bindings && typeof value === 'string' && (ctx.badPaths.size === 0 || !ctx.badPaths.has(path))) {
     const vs = requiredValueSet(prop.elementPath);
     if (vs && !codeInValueSet(vs, value)) {
       ctx.out.push({ severity: 'error', code: 'code-invalid', diagnostics: `the code is not in the required value set ${vs}`, expression: [path] });

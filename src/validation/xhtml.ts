@@ -59,6 +59,8 @@ export function checkXhtml(div: string): XhtmlProblem[] {
   let rootSeen = false;
   let rootClosed = false;
   let content = false;
+  /** The next '&' at or after i (n when none), found again only once i has passed it. */
+  let amp = -1;
 
   const readName = (): string => {
     const start = i;
@@ -82,6 +84,16 @@ export function checkXhtml(div: string): XhtmlProblem[] {
 
   while (i < n) {
     const c = div.charCodeAt(i);
+    if (c !== 60 /* < */ && c !== 38 /* & */ && content && stack.length) {
+      // plain text inside the root once content is known: nothing to check up to the next '<' or '&'
+      if (amp < i) {
+        amp = div.indexOf('&', i);
+        if (amp < 0) amp = n;
+      }
+      const lt = div.indexOf('<', i);
+      i = lt < 0 || amp < lt ? amp : lt;
+      continue;
+    }
     if (c !== 60 /* < */) {
       if (c === 38 /* & */) {
         if (!entity()) fail('the narrative has a malformed character reference');
@@ -95,33 +107,36 @@ export function checkXhtml(div: string): XhtmlProblem[] {
       i++;
       continue;
     }
-    if (div.startsWith('<!--', i)) {
-      const end = div.indexOf('-->', i + 4);
-      if (end < 0) {
-        fail('the narrative has an unterminated comment');
-        break;
+    const next = div.charCodeAt(i + 1);
+    if (next === 33 /* ! */ || next === 63 /* ? */) {
+      if (div.startsWith('<!--', i)) {
+        const end = div.indexOf('-->', i + 4);
+        if (end < 0) {
+          fail('the narrative has an unterminated comment');
+          break;
+        }
+        i = end + 3;
+        continue;
       }
-      i = end + 3;
-      continue;
-    }
-    if (div.startsWith('<![CDATA[', i)) {
-      const end = div.indexOf(']]>', i + 9);
-      if (end < 0 || !stack.length) {
-        fail('the narrative has a misplaced or unterminated CDATA section');
-        break;
+      if (div.startsWith('<![CDATA[', i)) {
+        const end = div.indexOf(']]>', i + 9);
+        if (end < 0 || !stack.length) {
+          fail('the narrative has a misplaced or unterminated CDATA section');
+          break;
+        }
+        for (let k = i + 9; k < end; k++) if (!isSpace(div.charCodeAt(k))) content = true;
+        i = end + 3;
+        continue;
       }
-      for (let k = i + 9; k < end; k++) if (!isSpace(div.charCodeAt(k))) content = true;
-      i = end + 3;
-      continue;
+      if (div.startsWith('<!', i) || div.startsWith('<?', i)) {
+        fail('the narrative may not hold a DOCTYPE, declaration or processing instruction');
+        const end = div.indexOf('>', i);
+        if (end < 0) break;
+        i = end + 1;
+        continue;
+      }
     }
-    if (div.startsWith('<!', i) || div.startsWith('<?', i)) {
-      fail('the narrative may not hold a DOCTYPE, declaration or processing instruction');
-      const end = div.indexOf('>', i);
-      if (end < 0) break;
-      i = end + 1;
-      continue;
-    }
-    if (div.charCodeAt(i + 1) === 47 /* / */) {
+    if (next === 47 /* / */) {
       i += 2;
       const name = readName();
       skipSpace();
@@ -149,7 +164,7 @@ export function checkXhtml(div: string): XhtmlProblem[] {
     if (!ELEMENTS.has(name)) fail(`${elementName(name)} is not allowed in a narrative`);
     if (name === 'img') content = true;
     let xmlns: string | undefined;
-    const seen = new Set<string>();
+    const seen: string[] = []; // a tag has few attributes
     let broken = false;
     for (;;) {
       const before = i;
@@ -185,8 +200,8 @@ export function checkXhtml(div: string): XhtmlProblem[] {
       const value = div.slice(i + 1, end);
       if (value.includes('<')) broken = true;
       i = end + 1;
-      if (seen.has(an)) broken = true;
-      seen.add(an);
+      if (seen.includes(an)) broken = true;
+      seen.push(an);
       if (an === 'xmlns') xmlns = value;
       else if (an.startsWith('xmlns:')) continue;
       else if (!ATTRIBUTES.has(an) && !ELEMENT_ATTRIBUTES.has(`${name}.${an}`) && an !== 'xml:space') {
