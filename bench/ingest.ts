@@ -55,11 +55,11 @@ export function syntheaFiles(dir: string): string[] {
   return readdirSync(dir).filter((f) => f.endsWith('.json')).sort().map((f) => join(dir, f));
 }
 
-export async function vestaLoad(url: string, files: string[], concurrency: number): Promise<{ rps: number; failures: number; resources: number }> {
+export async function vestaLoad(url: string, files: string[], concurrency: number): Promise<{ rps: number; failures: number; resources: number; reasons: string[] }> {
   const out = new PassThrough();
   out.resume();
   const s = await load(files, { url, concurrency, ndjsonBatch: 500, out });
-  return { rps: s.resources / s.seconds, failures: s.failures.length, resources: s.resources };
+  return { rps: s.resources / s.seconds, failures: s.failures.length, resources: s.resources, reasons: s.failures.map((f) => `${f.status ? `HTTP ${f.status}: ` : ''}${f.reason}`.slice(0, 300)) };
 }
 
 /** Compares per-type counts in Vesta's database with the manifest, and looks for unresolved urn:uuid references. */

@@ -201,7 +201,7 @@ export async function searchMix(o: SearchMixOptions): Promise<{ resources: numbe
     o.log(`bench: search mix: loading ${gen.resources} resources (${gen.bundles} bundles)\n`);
     const files = readdirSync(dir).filter((f) => f.startsWith('b')).sort().map((f) => join(dir, f));
     const loaded = await vestaLoad(o.vestaUrl, files, 4);
-    if (loaded.failures) throw new Error(`search mix load: ${loaded.failures} bundles failed`);
+    if (loaded.failures) throw new Error(`search mix load: ${loaded.failures} bundles failed: ${loaded.reasons.join(' / ')}`);
     const pool = new pg.Pool({ connectionString: o.databaseUrl, max: 4 });
     // The caller drops the database with (force) afterwards: an idle client it terminates must not crash us.
     pool.on('error', () => undefined);

@@ -125,7 +125,9 @@ export async function load(inputs: string[], opts: LoadOptions): Promise<LoadSum
         const reason = res.ok ? (job.path ? '' : reasonOf(res.status, text)) : reasonOf(res.status, text);
         if (!res.ok || (reason && reason !== `HTTP ${res.status}`)) failures.push({ source: job.source, status: res.status, reason: reason || `HTTP ${res.status}` });
       } catch (e) {
-        failures.push({ source: job.source, status: 0, reason: `request failed: ${(e as Error).message}` });
+        // fetch's own message is "fetch failed"; the cause says what the network did (reset, refused, closed).
+        const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+        failures.push({ source: job.source, status: 0, reason: `request failed: ${(e as Error).message}${cause ? ` (${cause.code ?? ''}${cause.code && cause.message ? ' ' : ''}${cause.message ?? ''})` : ''}` });
       }
       bundles++;
       done += job.resources;
