@@ -280,11 +280,11 @@ async function main(): Promise<void> {
       `Hostile primitives: the slowest judgement of a ${val.hostile.length.toLocaleString('en')}-character value (7 backtracking-prone shapes, best of 3 tries) is ${val.hostile.worstMs} ms (${val.hostile.worstType}); per type: ${Object.entries(val.hostile.worstMsByType).map(([k, ms]) => `${k} ${ms}`).join(', ')}.`,
     );
   }
-  const mix = results.searchMix as { resources: number; loadRps: number; queries: MixResult[]; seqScans: Record<string, string[]> } | undefined;
+  const mix = results.searchMix as { resources: number; loadRps: number; loadFailures?: string[]; queries: MixResult[]; seqScans: Record<string, string[]> } | undefined;
   if (mix) {
     lines.push(
       '',
-      `Search mix over ${mix.resources} loaded resources (plus the seed), 4 connections, medians of rounds (ms):`,
+      `Search mix over ${mix.resources} resources sent (plus the seed; loaded at ${mix.loadRps} resources/s, 4 connections${mix.loadFailures?.length ? `; ${mix.loadFailures.length} bundle(s) failed to load: ${mix.loadFailures.join(' / ')}` : ''}), 4 connections, medians of rounds (ms):`,
       '',
       '| query | Vesta p50 / p95 | hand-written SQL p50 / p95 | p95 ratio | sample total | planner seq scans | not served |',
       '|---|---|---|---|---|---|---|',

@@ -194,14 +194,17 @@ export interface SearchMixOptions {
 }
 
 /** Loads the data and runs the mix; the caller owns the server and the database. */
-export async function searchMix(o: SearchMixOptions): Promise<{ resources: number; loadRps: number; queries: MixResult[]; seqScans: Record<string, string[]> }> {
+export async function searchMix(o: SearchMixOptions): Promise<{ resources: number; loadRps: number; loadFailures: string[]; queries: MixResult[]; seqScans: Record<string, string[]> }> {
   const dir = mkdtempSync(join(tmpdir(), 'vesta-mix-'));
   try {
     const gen = generateData(o.syntheaDir, o.resources, dir);
     o.log(`bench: search mix: loading ${gen.resources} resources (${gen.bundles} bundles)\n`);
     const files = readdirSync(dir).filter((f) => f.startsWith('b')).sort().map((f) => join(dir, f));
     const loaded = await vestaLoad(o.vestaUrl, files, 4);
-    if (loaded.failures) throw new Error(`search mix load: ${loaded.failures} bundles failed: ${loaded.reasons.join(' / ')}`);
+    // The mix only needs the data loaded: a failed Bundle is reported with the figures (and counted
+    // out of the resources), not fatal. More than 1% failed means something is wrong: stop.
+    if (loaded.failures > Math.max(1, files.length / 100)) throw new Error(`search mix load: ${loaded.failures} bundles failed: ${loaded.reasons.join(' / ')}`);
+    if (loaded.failures) o.log(`bench: search mix: ${loaded.failures} bundle(s) failed to load: ${loaded.reasons.join(' / ')}\n`);
     const pool = new pg.Pool({ connectionString: o.databaseUrl, max: 4 });
     // The caller drops the database with (force) afterwards: an idle client it terminates must not crash us.
     pool.on('error', () => undefined);
@@ -244,7 +247,7 @@ export async function searchMix(o: SearchMixOptions): Promise<{ resources: numbe
         const plan = (await pool.query(`explain (format json) ${sql.text}`, sql.values)).rows[0]['QUERY PLAN'] as { Plan: Record<string, unknown> }[];
         seqScans[q.name] = planScans(plan[0].Plan).filter((n) => n.node === 'Seq Scan' && n.rel).map((n) => n.rel as string);
       }
-      return { resources: loaded.resources, loadRps: Math.round(loaded.rps), queries, seqScans };
+      return { resources: loaded.resources, loadRps: Math.round(loaded.rps), loadFailures: loaded.reasons, queries, seqScans };
     } finally {
       await pool.end();
     }
