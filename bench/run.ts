@@ -16,7 +16,7 @@ import { generateKeyRing } from '../src/crypto/key-ring.js';
 import { bareLoad, syntheaFiles, verifyCounts, vestaLoad, type IngestRun } from './ingest.js';
 import { searchMix, type MixResult } from './search-mix.js';
 import { phiCost } from './phi-cost.js';
-import { validationThroughput, type ValidationBench } from './validation.js';
+import type { ValidationBench } from './validation.js';
 
 const root = findPackageRoot();
 const ADMIN = process.env.BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -30,6 +30,20 @@ const SYNTHEA = process.env.BENCH_SYNTHEA ?? join(root, '..', 'shared', 'testdat
 const ops = ['create', 'read', 'update', 'delete'];
 /** Resources loaded for the search mix (0 skips it). */
 const SEARCH_RESOURCES = Number(process.env.BENCH_SEARCH_RESOURCES ?? 100000);
+
+/** Runs bench/validation.js in its own process and returns its figures. */
+function validationInChild(rounds: number): Promise<ValidationBench> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [join(root, 'dist', 'bench', 'validation.js'), String(rounds)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.once('error', reject);
+    child.once('exit', (code) => {
+      if (code !== 0) reject(new Error(`validation bench failed (exit ${code})`));
+      else resolve(JSON.parse(out) as ValidationBench);
+    });
+  });
+}
 
 async function admin(sql: string): Promise<void> {
   const c = new pg.Client({ connectionString: ADMIN });
@@ -92,8 +106,11 @@ async function main(): Promise<void> {
   };
   const children: ChildProcess[] = [];
   if (process.env.BENCH_VALIDATION !== '0') {
-    // In-process, before any server runs: one core, nothing else competing.
-    results.validation = validationThroughput({ rounds: ROUNDS, log: (m) => process.stderr.write(m) });
+    // In a child process, before any server runs: one core, nothing else competing. Not in this
+    // process: the validator's compiled schemas and the 188 MB package would stay on this heap and
+    // slow the load generator's garbage collection for every later workload (seen: all figures,
+    // ceilings included, several times lower after an in-process validation run).
+    results.validation = await validationInChild(ROUNDS);
   }
   try {
     // Ingest: Synthea bundles through vesta load at concurrency 1, 2, 4, each into an empty database.
