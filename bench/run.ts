@@ -107,9 +107,8 @@ async function main(): Promise<void> {
   const children: ChildProcess[] = [];
   if (process.env.BENCH_VALIDATION !== '0') {
     // In a child process, before any server runs: one core, nothing else competing. Not in this
-    // process: the validator's compiled schemas and the 188 MB package would stay on this heap and
-    // slow the load generator's garbage collection for every later workload (seen: all figures,
-    // ceilings included, several times lower after an in-process validation run).
+    // process, so the validator's compiled schemas and the 188 MB package do not stay on the load
+    // generator's heap for the later workloads.
     results.validation = await validationInChild(ROUNDS);
   }
   try {
