@@ -3,6 +3,7 @@ import { ConfigError, loadConfig } from './config/config.js';
 import { createLogger } from './log/logger.js';
 import { buildServices, startServer } from './server.js';
 import { PhiMaintenance } from './jobs/phi-maintenance.js';
+import { stopOnSignals } from './shutdown.js';
 
 export async function serve(): Promise<void> {
   let config;
@@ -19,7 +20,6 @@ export async function serve(): Promise<void> {
   const svc = await buildServices(config, log);
   const running = await startServer(svc);
   log.info({ port: config.port, baseUrl: config.baseUrl, database: svc.db.kind }, 'Vesta FHIR R4 server listening');
-  let stopping = false;
   // After a key rotation, versions on older keys are re-sealed, and resources without blind index rows
   // on the active blind key are re-indexed, in the background: on BullMQ workers with REDIS_URL,
   // in-process without (jobs/phi-maintenance.ts; both jobs are idempotent and share rows via SKIP LOCKED).
@@ -32,23 +32,7 @@ export async function serve(): Promise<void> {
     (jobs) => jobs.length && log.info({ jobs, queue: config.redisUrl ? 'bullmq' : 'in-process' }, 'PHI maintenance scheduled'),
     (e: unknown) => log.error({ err: { message: (e as Error)?.message } }, 'PHI maintenance could not be scheduled'),
   );
-  const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'shutting down: draining in-flight requests');
-    maintenance.close().then(() => running.close()).then(
-      () => {
-        log.info('shutdown complete');
-        process.exit(0);
-      },
-      (e: unknown) => {
-        log.error({ err: { message: (e as Error)?.message } }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
+  stopOnSignals(log, { stopping: 'shutting down: draining in-flight requests', stopped: 'shutdown complete', failed: 'shutdown failed' }, () => maintenance.close().then(() => running.close()));
 }
 
 const invokedDirectly = process.argv[1] && /main\.(js|ts)$/.test(process.argv[1]);

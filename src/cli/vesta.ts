@@ -8,6 +8,7 @@ import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { checkRing, generateKeyRing, rotate, rotateBlind } from '../crypto/key-ring.js';
 import { runReseal } from '../jobs/reseal.js';
 import { PHI_QUEUE, PhiMaintenance } from '../jobs/phi-maintenance.js';
+import { stopOnSignals } from '../shutdown.js';
 import { buildServices } from '../server.js';
 import { createLogger } from '../log/logger.js';
 import { openDatabase } from '../storage/db.js';
@@ -43,24 +44,7 @@ async function worker(): Promise<void> {
   });
   await maintenance.start();
   log.info({ queues: [PHI_QUEUE] }, 'Vesta worker ready');
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'worker shutting down after the current batch');
-    maintenance.close().then(() => svc.db.close()).then(
-      () => {
-        log.info('worker stopped');
-        process.exit(0);
-      },
-      (e: unknown) => {
-        log.error({ err: { message: (e as Error)?.message } }, 'worker shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
+  stopOnSignals(log, { stopping: 'worker shutting down after the current batch', stopped: 'worker stopped', failed: 'worker shutdown failed' }, () => maintenance.close().then(() => svc.db.close()));
 }
 
 async function main(argv: string[]): Promise<number> {
