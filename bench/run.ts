@@ -251,7 +251,7 @@ async function main(): Promise<void> {
         rounds: ROUNDS,
         agent,
         phiSealed: PHI === 'on',
-        ...(PHI === 'on' ? { blindKey: Buffer.from((JSON.parse(KEYS) as { blind: { k: string } }).blind.k, 'base64url') } : {}),
+        ...(PHI === 'on' ? { blindKey: Buffer.from((JSON.parse(KEYS) as { blind: { k: string } }).blind.k, 'base64url'), blindKid: (JSON.parse(KEYS) as { blind: { kid: string } }).blind.kid } : {}),
         log: (m) => process.stderr.write(m),
       });
     }

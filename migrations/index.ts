@@ -6,6 +6,7 @@ import * as m0002 from './0002_search_index.js';
 import * as m0003 from './0003_sealed_kid.js';
 import * as m0004 from './0004_blind_index.js';
 import * as m0005 from './0005_position_index.js';
+import * as m0006 from './0006_covering_indexes.js';
 
 export interface Migration {
   name: string;
@@ -19,4 +20,5 @@ export const MIGRATIONS: Migration[] = [
   { name: '0003_sealed_kid', ...m0003 },
   { name: '0004_blind_index', ...m0004 },
   { name: '0005_position_index', ...m0005 },
+  { name: '0006_covering_indexes', ...m0006 },
 ];

@@ -10,7 +10,7 @@ import { operationOutcome } from '../fhir/outcome.js';
 import { compartmentCondition, compartmentMembers } from '../search/compartment.js';
 import { parseIncludes, resolveIncludes, type IncludeSource } from '../search/include.js';
 import { canonicalCriteria, parseSearch, type SearchRequest } from '../search/parse.js';
-import { planWhere } from '../search/plan.js';
+import { planSearch, type SearchPlan } from '../search/plan.js';
 import { confirmBlindMatches } from '../search/blind.js';
 import { applyElements, parseElements, parseSummary, shapeBySummary } from '../search/shape.js';
 import { planSort, type SortKey } from '../search/sort.js';
@@ -39,6 +39,8 @@ interface Page {
   rows: PageRow[];
   next?: PageRow;
   prev?: PageRow;
+  /** Every match, counted with the page (accurate _total). */
+  total?: number;
 }
 
 function readCursor(cur: Record<string, unknown>, keys: SortKey[]): { dir: 'n' | 'p'; at: PageCursor } {
@@ -58,17 +60,19 @@ function cursorOf(dir: 'n' | 'p', row: PageRow): Record<string, unknown> {
  * exists and a previous link when it started from a cursor; a backward page (a `previous` link) always
  * has a next link (its anchor follows it) and a previous link when one more row exists before it.
  */
-async function fetchPage(svc: Services, where: SqlFragment, keys: SortKey[], count: number, cursor: Record<string, unknown> | undefined): Promise<Page> {
+async function fetchPage(svc: Services, plan: SearchPlan, keys: SortKey[], count: number, cursor: Record<string, unknown> | undefined, total: boolean): Promise<Page> {
   if (count === 0) return { rows: [] };
   const pos = cursor ? readCursor(cursor, keys) : undefined;
   if (pos?.dir === 'p') {
-    const rows = await searchPage(svc.db.knex, where, keys, { limit: count + 1, before: pos.at });
+    const got = await searchPage(svc.db.knex, plan, keys, { limit: count + 1, before: pos.at, total });
+    const rows = got.rows;
     const page = rows.slice(rows.length > count ? 1 : 0);
-    return { rows: page, ...(page.length ? { next: page[page.length - 1] } : {}), ...(rows.length > count && page.length ? { prev: page[0] } : {}) };
+    return { rows: page, ...(page.length ? { next: page[page.length - 1] } : {}), ...(rows.length > count && page.length ? { prev: page[0] } : {}), ...(got.total !== undefined ? { total: got.total } : {}) };
   }
-  const rows = await searchPage(svc.db.knex, where, keys, { limit: count + 1, ...(pos ? { after: pos.at } : {}) });
+  const got = await searchPage(svc.db.knex, plan, keys, { limit: count + 1, ...(pos ? { after: pos.at } : {}), total });
+  const rows = got.rows;
   const page = rows.slice(0, count);
-  return { rows: page, ...(rows.length > count && page.length ? { next: page[page.length - 1] } : {}), ...(pos && page.length ? { prev: page[0] } : {}) };
+  return { rows: page, ...(rows.length > count && page.length ? { next: page[page.length - 1] } : {}), ...(pos && page.length ? { prev: page[0] } : {}), ...(got.total !== undefined ? { total: got.total } : {}) };
 }
 
 /** Storage behind _include/_revinclude: index lookups and reads of current versions. */
@@ -157,21 +161,23 @@ async function run(svc: Services, ctx: RequestContext, scope: Scope, query: [str
   req.ignored.push(...includes.ignored);
 
   const extra = scope.membership ? [scope.membership] : scope.compartment ? [compartmentCondition(scope.compartment.type, scope.compartment.id, scope.types[0])] : [];
-  const where = planWhere(req, { types: scope.allTypes ? [] : scope.types, extra });
+  const plan = planSearch(req, { types: scope.allTypes ? [] : scope.types, extra });
   const scopeKey = `search:${scope.path}|${scope.types.join(',')}|${canonicalCriteria(req)}&_count=${count}&_sort=${c._sort ?? ''}`;
   const cursor = c._page !== undefined ? svc.pageTokens.verify(scopeKey, c._page) : undefined;
 
-  const page = summary === 'count' ? { rows: [] } : await fetchPage(svc, where, sort.keys, count, cursor);
+  // An accurate total (the default) is counted in the page's own statement: the matches are found once.
+  const accurate = c._total === undefined || c._total === 'accurate';
+  const page: Page = summary === 'count' ? { rows: [] } : await fetchPage(svc, plan, sort.keys, count, cursor, accurate);
   // Matches on sealed PHI came from blind indexes: confirmed on the opened resources (search/blind.ts).
   const found = confirmBlindMatches(req, await readPage(svc, page.rows));
   // A first page that holds every match already knows the total; otherwise _total decides the cost.
   let total: number | undefined;
   const complete = !cursor && !page.next && count > 0;
-  if (summary === 'count') total = await countMatches(svc.db.knex, where);
+  if (summary === 'count') total = await countMatches(svc.db.knex, plan);
   else if (c._total === 'none') total = undefined;
   else if (complete) total = page.rows.length;
-  else if (c._total === 'estimate') total = await estimateMatches(svc.db.knex, where);
-  else total = await countMatches(svc.db.knex, where);
+  else if (c._total === 'estimate') total = await estimateMatches(svc.db.knex, plan.where);
+  else total = page.total ?? (await countMatches(svc.db.knex, plan));
 
   const shape = (r: Resource | undefined): Resource | undefined => {
     if (!r) return r;

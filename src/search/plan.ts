@@ -7,7 +7,7 @@ import { resourceTypeInfo } from '../fhir/definitions.js';
 import { INDEX_TABLES, type IndexKind } from './index-rows.js';
 import { splitUnescaped, unescapeValue } from './escape.js';
 import type { ChainLink, HasLink, ParamClause, SearchRequest } from './parse.js';
-import type { PhiIndexMode } from './phi-seam.js';
+import { isBlindParam, type PhiIndexMode } from './phi-seam.js';
 import { paramsOf, type ParamSpec, type ValueKind } from './registry.js';
 import { Aliases, and, frag, or, type SqlFragment } from './sql.js';
 import { dateCondition, instantCondition, parseDateQuery } from './types/date.js';
@@ -131,27 +131,43 @@ function specsFor(types: readonly string[], spec: ParamSpec): ParamSpec[] {
   return out.length ? out : [spec];
 }
 
+/** A test on the index rows of one parameter: the table, the parameter name stored there, the condition on alias `a`. */
+interface IndexTest {
+  kind: IndexKind;
+  param: string;
+  cond: (a: string) => SqlFragment;
+  negate: boolean;
+}
+
+/** The index test of a plain (non-composite, index-table) final parameter; undefined for :missing, columns and composites. */
+function indexTest(ctx: Ctx, spec: ParamSpec, clause: ParamClause, types: readonly string[]): IndexTest | undefined {
+  const { modifier, values } = clause;
+  if (modifier === 'missing' || spec.column || spec.kind === 'composite') return undefined;
+  const kind = spec.kind;
+  if (kind === 'token' && modifier === 'not') {
+    return { kind: 'token', param: spec.code, cond: (a) => or(values.map((v) => tokenCondition(a, v, spec.code))), negate: true };
+  }
+  if (kind === 'token' && isValueSetModifier(modifier)) {
+    const specs = specsFor(types, spec);
+    return { kind: 'token', param: spec.code, cond: (a) => or(values.map((v) => tokenInCondition(a, v, spec.code, modifier, specs))), negate: modifier === 'not-in' };
+  }
+  if (kind === 'token' && modifier === 'of-type') {
+    return { kind: 'token', param: ofTypeParam(spec.code), cond: (a) => or(values.map((v) => valueCondition(ctx, kind, a, v, spec.code, modifier))), negate: false };
+  }
+  if (kind === 'reference' && modifier === 'identifier') {
+    return { kind: 'token', param: identifierParam(spec.code), cond: (a) => or(values.map((v) => tokenCondition(a, v, spec.code))), negate: false };
+  }
+  return { kind, param: spec.code, cond: (a) => or(values.map((v) => valueCondition(ctx, kind, a, v, spec.code, modifier))), negate: false };
+}
+
 /** The condition of the final parameter of a clause on one owner, whose type is one of `types` (empty: any). */
 function finalCondition(ctx: Ctx, owner: Owner, spec: ParamSpec, clause: ParamClause, types: readonly string[]): SqlFragment {
   const { modifier, values } = clause;
   if (modifier === 'missing') return missingCondition(ctx, owner, spec, values[0] === 'true');
   if (spec.column) return columnCondition(ctx, owner, spec, values);
   if (spec.kind === 'composite') return compositeCondition(ctx, owner, spec, values);
-  const kind = spec.kind;
-  if (kind === 'token' && modifier === 'not') {
-    return exists(ctx, owner, 'token', spec.code, (a) => or(values.map((v) => tokenCondition(a, v, spec.code))), true);
-  }
-  if (kind === 'token' && isValueSetModifier(modifier)) {
-    const specs = specsFor(types, spec);
-    return exists(ctx, owner, 'token', spec.code, (a) => or(values.map((v) => tokenInCondition(a, v, spec.code, modifier, specs))), modifier === 'not-in');
-  }
-  if (kind === 'token' && modifier === 'of-type') {
-    return exists(ctx, owner, 'token', ofTypeParam(spec.code), (a) => or(values.map((v) => valueCondition(ctx, kind, a, v, spec.code, modifier))));
-  }
-  if (kind === 'reference' && modifier === 'identifier') {
-    return exists(ctx, owner, 'token', identifierParam(spec.code), (a) => or(values.map((v) => tokenCondition(a, v, spec.code))));
-  }
-  return exists(ctx, owner, kind, spec.code, (a) => or(values.map((v) => valueCondition(ctx, kind, a, v, spec.code, modifier))));
+  const t = indexTest(ctx, spec, clause, types)!;
+  return exists(ctx, owner, t.kind, t.param, t.cond, t.negate);
 }
 
 /** Follows the clause's chain/_has hops from `owner`, then applies the final parameter. */
@@ -171,7 +187,8 @@ function pathCondition(ctx: Ctx, owner: Owner, clause: ParamClause, hop: number,
   return hasHop(ctx, owner, clause, hop, link, a);
 }
 
-function chainHop(ctx: Ctx, owner: Owner, clause: ParamClause, hop: number, link: ChainLink, a: string): SqlFragment {
+/** The idx_reference rows a chain hop follows from its owner: their condition on alias `a` (beyond owner and param). */
+function chainInner(ctx: Ctx, clause: ParamClause, hop: number, link: ChainLink, a: string): SqlFragment {
   // A reference to a resource that is not here refers to nothing (search.html#chaining); :not and
   // :not-in hold without index rows, so they alone need the target shown to exist.
   const exists = (t: string): SqlFragment[] => {
@@ -182,8 +199,13 @@ function chainHop(ctx: Ctx, owner: Owner, clause: ParamClause, hop: number, link
   const inner = or(
     link.targets.map((t) => and([frag(`${a}.target_type = ?`, t), ...exists(t), pathCondition(ctx, { type: frag('?', t), id: `${a}.target_id` }, clause, hop + 1, t)])),
   );
+  return frag(`${a}.target_id is not null and (${inner.sql})`, ...inner.bindings);
+}
+
+function chainHop(ctx: Ctx, owner: Owner, clause: ParamClause, hop: number, link: ChainLink, a: string): SqlFragment {
+  const inner = chainInner(ctx, clause, hop, link, a);
   return frag(
-    `exists (select 1 from idx_reference ${a} where ${a}.resource_type = ${owner.type.sql} and ${a}.resource_id = ${owner.id} and ${a}.param = ? and ${a}.target_id is not null and (${inner.sql}))`,
+    `exists (select 1 from idx_reference ${a} where ${a}.resource_type = ${owner.type.sql} and ${a}.resource_id = ${owner.id} and ${a}.param = ? and ${inner.sql})`,
     ...owner.type.bindings,
     link.spec.code,
     ...inner.bindings,
@@ -221,4 +243,94 @@ export function planWhere(req: SearchRequest, opts: PlanOptions = {}): SqlFragme
   for (const c of req.clauses) conds.push(pathCondition(ctx, owner, c, 0, req.resourceType));
   conds.push(...(opts.extra ?? []));
   return and(conds);
+}
+
+/**
+ * A search answered from the index tables alone. Index rows exist only for the current version of a
+ * live resource (storage/search-store.ts writes them with the version and removes them on delete), so
+ * the ids of the matches can be found without visiting the resource table: one clause is the source
+ * of candidate ids (`select ... as id`, possibly repeating an id), the others are conditions on
+ * `s.id`. Pages then walk the source in id order and stop after a page, and counts read only the
+ * (covering) index entries (migration 0006).
+ */
+export interface DrivenPlan {
+  /** The one type searched. */
+  type: string;
+  /** `from (<source>) s where <others>`: ids of matches in `s.id`, possibly repeated. */
+  from: SqlFragment;
+}
+
+export interface SearchPlan {
+  /** WHERE conditions on `r` (the resource table): always valid. */
+  where: SqlFragment;
+  /** The one type searched (`where` restricts `r.resource_type` to it), if only one. */
+  type?: string;
+  /** The index-only form, when the search qualifies (one type, no extra conditions, a clause that can be a source). */
+  driven?: DrivenPlan;
+}
+
+/** How good a source a clause is (lower first): equality on references and tokens narrows most. */
+function sourceRank(clause: ParamClause): number {
+  const first = clause.path[0];
+  if (first?.kind === 'has') return 6;
+  if (first?.kind === 'chain') return 5;
+  switch (clause.spec.kind) {
+    case 'reference':
+      return 0;
+    case 'token':
+      return clause.modifier === 'text' ? 3 : 1;
+    case 'uri':
+    case 'string':
+      return 2;
+    case 'date':
+      return 4;
+    default:
+      return 3;
+  }
+}
+
+/** The clause as a source of candidate ids (`select ... as id from ...`), when it can be one. */
+function clauseSource(ctx: Ctx, clause: ParamClause, type: string): SqlFragment | undefined {
+  const first = clause.path[0];
+  if (first?.kind === 'has') {
+    const a = ctx.aliases.next('h');
+    const inner = pathCondition(ctx, { type: frag('?', first.type), id: `${a}.resource_id` }, clause, 1, first.type);
+    return frag(
+      `select ${a}.target_id as id from idx_reference ${a} where ${a}.resource_type = ? and ${a}.param = ? and ${a}.target_type = ? and ${a}.target_id is not null and (${inner.sql})`,
+      first.type,
+      first.spec.code,
+      type,
+      ...inner.bindings,
+    );
+  }
+  if (first?.kind === 'chain') {
+    const a = ctx.aliases.next('c');
+    const inner = chainInner(ctx, clause, 0, first, a);
+    return frag(`select ${a}.resource_id as id from idx_reference ${a} where ${a}.resource_type = ? and ${a}.param = ? and ${inner.sql}`, type, first.spec.code, ...inner.bindings);
+  }
+  if (ctx.phi && isBlindParam(type, clause.code, ctx.phi)) return undefined; // matched by blind.ts, not a plain index
+  const t = indexTest(ctx, clause.spec, clause, [type]);
+  if (!t || t.negate) return undefined;
+  const a = ctx.aliases.next('x');
+  const c = t.cond(a);
+  return frag(`select ${a}.resource_id as id from ${INDEX_TABLES[t.kind]} ${a} where ${a}.resource_type = ? and ${a}.param = ? and (${c.sql})`, type, t.param, ...c.bindings);
+}
+
+/** The request planned both ways: conditions on the resource table, and the index-only form when it applies. */
+export function planSearch(req: SearchRequest, opts: PlanOptions = {}): SearchPlan {
+  const where = planWhere(req, opts);
+  const types = opts.types ?? [req.resourceType];
+  if (types.length !== 1) return { where };
+  const type = types[0];
+  if (opts.extra?.length || !req.clauses.length) return { where, type };
+  const ctx: Ctx = { aliases: new Aliases(), now: opts.now ?? Date.now(), baseUrl: req.baseUrl, ...(req.phi ? { phi: req.phi } : {}), scope: types };
+  const order = req.clauses.map((c, i) => ({ c, i, rank: sourceRank(c) })).sort((x, y) => x.rank - y.rank || x.i - y.i);
+  for (const { c, i } of order) {
+    const source = clauseSource(ctx, c, type);
+    if (!source) continue;
+    const owner: Owner = { type: frag('?', type), id: 's.id' };
+    const others = and(req.clauses.filter((_c, j) => j !== i).map((o) => pathCondition(ctx, owner, o, 0, type)));
+    return { where, type, driven: { type, from: frag(`from (${source.sql}) s where (${others.sql})`, ...source.bindings, ...others.bindings) } };
+  }
+  return { where, type };
 }

@@ -3,6 +3,7 @@
 // resource and index tables.
 import { INDEX_TABLES, type IndexKind, type IndexRows } from '../search/index-rows.js';
 import { protectIndexValue, type PhiIndexMode } from '../search/phi-seam.js';
+import type { SearchPlan } from '../search/plan.js';
 import type { SqlFragment } from '../search/sql.js';
 import type { SortKey } from '../search/sort.js';
 import type { Queryable } from './db.js';
@@ -126,9 +127,17 @@ function same(i: number, v: string | null, k: SortKey): SqlFragment {
   return v === null ? { sql: `${col} is null`, bindings: [] } : { sql: `${col} = ?::${k.type}`, bindings: [v] };
 }
 
-/** Keyset predicate for (k0, ..., kn, type, id) beyond the cursor under mixed directions. */
-function keyset(keys: SortKey[], c: PageCursor, backwards: boolean): SqlFragment {
-  let acc: SqlFragment = { sql: `(page.resource_type, page.id) ${backwards ? '<' : '>'} (?, ?)`, bindings: [c.type, c.id] };
+/**
+ * Keyset predicate for (k0, ..., kn, type, id) beyond the cursor under mixed directions. When one type
+ * is searched (and the cursor is of it) the tie-break is on the id alone: a row comparison
+ * `(resource_type, id) > (?, ?)` would be taken by PostgreSQL as a range condition on the primary key
+ * for every probe of a nested loop, scanning from the cursor to the end of the type each time.
+ */
+function keyset(keys: SortKey[], c: PageCursor, backwards: boolean, singleType: string | undefined): SqlFragment {
+  let acc: SqlFragment =
+    singleType !== undefined && c.type === singleType
+      ? { sql: `page.id ${backwards ? '<' : '>'} ?`, bindings: [c.id] }
+      : { sql: `(page.resource_type, page.id) ${backwards ? '<' : '>'} (?, ?)`, bindings: [c.type, c.id] };
   for (let i = keys.length - 1; i >= 0; i--) {
     const gt = beyond(i, keys[i], c.keys[i] ?? null, backwards);
     const eq = same(i, c.keys[i] ?? null, keys[i]);
@@ -149,40 +158,75 @@ function orderOf(k: SortKey, i: number, backwards: boolean): string {
  * the rows after `after`, or with `before` the rows just before it (returned in forward order). Each
  * row carries its key values for the next cursor.
  */
-export async function searchPage(q: Queryable, where: SqlFragment, keys: SortKey[], opts: { limit: number; after?: PageCursor; before?: PageCursor }): Promise<PageRow[]> {
-  const { sql, bindings } = pageQuery(where, keys, opts);
-  const res = (await q.raw(sql, bindings)) as { rows: Record<string, string | null>[] };
-  const rows = res.rows.map((row) => ({ type: row.resource_type as string, id: row.id as string, keys: keys.map((_k, i) => row[`c${i}`] ?? null) }));
-  return opts.before !== undefined ? rows.reverse() : rows;
+export interface PageOptions {
+  limit: number;
+  after?: PageCursor;
+  before?: PageCursor;
+  /** Also count every match (accurate _total) in the same statement: the matches are found once for both. */
+  total?: boolean;
+}
+
+/** One page of rows, and the number of all matches when asked for and the page is not empty. */
+export async function searchPage(q: Queryable, plan: SearchPlan, keys: SortKey[], opts: PageOptions): Promise<{ rows: PageRow[]; total?: number }> {
+  const { sql, bindings } = pageQuery(plan, keys, opts);
+  const res = (await q.raw(sql, bindings)) as { rows: Record<string, string | number | null>[] };
+  const rows = res.rows.map((row) => ({ type: row.resource_type as string, id: row.id as string, keys: keys.map((_k, i) => (row[`c${i}`] as string | null) ?? null) }));
+  const total = opts.total && res.rows.length ? Number(res.rows[0].total) : undefined;
+  return { rows: opts.before !== undefined ? rows.reverse() : rows, ...(total !== undefined ? { total } : {}) };
 }
 
 /** The SQL of one page (exported so tests can EXPLAIN exactly what a search runs). */
-export function pageQuery(where: SqlFragment, keys: SortKey[], opts: { limit: number; after?: PageCursor; before?: PageCursor }): SqlFragment {
+export function pageQuery(plan: SearchPlan, keys: SortKey[], opts: PageOptions): SqlFragment {
+  const backwards = opts.before !== undefined;
+  const cursor = opts.before ?? opts.after;
+  const dir = backwards ? ' desc' : '';
+  const d = plan.driven;
+  if (d && !keys.length && (!cursor || cursor.type === d.type)) {
+    // Index-only: the first `limit` distinct ids of the source in id order, then their resource rows.
+    // Same order and keyset as below, for one type. Without a total the walk stops after a page;
+    // with one, the matches are collected once (materialized) and both counted and paged.
+    const after = cursor ? ` ${opts.total ? 'where m.id' : 'and s.id'} ${backwards ? '<' : '>'} ?` : '';
+    const afterBindings = cursor ? [cursor.id] : [];
+    if (opts.total) {
+      return {
+        sql:
+          `with m as materialized (select distinct s.id ${d.from.sql}) select r.resource_type, r.id, (select count(*) from m) as total from resource r ` +
+          `where r.resource_type = ? and r.deleted = false and r.id in (select m.id from m${after} order by m.id${dir} limit ?) order by r.id${dir} limit ?`,
+        bindings: [...d.from.bindings, d.type, ...afterBindings, opts.limit, opts.limit],
+      };
+    }
+    return {
+      sql: `select r.resource_type, r.id from resource r where r.resource_type = ? and r.deleted = false and r.id in (select distinct s.id ${d.from.sql}${after} order by s.id${dir} limit ?) order by r.id${dir} limit ?`,
+      bindings: [d.type, ...d.from.bindings, ...afterBindings, opts.limit, opts.limit],
+    };
+  }
+  const where = plan.where;
   const select = keys.map((k, i) => `, ${k.expr.sql} as k${i}`).join('');
   const bindings = [...keys.flatMap((k) => k.expr.bindings), ...where.bindings];
   const cols = keys.map((_k, i) => `, page.k${i}::text as c${i}`).join('');
-  let sql = `select page.resource_type, page.id${cols} from (select r.resource_type, r.id${select} from resource r where ${where.sql}) page`;
-  const backwards = opts.before !== undefined;
-  const cursor = opts.before ?? opts.after;
+  const matches = `select r.resource_type, r.id${select} from resource r where ${where.sql}`;
+  let sql = opts.total
+    ? `with m as materialized (${matches}) select page.resource_type, page.id${cols}, (select count(*) from m) as total from m page`
+    : `select page.resource_type, page.id${cols} from (${matches}) page`;
   if (cursor) {
-    const ks = keyset(keys, cursor, backwards);
+    const ks = keyset(keys, cursor, backwards, plan.type);
     sql += ` where ${ks.sql}`;
     bindings.push(...ks.bindings);
   }
-  const dir = backwards ? ' desc' : '';
   const order = [...keys.map((k, i) => orderOf(k, i, backwards)), `page.resource_type${dir}`, `page.id${dir}`];
   sql += ` order by ${order.join(', ')} limit ?`;
   bindings.push(opts.limit);
   return { sql, bindings };
 }
 
-/** The SQL of an accurate count (exported so tests can EXPLAIN it). */
-export function countQuery(where: SqlFragment): SqlFragment {
-  return { sql: `select count(*) as n from resource r where ${where.sql}`, bindings: where.bindings };
+/** The SQL of an accurate count (exported so tests can EXPLAIN it): index entries only when the plan allows. */
+export function countQuery(plan: SearchPlan): SqlFragment {
+  if (plan.driven) return { sql: `select count(*) as n from (select distinct s.id ${plan.driven.from.sql}) q`, bindings: plan.driven.from.bindings };
+  return { sql: `select count(*) as n from resource r where ${plan.where.sql}`, bindings: plan.where.bindings };
 }
 
-export async function countMatches(q: Queryable, where: SqlFragment): Promise<number> {
-  const c = countQuery(where);
+export async function countMatches(q: Queryable, plan: SearchPlan): Promise<number> {
+  const c = countQuery(plan);
   const res = (await q.raw(c.sql, c.bindings)) as { rows: { n: number | string }[] };
   return Number(res.rows[0].n);
 }

@@ -41,7 +41,7 @@ describe.each(backends())('search mix plans on %s PostgreSQL', (backend) => {
     };
     const report: Record<string, string[]> = {};
     for (const q of MIX) {
-      const sql = vestaSql(q.path(s), false, t.url);
+      const sql = vestaSql(q.path(s), { sealed: false }, t.url);
       const plan = await k.transaction(async (tx) => {
         await tx.raw('set local enable_seqscan = off');
         const res = (await tx.raw(`explain (format json) ${sql.text.replace(/\$\d+/g, '?')}`, sql.values as never[])) as { rows: Record<string, unknown>[] };

@@ -4,7 +4,7 @@ import { describe, expect, test } from '@jest/globals';
 import { FhirError } from '../../src/fhir/errors.js';
 import { parseIncludes } from '../../src/search/include.js';
 import { parseSearch } from '../../src/search/parse.js';
-import { planWhere } from '../../src/search/plan.js';
+import { planSearch, planWhere } from '../../src/search/plan.js';
 import { planSort } from '../../src/search/sort.js';
 
 const open = { sealed: false };
@@ -36,6 +36,15 @@ describe('planning', () => {
     expect(plan.sql).not.toContain('drop table');
     expect(placeholders(plan.sql)).toBe(plan.bindings.length);
     expect(plan.bindings.some((b) => typeof b === 'string' && b.includes('drop table'))).toBe(true);
+  });
+
+  test.each(cases)('%s?%s=... binds the value in the index-only form too', (type, name, value) => {
+    const plan = planSearch(lenient(type, [[name, value], ['_lastUpdated', 'gt2020']]));
+    for (const f of [plan.where, ...(plan.driven ? [plan.driven.from] : [])]) {
+      expect(f.sql).not.toContain('drop table');
+      expect(placeholders(f.sql)).toBe(f.bindings.length);
+    }
+    if (plan.driven) expect(plan.driven.from.bindings.some((b) => typeof b === 'string' && b.includes('drop table'))).toBe(true);
   });
 
   test('LIKE metacharacters in string values are escaped', () => {
