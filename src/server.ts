@@ -51,7 +51,7 @@ export async function buildServices(config: Readonly<Config>, log: Logger = crea
     store: new ResourceStore(await buildCodec(config, log)),
     audit: new LogAuditSink(log),
     pageTokens: new PageTokens(config.pageTokenSecret),
-    validator: new R4Validator(),
+    validator: new R4Validator({ unknownExtensions: config.unknownExtensions }),
     log,
   };
 }

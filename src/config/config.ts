@@ -27,6 +27,8 @@ export interface Config {
   phiKeysFile: string | undefined;
   phiKeys: string | undefined;
   phiPolicyFile: string | undefined;
+  /** Extensions with no definition known to the server: accepted (the default) or refused (VALIDATION_UNKNOWN_EXTENSIONS). */
+  unknownExtensions: 'accept' | 'reject';
 }
 
 export class ConfigError extends Error {
@@ -112,6 +114,9 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     throw new ConfigError('PAGE_TOKEN_SECRET', 'must be at least 32 characters');
   }
 
+  const unknownExtensions = env.VALIDATION_UNKNOWN_EXTENSIONS?.trim().toLowerCase() || 'accept';
+  if (unknownExtensions !== 'accept' && unknownExtensions !== 'reject') throw new ConfigError('VALIDATION_UNKNOWN_EXTENSIONS', 'must be accept or reject');
+
   const phiRaw = (env.PHI_ENCRYPTION?.trim().toLowerCase() || 'on');
   if (phiRaw !== 'on' && phiRaw !== 'off') throw new ConfigError('PHI_ENCRYPTION', 'must be on or off');
   const phiKeys = env.PHI_KEYS?.trim() || undefined;
@@ -146,6 +151,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     shutdownTimeoutMs: int(env, 'SHUTDOWN_TIMEOUT_MS', 10000, 0, 600000),
     pageTokenSecret,
     phiEncryption: phiRaw === 'on',
+    unknownExtensions,
     phiKeysFile,
     phiKeys,
     phiPolicyFile: env.PHI_POLICY_FILE?.trim() ? resolve(env.PHI_POLICY_FILE.trim()) : undefined,

@@ -253,10 +253,21 @@ const EXTRA_CONTEXTS: Record<string, string[]> = {
  * warning). Other extensions are accepted unchecked: the spec lets systems carry extensions they do
  * not know.
  */
-export function checkExtension(ext: Obj, path: string, out: Issue[], host: Host): void {
+/**
+ * Cross-version extensions (https://hl7.org/fhir/R4/versions.html#extensions) are defined implicitly
+ * for every element of another FHIR version: http://hl7.org/fhir/[version]/StructureDefinition/extension-[path].
+ */
+const CROSS_VERSION = /^http:\/\/hl7\.org\/fhir\/\d+\.\d+\/StructureDefinition\/extension-[A-Za-z]/;
+
+export function checkExtension(ext: Obj, path: string, out: Issue[], host: Host, refuseUnknown = false): void {
   if (typeof ext.url !== 'string') return;
   const def = coreExtensions()[ext.url];
-  if (!def) return;
+  if (!def) {
+    // Not quoted: the url is the client's. Nested extensions of a complex extension are named by
+    // relative urls, which only their parent's definition gives meaning to: not judged here.
+    if (refuseUnknown && /^[a-z][a-z0-9+.-]*:/i.test(ext.url) && !CROSS_VERSION.test(ext.url)) err(out, 'structure', 'the extension url names no extension definition known to this server, which refuses unknown extensions', `${path}.url`);
+    return;
+  }
   // The url is a core canonical, a spec constant, so it may be named in the message.
   const contexts = [...def.context, ...(EXTRA_CONTEXTS[ext.url] ?? [])];
   if (def.context.length && !contexts.some((c) => contextMatches(c, host))) {

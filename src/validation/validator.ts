@@ -15,6 +15,12 @@ export interface ValidatorOptions {
   maxDepth?: number;
   /** Most JSON nodes (objects, arrays and values) accepted in one resource (default 2,000,000). */
   maxNodes?: number;
+  /**
+   * An extension whose url names no definition this server knows (the core package's): accepted (the
+   * default: the base specification lets any extension be used) or refused, as the HL7 reference
+   * validator does by default.
+   */
+  unknownExtensions?: 'accept' | 'reject';
   /** Tests: evaluate with fhirpath.js every invariant also decided natively and report disagreements as errors. */
   crossCheck?: boolean;
 }
@@ -48,6 +54,7 @@ export class R4Validator {
   private readonly maxDepth: number;
   private readonly maxNodes: number;
   private readonly crossCheck: boolean;
+  private readonly unknownExtensions: 'accept' | 'reject';
 
   constructor(opts: ValidatorOptions = {}) {
     this.invariants = opts.invariants ?? true;
@@ -55,6 +62,7 @@ export class R4Validator {
     this.maxDepth = opts.maxDepth ?? 128;
     this.maxNodes = opts.maxNodes ?? 2_000_000;
     this.crossCheck = opts.crossCheck ?? false;
+    this.unknownExtensions = opts.unknownExtensions ?? 'accept';
   }
 
   validate(resource: unknown): Issue[] {
@@ -72,8 +80,8 @@ export class R4Validator {
         return [{ severity: 'error', code: 'too-costly', diagnostics: `the resource ${what}; not validated`, expression: [r.resourceType] }];
       }
       const issues = checkStructure(r);
-      if (this.invariants || this.bindings) {
-        walkResource(r, r.resourceType, { invariants: this.invariants, bindings: this.bindings, crossCheck: this.crossCheck }, issues);
+      if (this.invariants || this.bindings || this.unknownExtensions === 'reject') {
+        walkResource(r, r.resourceType, { invariants: this.invariants, bindings: this.bindings, crossCheck: this.crossCheck, unknownExtensions: this.unknownExtensions }, issues);
       }
       return issues;
     } catch (e) {

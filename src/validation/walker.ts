@@ -15,6 +15,8 @@ export interface WalkOptions {
   bindings: boolean;
   /** Also evaluate with fhirpath.js every invariant decided natively, and report disagreements (tests). */
   crossCheck?: boolean;
+  /** Extensions without a known definition: accepted (default) or refused. */
+  unknownExtensions?: 'accept' | 'reject';
 }
 
 interface Ctx {
@@ -175,10 +177,10 @@ function walkChildren(ctx: Ctx, def: DefInfo, obj: Obj, path: string, host: Host
     if (prop.kind === 'primitive') visitPrimitive(ctx, prop, value, obj[prop.siblingName], path, obj);
     else if (prop.array) {
       if (!Array.isArray(value)) continue;
-      const extension = ctx.opts.invariants && prop.target === 'Extension';
+      const extension = (ctx.opts.invariants || ctx.opts.unknownExtensions === 'reject') && prop.target === 'Extension';
       for (let i = 0; i < value.length; i++) {
         const at = `${path}${step(prop)}[${i}]`;
-        if (extension && isObj(value[i])) checkExtension(value[i] as Obj, at, ctx.out, host);
+        if (extension && isObj(value[i])) checkExtension(value[i] as Obj, at, ctx.out, host, ctx.opts.unknownExtensions === 'reject');
         visitValue(ctx, prop, value[i], at);
       }
     } else visitValue(ctx, prop, value, `${path}${step(prop)}`);

@@ -5,6 +5,8 @@ describe('configuration', () => {
   test('PHI keys must be configured with DATABASE_URL (the embedded default generates them)', () => {
     expect(() => loadConfig({ DATABASE_URL: 'postgres://x@localhost/db' })).toThrow(/^PHI_KEYS_FILE:/);
     expect(loadConfig({ DATABASE_URL: 'postgres://x@localhost/db', PHI_ENCRYPTION: 'off' }).phiEncryption).toBe(false);
+    expect(loadConfig({}).unknownExtensions).toBe('accept');
+    expect(loadConfig({ VALIDATION_UNKNOWN_EXTENSIONS: 'REJECT' }).unknownExtensions).toBe('reject');
     expect(loadConfig({}).phiEncryption).toBe(true);
   });
 
@@ -43,6 +45,7 @@ describe('configuration', () => {
     ['PAGE_TOKEN_SECRET', 'short'],
     ['PHI_ENCRYPTION', 'maybe'],
     ['PHI_KEYS', '{not json'],
+    ['VALIDATION_UNKNOWN_EXTENSIONS', 'sometimes'],
   ])('%s=%s is refused naming the variable', (name, value) => {
     let err: unknown;
     try {

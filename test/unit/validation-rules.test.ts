@@ -306,3 +306,30 @@ describe('the base64Binary shape check', () => {
     expect(cases.filter((s) => base64Shape(s)).length).toBeGreaterThan(20); // the random strings reach both verdicts
   });
 });
+
+describe('unknown extensions (VALIDATION_UNKNOWN_EXTENSIONS)', () => {
+  const secret = 'http://private.example.org/fhir/StructureDefinition/mothers-maiden-name-Smith';
+  const patient = (url: string, nested?: Record<string, unknown>[]) => ({ resourceType: 'Patient', extension: [{ url, ...(nested ? { extension: nested } : { valueString: 'x' }) }] });
+  const refusing = new R4Validator({ unknownExtensions: 'reject' });
+  const refused = (r: unknown) => refusing.validate(r).filter((i) => i.severity === 'error');
+
+  test('accepted by default: the base specification lets any extension be used', () => {
+    expect(errors(patient(secret))).toEqual([]);
+  });
+
+  test('refused when asked, at the url, without quoting it', () => {
+    const e = refused(patient(secret));
+    expect(e.map((i) => `${i.code} ${i.expression?.[0]}`)).toEqual(['structure Patient.extension[0].url']);
+    expect(JSON.stringify(e)).not.toContain('private.example.org');
+    expect(JSON.stringify(e)).not.toContain('Smith');
+  });
+
+  test('core extensions, cross-version extensions and the relative urls inside a complex extension pass', () => {
+    expect(refused(patient('http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName'))).toEqual([]);
+    expect(refused(patient('http://hl7.org/fhir/5.0/StructureDefinition/extension-Patient.contact.additionalName'))).toEqual([]);
+    expect(refused(patient('http://hl7.org/fhir/StructureDefinition/patient-nationality', [{ url: 'code', valueCodeableConcept: { text: 'x' } }]))).toEqual([]);
+    // modifier extensions and extensions deep in datatypes are judged alike
+    expect(refused({ resourceType: 'Patient', name: [{ family: 'x', extension: [{ url: secret, valueString: 'y' }] }] }).map((i) => i.expression?.[0])).toEqual(['Patient.name[0].extension[0].url']);
+    expect(refused({ resourceType: 'Patient', modifierExtension: [{ url: secret, valueBoolean: true }] }).map((i) => i.expression?.[0])).toEqual(['Patient.modifierExtension[0].url']);
+  });
+});
