@@ -283,13 +283,13 @@ async function main(): Promise<void> {
   const val = results.validation as ValidationBench | undefined;
   if (val) {
     const row = (name: string, f: ValidationBench['examples']) =>
-      `| ${name} (${f.resources} resources, ${f.megabytes} MB) | ${f.schemaOnly.resourcesPerSecond} (${f.schemaOnly.megabytesPerSecond} MB/s) | ${f.full.resourcesPerSecond} (${f.full.megabytesPerSecond} MB/s) | ${Math.round((f.full.resourcesPerSecond / f.schemaOnly.resourcesPerSecond) * 1000) / 1000} |`;
+      `| ${name} (${f.resources} resources, ${f.megabytes} MB) | ${f.schemaOnly.resourcesPerSecond} (${f.schemaOnly.megabytesPerSecond} MB/s) | ${f.full.resourcesPerSecond} (${f.full.megabytesPerSecond} MB/s) | ${Math.round((f.full.resourcesPerSecond / f.schemaOnly.resourcesPerSecond) * 1000) / 1000} | ${f.jsonParse.megabytesPerSecond} MB/s | ${Math.round((f.full.megabytesPerSecond / f.jsonParse.megabytesPerSecond) * 1000) / 1000} |`;
     lines.push(
       '',
       `Validation throughput, one core, in-process, medians of ${val.rounds} rounds (resources/s); first validation after start ${val.firstValidationMs} ms:`,
       '',
-      '| set | schema only (ajv) | schema + invariants + bindings | ratio full/schema |',
-      '|---|---|---|---|',
+      '| set | schema only (ajv) | schema + invariants + bindings | ratio full/schema | JSON.parse of the same bytes (machine reference) | ratio full/JSON.parse (MB/s) |',
+      '|---|---|---|---|---|---|',
       row('official examples, instances', val.examples),
       row('official examples, whole package', val.wholePackage),
       '',

@@ -20,6 +20,11 @@ export interface ThroughputFigures {
   megabytes: number;
   schemaOnly: { resourcesPerSecond: number; megabytesPerSecond: number };
   full: { resourcesPerSecond: number; megabytesPerSecond: number };
+  /**
+   * A reference for the machine's speed in the same run: JSON.parse of the same bytes (what every
+   * request pays before validation). Validation figures of runs on different days compare through it.
+   */
+  jsonParse: { resourcesPerSecond: number; megabytesPerSecond: number };
 }
 
 export interface ValidationBench {
@@ -37,6 +42,7 @@ const r1 = (x: number) => Math.round(x * 10) / 10;
 
 interface Loaded {
   resource: Record<string, unknown>;
+  text: string;
   bytes: number;
 }
 
@@ -54,16 +60,16 @@ function loadExamples(): Loaded[] {
     .sort()
     .map((f) => {
       const text = readFileSync(join(dir, f), 'utf8');
-      return { resource: JSON.parse(text) as Record<string, unknown>, bytes: Buffer.byteLength(text) };
+      return { resource: JSON.parse(text) as Record<string, unknown>, text, bytes: Buffer.byteLength(text) };
     });
 }
 
-function measure(set: Loaded[], validator: R4Validator, rounds: number): { resourcesPerSecond: number; megabytesPerSecond: number } {
+function measure(set: Loaded[], run: (x: Loaded) => unknown, rounds: number): { resourcesPerSecond: number; megabytesPerSecond: number } {
   const bytes = set.reduce((n, x) => n + x.bytes, 0);
   const seconds: number[] = [];
   for (let r = 0; r < rounds; r++) {
     const t0 = process.hrtime.bigint();
-    for (const x of set) validator.validate(x.resource);
+    for (const x of set) run(x);
     seconds.push(Number(process.hrtime.bigint() - t0) / 1e9);
   }
   const s = median(seconds);
@@ -84,10 +90,12 @@ export function validationThroughput(opts: { rounds?: number; log?: (m: string) 
   for (const x of all) full.validate(x.resource); // warm-up: every type compiled, every invariant compiled
   const figures = (set: Loaded[], name: string): ThroughputFigures => {
     log(`bench: validation over ${name} (${set.length} resources), schema only\n`);
-    const s = measure(set, schemaOnly, rounds);
+    const s = measure(set, (x) => schemaOnly.validate(x.resource), rounds);
     log(`bench: validation over ${name}, schema + invariants + bindings\n`);
-    const f = measure(set, full, rounds);
-    return { resources: set.length, megabytes: r1(set.reduce((n, x) => n + x.bytes, 0) / 1e6), schemaOnly: s, full: f };
+    const f = measure(set, (x) => full.validate(x.resource), rounds);
+    log(`bench: JSON.parse of ${name} (machine reference)\n`);
+    const j = measure(set, (x) => JSON.parse(x.text), rounds);
+    return { resources: set.length, megabytes: r1(set.reduce((n, x) => n + x.bytes, 0) / 1e6), schemaOnly: s, full: f, jsonParse: j };
   };
   const result = { examples: figures(examples, 'the example instances'), wholePackage: figures(all, 'the whole package') };
   log('bench: hostile 100,000-character primitives, every type\n');
