@@ -7,6 +7,7 @@ import * as m0003 from './0003_sealed_kid.js';
 import * as m0004 from './0004_blind_index.js';
 import * as m0005 from './0005_position_index.js';
 import * as m0006 from './0006_covering_indexes.js';
+import * as m0007 from './0007_c_collation.js';
 
 export interface Migration {
   name: string;
@@ -21,4 +22,5 @@ export const MIGRATIONS: Migration[] = [
   { name: '0004_blind_index', ...m0004 },
   { name: '0005_position_index', ...m0005 },
   { name: '0006_covering_indexes', ...m0006 },
+  { name: '0007_c_collation', ...m0007 },
 ];
