@@ -286,7 +286,7 @@ async function main(): Promise<void> {
       `| ${name} (${f.resources} resources, ${f.megabytes} MB) | ${f.schemaOnly.resourcesPerSecond} (${f.schemaOnly.megabytesPerSecond} MB/s) | ${f.full.resourcesPerSecond} (${f.full.megabytesPerSecond} MB/s) | ${Math.round((f.full.resourcesPerSecond / f.schemaOnly.resourcesPerSecond) * 1000) / 1000} | ${f.jsonParse.megabytesPerSecond} MB/s | ${Math.round((f.full.megabytesPerSecond / f.jsonParse.megabytesPerSecond) * 1000) / 1000} |`;
     lines.push(
       '',
-      `Validation throughput, one core, in-process, medians of ${val.rounds} rounds (resources/s); first validation after start ${val.firstValidationMs} ms:`,
+      `Validation throughput, one core, in a child process, medians of ${val.rounds} rounds (resources/s); first validation after start ${val.firstValidationMs} ms:`,
       '',
       '| set | schema only (ajv) | schema + invariants + bindings | ratio full/schema | JSON.parse of the same bytes (machine reference) | ratio full/JSON.parse (MB/s) |',
       '|---|---|---|---|---|---|',
