@@ -82,7 +82,8 @@ describe.each(backends())('index-only search plans on %s PostgreSQL', (backend) 
       backward.push(last.id);
       let before: PageCursor = last;
       for (;;) {
-        const got = await searchPage(k, plan, [], { limit: PAGE, before });
+        const got = await searchPage(k, plan, [], { limit: PAGE, before, total: true });
+        if (got.total !== undefined) totals.push(got.total);
         backward.unshift(...got.rows.map((r) => r.id));
         if (got.rows.length < PAGE) break;
         if (backward.length > 5000) throw new Error(`runaway backward walk: ${backward.slice(0, 25).join(' ')}`);
