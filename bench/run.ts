@@ -13,6 +13,10 @@ import pg from 'pg';
 import { findPackageRoot } from '../src/fhir/package-root.js';
 import { closedLoop, httpCall, median, percentile } from './load.js';
 import { generateKeyRing } from '../src/crypto/key-ring.js';
+import { loadConfig } from '../src/config/config.js';
+import { createLogger } from '../src/log/logger.js';
+import { phiIndexModeOf } from '../src/search/blind.js';
+import { buildCodec } from '../src/server.js';
 import { bareLoad, syntheaFiles, verifyCounts, vestaLoad, type IngestRun } from './ingest.js';
 import { searchMix, type MixResult } from './search-mix.js';
 import { phiCost } from './phi-cost.js';
@@ -250,8 +254,8 @@ async function main(): Promise<void> {
         seconds: Math.max(2, Math.round(SECONDS / 2)),
         rounds: ROUNDS,
         agent,
-        phiSealed: PHI === 'on',
-        ...(PHI === 'on' ? { blindKey: Buffer.from((JSON.parse(KEYS) as { blind: { k: string } }).blind.k, 'base64url'), blindKid: (JSON.parse(KEYS) as { blind: { kid: string } }).blind.kid } : {}),
+        // The PHI index mode the server under test derives from the same settings, by the same code.
+        phi: phiIndexModeOf(await buildCodec(loadConfig({ PHI_ENCRYPTION: PHI, PHI_KEYS: KEYS, DATABASE_URL: databaseUrl }), createLogger('silent'))),
         log: (m) => process.stderr.write(m),
       });
     }

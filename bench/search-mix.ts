@@ -8,10 +8,7 @@ import type { Agent } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { BlindIndexer, normaliseString } from '../src/crypto/blind-index.js';
-import { loadPhiPolicy } from '../src/crypto/phi-policy.js';
-import { resourceTypeInfo } from '../src/fhir/definitions.js';
-import { BlindIndex } from '../src/search/blind.js';
+import { normaliseString, type BlindIndexer } from '../src/crypto/blind-index.js';
 import type { PhiIndexMode } from '../src/search/phi-seam.js';
 import { parseSearch } from '../src/search/parse.js';
 import { planSearch } from '../src/search/plan.js';
@@ -196,10 +193,11 @@ export interface SearchMixOptions {
   seconds: number;
   rounds: number;
   agent: Agent;
-  phiSealed: boolean;
-  /** The blind-index key and its id when PHI is sealed (the ceiling looks up HMACs as Vesta does). */
-  blindKey?: Buffer;
-  blindKid?: string;
+  /**
+   * How the Vesta under test keeps PHI in its index (search/blind.ts phiIndexModeOf of its codec): its
+   * SQL is planned the same way, and the ceiling looks up HMACs with the same blind indexer.
+   */
+  phi: PhiIndexMode;
   log: (s: string) => void;
 }
 
@@ -224,7 +222,7 @@ export async function searchMix(o: SearchMixOptions): Promise<{ resources: numbe
       const sample = await samples(o.databaseUrl, dir, 400);
       if (!sample.length) throw new Error('search mix: no samples');
       const base = new URL(o.vestaUrl);
-      const blind = o.blindKey ? new BlindIndexer(o.blindKey) : undefined;
+      const blind: BlindIndexer | undefined = o.phi.blind?.indexer;
       const queries: MixResult[] = [];
       for (const q of MIX) {
         o.log(`bench: search mix: ${q.name}\n`);
@@ -254,7 +252,7 @@ export async function searchMix(o: SearchMixOptions): Promise<{ resources: numbe
       // What the planner picks for Vesta's own SQL at this size: sequential scans on big tables, if any.
       const seqScans: Record<string, string[]> = {};
       for (const q of MIX) {
-        const sql = vestaSql(q.path(sample[0]), phiMode(o), o.vestaUrl);
+        const sql = vestaSql(q.path(sample[0]), o.phi, o.vestaUrl);
         const plan = (await pool.query(`explain (format json) ${sql.text}`, sql.values)).rows[0]['QUERY PLAN'] as { Plan: Record<string, unknown> }[];
         seqScans[q.name] = planScans(plan[0].Plan).filter((n) => n.node === 'Seq Scan' && n.rel).map((n) => n.rel as string);
       }
@@ -268,13 +266,6 @@ export async function searchMix(o: SearchMixOptions): Promise<{ resources: numbe
 }
 
 const r2 = (x: number) => Math.round(x * 100) / 100;
-
-/** The PHI index mode of the Vesta under test (default policy), so sealed parameters are planned through the blind index as it does. */
-export function phiMode(o: { phiSealed: boolean; blindKey?: Buffer; blindKid?: string }): PhiIndexMode {
-  if (!o.phiSealed) return { sealed: false };
-  if (!o.blindKey || !o.blindKid) return { sealed: true };
-  return { sealed: true, blind: new BlindIndex(new BlindIndexer(o.blindKey), o.blindKid, loadPhiPolicy(undefined, resourceTypeInfo().map((t) => t.type))) };
-}
 
 /** The SQL Vesta runs for a search path (its page query, or its count for _summary=count), with $n placeholders. */
 export function vestaSql(path: string, phi: PhiIndexMode, baseUrl: string): { text: string; values: unknown[] } {

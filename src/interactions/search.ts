@@ -63,16 +63,14 @@ function cursorOf(dir: 'n' | 'p', row: PageRow): Record<string, unknown> {
 async function fetchPage(svc: Services, plan: SearchPlan, keys: SortKey[], count: number, cursor: Record<string, unknown> | undefined, total: boolean): Promise<Page> {
   if (count === 0) return { rows: [] };
   const pos = cursor ? readCursor(cursor, keys) : undefined;
-  if (pos?.dir === 'p') {
-    const got = await searchPage(svc.db.knex, plan, keys, { limit: count + 1, before: pos.at, total });
-    const rows = got.rows;
-    const page = rows.slice(rows.length > count ? 1 : 0);
-    return { rows: page, ...(page.length ? { next: page[page.length - 1] } : {}), ...(rows.length > count && page.length ? { prev: page[0] } : {}), ...(got.total !== undefined ? { total: got.total } : {}) };
-  }
-  const got = await searchPage(svc.db.knex, plan, keys, { limit: count + 1, ...(pos ? { after: pos.at } : {}), total });
-  const rows = got.rows;
-  const page = rows.slice(0, count);
-  return { rows: page, ...(rows.length > count && page.length ? { next: page[page.length - 1] } : {}), ...(pos && page.length ? { prev: page[0] } : {}), ...(got.total !== undefined ? { total: got.total } : {}) };
+  const backward = pos?.dir === 'p';
+  const { rows, total: counted } = await searchPage(svc.db.knex, plan, keys, { limit: count + 1, ...(pos ? { [backward ? 'before' : 'after']: pos.at } : {}), total });
+  const more = rows.length > count;
+  const page = backward ? rows.slice(more ? 1 : 0) : rows.slice(0, count);
+  const links = backward
+    ? { ...(page.length ? { next: page[page.length - 1] } : {}), ...(more && page.length ? { prev: page[0] } : {}) }
+    : { ...(more && page.length ? { next: page[page.length - 1] } : {}), ...(pos && page.length ? { prev: page[0] } : {}) };
+  return { rows: page, ...links, ...(counted !== undefined ? { total: counted } : {}) };
 }
 
 /** Storage behind _include/_revinclude: index lookups and reads of current versions. */

@@ -231,9 +231,13 @@ export interface PlanOptions {
   extra?: SqlFragment[];
 }
 
+function newCtx(req: SearchRequest, opts: PlanOptions): Ctx {
+  return { aliases: new Aliases(), now: opts.now ?? Date.now(), baseUrl: req.baseUrl, ...(req.phi ? { phi: req.phi } : {}), scope: opts.types ?? [req.resourceType] };
+}
+
 /** WHERE conditions on `r` (the resource table) for the request's clauses. */
 export function planWhere(req: SearchRequest, opts: PlanOptions = {}): SqlFragment {
-  const ctx: Ctx = { aliases: new Aliases(), now: opts.now ?? Date.now(), baseUrl: req.baseUrl, ...(req.phi ? { phi: req.phi } : {}), scope: opts.types ?? [req.resourceType] };
+  const ctx = newCtx(req, opts);
   const owner: Owner = { type: frag('r.resource_type'), id: 'r.id', row: 'r' };
   const types = opts.types ?? [req.resourceType];
   const conds: SqlFragment[] = [];
@@ -253,20 +257,17 @@ export function planWhere(req: SearchRequest, opts: PlanOptions = {}): SqlFragme
  * `s.id`. Pages then walk the source in id order and stop after a page, and counts read only the
  * (covering) index entries (migration 0006).
  */
-export interface DrivenPlan {
-  /** The one type searched. */
-  type: string;
-  /** `from (<source>) s where <others>`: ids of matches in `s.id`, possibly repeated. */
-  from: SqlFragment;
-}
-
 export interface SearchPlan {
   /** WHERE conditions on `r` (the resource table): always valid. */
   where: SqlFragment;
   /** The one type searched (`where` restricts `r.resource_type` to it), if only one. */
   type?: string;
-  /** The index-only form, when the search qualifies (one type, no extra conditions, a clause that can be a source). */
-  driven?: DrivenPlan;
+  /**
+   * The index-only form, when the search qualifies (one type, no extra conditions, a clause that can be
+   * a source): `from (<source>) s where (<others>)`, the ids of the matches of `type` in `s.id`,
+   * possibly repeated.
+   */
+  driven?: SqlFragment;
 }
 
 /** How good a source a clause is (lower first): equality on references and tokens narrows most. */
@@ -323,14 +324,14 @@ export function planSearch(req: SearchRequest, opts: PlanOptions = {}): SearchPl
   if (types.length !== 1) return { where };
   const type = types[0];
   if (opts.extra?.length || !req.clauses.length) return { where, type };
-  const ctx: Ctx = { aliases: new Aliases(), now: opts.now ?? Date.now(), baseUrl: req.baseUrl, ...(req.phi ? { phi: req.phi } : {}), scope: types };
+  const ctx = newCtx(req, opts);
   const order = req.clauses.map((c, i) => ({ c, i, rank: sourceRank(c) })).sort((x, y) => x.rank - y.rank || x.i - y.i);
   for (const { c, i } of order) {
     const source = clauseSource(ctx, c, type);
     if (!source) continue;
     const owner: Owner = { type: frag('?', type), id: 's.id' };
     const others = and(req.clauses.filter((_c, j) => j !== i).map((o) => pathCondition(ctx, owner, o, 0, type)));
-    return { where, type, driven: { type, from: frag(`from (${source.sql}) s where (${others.sql})`, ...source.bindings, ...others.bindings) } };
+    return { where, type, driven: frag(`from (${source.sql}) s where (${others.sql})`, ...source.bindings, ...others.bindings) };
   }
   return { where, type };
 }

@@ -181,7 +181,7 @@ export function pageQuery(plan: SearchPlan, keys: SortKey[], opts: PageOptions):
   const cursor = opts.before ?? opts.after;
   const dir = backwards ? ' desc' : '';
   const d = plan.driven;
-  if (d && !keys.length && (!cursor || cursor.type === d.type)) {
+  if (d && plan.type !== undefined && !keys.length && (!cursor || cursor.type === plan.type)) {
     // Index-only: the first `limit` distinct ids of the source in id order, then their resource rows.
     // Same order and keyset as below, for one type. Without a total the walk stops after a page;
     // with one, the matches are collected once (materialized) and both counted and paged.
@@ -190,14 +190,14 @@ export function pageQuery(plan: SearchPlan, keys: SortKey[], opts: PageOptions):
     if (opts.total) {
       return {
         sql:
-          `with m as materialized (select distinct s.id ${d.from.sql}) select r.resource_type, r.id, (select count(*) from m) as total from resource r ` +
+          `with m as materialized (select distinct s.id ${d.sql}) select r.resource_type, r.id, (select count(*) from m) as total from resource r ` +
           `where r.resource_type = ? and r.deleted = false and r.id in (select m.id from m${after} order by m.id${dir} limit ?) order by r.id${dir} limit ?`,
-        bindings: [...d.from.bindings, d.type, ...afterBindings, opts.limit, opts.limit],
+        bindings: [...d.bindings, plan.type, ...afterBindings, opts.limit, opts.limit],
       };
     }
     return {
-      sql: `select r.resource_type, r.id from resource r where r.resource_type = ? and r.deleted = false and r.id in (select distinct s.id ${d.from.sql}${after} order by s.id${dir} limit ?) order by r.id${dir} limit ?`,
-      bindings: [d.type, ...d.from.bindings, ...afterBindings, opts.limit, opts.limit],
+      sql: `select r.resource_type, r.id from resource r where r.resource_type = ? and r.deleted = false and r.id in (select distinct s.id ${d.sql}${after} order by s.id${dir} limit ?) order by r.id${dir} limit ?`,
+      bindings: [plan.type, ...d.bindings, ...afterBindings, opts.limit, opts.limit],
     };
   }
   const where = plan.where;
@@ -221,7 +221,7 @@ export function pageQuery(plan: SearchPlan, keys: SortKey[], opts: PageOptions):
 
 /** The SQL of an accurate count (exported so tests can EXPLAIN it): index entries only when the plan allows. */
 export function countQuery(plan: SearchPlan): SqlFragment {
-  if (plan.driven) return { sql: `select count(*) as n from (select distinct s.id ${plan.driven.from.sql}) q`, bindings: plan.driven.from.bindings };
+  if (plan.driven) return { sql: `select count(*) as n from (select distinct s.id ${plan.driven.sql}) q`, bindings: plan.driven.bindings };
   return { sql: `select count(*) as n from resource r where ${plan.where.sql}`, bindings: plan.where.bindings };
 }
 

@@ -248,17 +248,17 @@ const EXTRA_CONTEXTS: Record<string, string[]> = {
 };
 
 /**
- * A core extension (known url) carries a value of a type its definition allows, or none if it is
- * complex (error), and is used in one of its contexts (https://hl7.org/fhir/R4/extensibility.html#context;
- * warning). Other extensions are accepted unchecked: the spec lets systems carry extensions they do
- * not know.
- */
-/**
  * Cross-version extensions (https://hl7.org/fhir/R4/versions.html#extensions) are defined implicitly
  * for every element of another FHIR version: http://hl7.org/fhir/[version]/StructureDefinition/extension-[path].
  */
 const CROSS_VERSION = /^http:\/\/hl7\.org\/fhir\/\d+\.\d+\/StructureDefinition\/extension-[A-Za-z]/;
 
+/**
+ * A core extension (known url) carries a value of a type its definition allows, or none if it is
+ * complex (error), and is used in one of its contexts (https://hl7.org/fhir/R4/extensibility.html#context;
+ * warning). Other extensions are accepted unchecked (the spec lets systems carry extensions they do
+ * not know), or refused with `refuseUnknown` (VALIDATION_UNKNOWN_EXTENSIONS=reject).
+ */
 export function checkExtension(ext: Obj, path: string, out: Issue[], host: Host, refuseUnknown = false): void {
   if (typeof ext.url !== 'string') return;
   const def = coreExtensions()[ext.url];
