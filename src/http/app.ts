@@ -289,6 +289,7 @@ export function createApp(svc: Services): express.Express {
           ...opt('ifNoneMatch', header(req, 'If-None-Match')),
           ...opt('ifModifiedSince', header(req, 'If-Modified-Since')),
           ...opt('summary', single(res, '_summary')),
+          ...opt('elements', single(res, '_elements')),
         }),
       ),
     )
@@ -302,7 +303,7 @@ export function createApp(svc: Services): express.Express {
     .all(notAllowed('GET, HEAD'));
   fhir
     .route('/:type/:id/_history/:vid')
-    .get(handle('vread', (ctx, req, res) => vread(svc, ctx, { type: params(req).type, id: params(req).id, vid: params(req).vid, ...opt('summary', single(res, '_summary')) })))
+    .get(handle('vread', (ctx, req, res) => vread(svc, ctx, { type: params(req).type, id: params(req).id, vid: params(req).vid, ...opt('summary', single(res, '_summary')), ...opt('elements', single(res, '_elements')) })))
     .all(notAllowed('GET, HEAD'));
 
   fhir

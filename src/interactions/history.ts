@@ -1,11 +1,15 @@
 // history: instance, type and system level (https://hl7.org/fhir/R4/http.html#history), with
-// _since, _at and _count, newest first, paged by a signed keyset cursor (stable under writes).
+// _since, _at and _count, newest first, paged by a signed keyset cursor (stable under writes). _summary
+// and _elements shape each entry's resource as on search (search.html#summary, #elements); deletions
+// have no resource and stay as they are. _summary=count gives the total of an instance history only.
 import type { Bundle, BundleEntry, BundleLink } from 'fhir/r4.js';
 import { FhirError } from '../fhir/errors.js';
+import { parseSummary } from '../search/shape.js';
 import type { StoredVersion } from '../storage/resource-store.js';
 import { etag, requireId, requireType } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { parseDateRange, parseInstant } from './dates.js';
+import { parseShaping, shapeResource, type Shaping } from './shaping.js';
 
 export interface HistoryInput {
   type?: string;
@@ -13,14 +17,14 @@ export interface HistoryInput {
   query: [string, string][];
 }
 
-const ALLOWED = new Set(['_since', '_at', '_count', '_page', '_format', '_pretty']);
+const ALLOWED = new Set(['_since', '_at', '_count', '_page', '_summary', '_elements', '_format', '_pretty']);
 
-function entry(ctx: RequestContext, v: StoredVersion): BundleEntry {
+function entry(ctx: RequestContext, v: StoredVersion, shaping: Shaping): BundleEntry {
   const url = `${v.resourceType}/${v.id}`;
   const method = v.method === 'PATCH' ? 'PATCH' : v.method;
   return {
     fullUrl: `${ctx.baseUrl}/${url}`,
-    ...(v.resource ? { resource: v.resource } : {}),
+    ...(v.resource ? { resource: shapeResource(v.resource, shaping) } : {}),
     request: { method, url: method === 'POST' ? v.resourceType : url },
     response: {
       status: v.deleted ? '204' : v.versionId === 1 || v.method === 'POST' ? '201' : '200',
@@ -46,6 +50,12 @@ export async function history(svc: Services, ctx: RequestContext, input: History
   }
   const since = params._since !== undefined ? parseInstant(params._since, '_since') : undefined;
   const at = params._at !== undefined ? parseDateRange(params._at, '_at') : undefined;
+  const summary = parseSummary(params._summary);
+  const shaping = parseShaping(summary, params._elements);
+  if (summary === 'count' && (!input.id || since || at)) {
+    // Only an instance history keeps a count (its Bundle.total); type and system history have none to give.
+    throw new FhirError('invalid-request', '_summary=count is served on instance history ([type]/[id]/_history) without _since or _at only');
+  }
 
   const scope = `history:${input.type ?? ''}/${input.id ?? ''}?${params._since ?? ''}&${params._at ?? ''}&${count}`;
   let beforeSeq: number | undefined;
@@ -53,6 +63,20 @@ export async function history(svc: Services, ctx: RequestContext, input: History
     const c = svc.pageTokens.verify(scope, params._page);
     if (typeof c.before !== 'number') throw new FhirError('invalid-request', 'the paging token is invalid');
     beforeSeq = c.before;
+  }
+  const path = [input.type, input.id, '_history'].filter(Boolean).join('/');
+  const selfQuery = new URLSearchParams();
+  if (params._since !== undefined) selfQuery.set('_since', params._since);
+  if (params._at !== undefined) selfQuery.set('_at', params._at);
+  selfQuery.set('_count', String(count));
+  // links carry the shaping on, as search's do
+  if (params._summary !== undefined) selfQuery.set('_summary', params._summary);
+  if (params._elements !== undefined) selfQuery.set('_elements', params._elements);
+  if (summary === 'count') {
+    const total = await svc.store.countHistory(svc.db.knex, input.type!, input.id!);
+    if (total === 0) throw new FhirError('not-found', `${input.type}/${input.id} is not known`);
+    const bundle: Bundle = { resourceType: 'Bundle', type: 'history', total, link: [{ relation: 'self', url: `${ctx.baseUrl}/${path}?${selfQuery}` }] };
+    return { status: 200, body: bundle };
   }
   const rows = await svc.store.history(svc.db.knex, {
     ...(input.type ? { resourceType: input.type } : {}),
@@ -67,11 +91,6 @@ export async function history(svc: Services, ctx: RequestContext, input: History
     if (!exists) throw new FhirError('not-found', `${input.type}/${input.id} is not known`);
   }
   const page = rows.slice(0, count);
-  const path = [input.type, input.id, '_history'].filter(Boolean).join('/');
-  const selfQuery = new URLSearchParams();
-  if (params._since !== undefined) selfQuery.set('_since', params._since);
-  if (params._at !== undefined) selfQuery.set('_at', params._at);
-  selfQuery.set('_count', String(count));
   const link: BundleLink[] = [];
   const self = new URLSearchParams(selfQuery);
   if (params._page !== undefined) self.set('_page', params._page);
@@ -86,7 +105,7 @@ export async function history(svc: Services, ctx: RequestContext, input: History
     type: 'history',
     ...(input.id ? { total: await svc.store.countHistory(svc.db.knex, input.type!, input.id) } : {}),
     link,
-    entry: page.map((v) => entry(ctx, v)),
+    entry: page.map((v) => entry(ctx, v, shaping)),
   };
   return { status: 200, body: bundle };
 }

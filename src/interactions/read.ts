@@ -1,9 +1,10 @@
 // read: GET [base]/[type]/[id] (https://hl7.org/fhir/R4/http.html#read), with If-None-Match and
-// If-Modified-Since (https://hl7.org/fhir/R4/http.html#cread) and _summary.
+// If-Modified-Since (https://hl7.org/fhir/R4/http.html#cread), _summary and _elements.
 import { FhirError } from '../fhir/errors.js';
-import { parseReadSummary, shapeBySummary } from '../search/shape.js';
+import { parseReadSummary } from '../search/shape.js';
 import { parseVersionEtag, requireId, requireType, versionHeaders } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
+import { parseShaping, shapeResource } from './shaping.js';
 
 export interface ReadInput {
   type: string;
@@ -12,12 +13,14 @@ export interface ReadInput {
   ifModifiedSince?: string;
   /** _summary (true, text, data or false), as search.html#summary defines it. */
   summary?: string;
+  /** _elements, as search.html#elements defines it (not together with _summary other than false). */
+  elements?: string;
 }
 
 export async function read(svc: Services, ctx: RequestContext, input: ReadInput): Promise<InteractionResult> {
   requireType(input.type);
   requireId(input.id);
-  const summary = parseReadSummary(input.summary);
+  const shaping = parseShaping(parseReadSummary(input.summary), input.elements);
   const v = await svc.store.readCurrent(svc.db.knex, input.type, input.id);
   if (!v) throw new FhirError('not-found', `${input.type}/${input.id} is not known`);
   if (v.deleted) {
@@ -32,5 +35,5 @@ export async function read(svc: Services, ctx: RequestContext, input: ReadInput)
     // HTTP dates have second precision; a resource is unmodified when its second is not later.
     if (!Number.isNaN(since) && Math.floor(v.lastUpdated.getTime() / 1000) * 1000 <= since) return { status: 304, headers };
   }
-  return { status: 200, headers, body: v.resource && shapeBySummary(v.resource, summary) };
+  return { status: 200, headers, body: v.resource && shapeResource(v.resource, shaping) };
 }

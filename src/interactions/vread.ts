@@ -1,16 +1,18 @@
-// vread: GET [base]/[type]/[id]/_history/[vid] (https://hl7.org/fhir/R4/http.html#vread), with _summary.
+// vread: GET [base]/[type]/[id]/_history/[vid] (https://hl7.org/fhir/R4/http.html#vread), with _summary
+// and _elements (as read).
 import { FhirError } from '../fhir/errors.js';
-import { parseReadSummary, shapeBySummary } from '../search/shape.js';
+import { parseReadSummary } from '../search/shape.js';
 import { requireId, requireType, versionHeaders } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
+import { parseShaping, shapeResource } from './shaping.js';
 
-export async function vread(svc: Services, ctx: RequestContext, input: { type: string; id: string; vid: string; summary?: string }): Promise<InteractionResult> {
+export async function vread(svc: Services, ctx: RequestContext, input: { type: string; id: string; vid: string; summary?: string; elements?: string }): Promise<InteractionResult> {
   requireType(input.type);
   requireId(input.id);
-  const summary = parseReadSummary(input.summary);
+  const shaping = parseShaping(parseReadSummary(input.summary), input.elements);
   if (!/^\d{1,9}$/.test(input.vid)) throw new FhirError('not-found', 'the version id is not a version of this server');
   const v = await svc.store.readVersion(svc.db.knex, input.type, input.id, Number(input.vid));
   if (!v) throw new FhirError('not-found', `${input.type}/${input.id} has no version ${input.vid}`);
   if (v.deleted) throw new FhirError('gone', `version ${input.vid} of ${input.type}/${input.id} is a deletion`);
-  return { status: 200, headers: versionHeaders(ctx, v, false), body: v.resource && shapeBySummary(v.resource, summary) };
+  return { status: 200, headers: versionHeaders(ctx, v, false), body: v.resource && shapeResource(v.resource, shaping) };
 }
