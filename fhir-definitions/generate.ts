@@ -71,6 +71,8 @@ function main(): void {
     .map((sd) => ({ type: sd.type as string, description: String(sd.description ?? '').split('\n')[0] }))
     .sort((a, b) => a.type.localeCompare(b.type));
   const typeSet = new Set(resourceTypes.map((r) => r.type));
+  // Binary, Bundle and Parameters specialise Resource directly: no narrative, no DomainResource parameters (_text).
+  const domainTypes = new Set(resourceSds.filter((sd) => sd.baseDefinition === 'http://hl7.org/fhir/StructureDefinition/DomainResource').map((sd) => sd.type as string));
 
   // Experimental SearchParameters in the package are extension and example definitions, not core R4.
   const params = loadAll(pkg, 'SearchParameter-').filter(
@@ -82,7 +84,7 @@ function main(): void {
     const bases: string[] = sp.base ?? [];
     const expr: string | undefined = sp.expression;
     const parts = expr ? splitUnion(expr) : [];
-    const targets = bases.includes('Resource') || bases.includes('DomainResource') ? [...typeSet] : bases;
+    const targets = bases.includes('Resource') ? [...typeSet] : bases.includes('DomainResource') ? [...domainTypes] : bases;
     for (const base of targets) {
       if (!typeSet.has(base)) continue;
       let own: string | undefined;

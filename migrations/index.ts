@@ -8,6 +8,7 @@ import * as m0004 from './0004_blind_index.js';
 import * as m0005 from './0005_position_index.js';
 import * as m0006 from './0006_covering_indexes.js';
 import * as m0007 from './0007_c_collation.js';
+import * as m0008 from './0008_text_index.js';
 
 export interface Migration {
   name: string;
@@ -23,4 +24,5 @@ export const MIGRATIONS: Migration[] = [
   { name: '0005_position_index', ...m0005 },
   { name: '0006_covering_indexes', ...m0006 },
   { name: '0007_c_collation', ...m0007 },
+  { name: '0008_text_index', ...m0008 },
 ];

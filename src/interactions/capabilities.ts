@@ -74,10 +74,11 @@ function build(svc: Services, ctx: RequestContext): CapabilityStatement {
           '(string, token, reference, date, number, quantity, uri, composite, and the special parameter Location near: great-circle ' +
           'distance, km by default, 5 km without a distance) with their modifiers, token :in/:not-in against the value ' +
           'sets of the R4 package that can be expanded from it (any other value set is refused with 400), chaining and _has, _sort, _total, ' +
-          '_count, _summary (true, text, data, count, false; true, text and data also on read and vread), _elements, ' +
+          '_count, _summary (true, text, data, count, false; true, text and data also on read, vread and history; count also on instance history), _elements (also on read, vread and history), ' +
           '_include/_revinclude (with :iterate, capped, marked incomplete when cut), ' +
-          'paging with self/next/previous links, system search (_type) and compartment search. Not served: _text, _content, _filter, ' +
-          '_query, token :above/:below. Unknown or unsupported parameters are ignored and reported in ' +
+          'paging with self/next/previous links, system search (_type) and compartment search, and full text with _text (narrative) and _content ' +
+          '(PostgreSQL full text; with PHI sealed, sealed elements are not indexed and _text is withheld where the narrative is sealed). ' +
+          'Not served: _filter, _query, token :above/:below. Unknown or unsupported parameters are ignored and reported in ' +
           'an OperationOutcome entry (400 with Prefer: handling=strict). Transaction and batch Bundles are supported (PATCH entries as a JSON Patch Binary; no $operations inside Bundles). $validate checks against the base R4 definitions only (no named profiles). ' +
           'Conditional create/update/delete/patch criteria are serialized per criteria by a database lock.',
         resource: resources,

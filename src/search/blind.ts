@@ -165,6 +165,16 @@ export class BlindIndex {
     return (t = out);
   }
 
+  /** The element paths the policy seals for a type (full text leaves them out: phi-seam.ts protectTextRow). */
+  sealedPaths(type: string): readonly string[] {
+    return this.policy.pathsFor(type);
+  }
+
+  /** Whether `_text` has nothing left to search: the policy seals the narrative of the type. */
+  sealsNarrative(type: string): boolean {
+    return this.policy.pathsFor(type).some((s) => touches('text.div', s));
+  }
+
   /** Whether the values of a parameter (or of a row derived from it) are PHI under the policy. */
   isProtected(type: string, param: string): boolean {
     return this.table(type).has(baseParam(param));

@@ -14,6 +14,7 @@ import { extractString } from './types/string.js';
 import { extractToken } from './types/token.js';
 import { extractUri } from './types/uri.js';
 import { extractPosition } from './types/position.js';
+import { extractText } from './types/text.js';
 
 export type { IndexRows, TokenRow, StringRow, ReferenceRow, DateRow, NumberRow, QuantityRow, UriRow } from './index-rows.js';
 
@@ -46,6 +47,8 @@ function addValue(kind: ValueKind, param: string, value: unknown, grp: number | 
       return extractUri(param, value, grp, out.uri);
     case 'position':
       return extractPosition(param, value, grp, out.position);
+    case 'text':
+      return; // extracted from the whole resource (extractIndexRows), not per value
   }
 }
 
@@ -91,7 +94,9 @@ export const extractionFailures = { count: 0 };
 export function extractIndexRows(resource: Resource): IndexRows {
   const out = emptyRows();
   const env = { resource };
-  for (const spec of paramsOf(resource.resourceType).indexed) {
+  const params = paramsOf(resource.resourceType);
+  if (params.fullText.text || params.fullText.content) out.text = extractText(resource as unknown as Record<string, unknown>, params.fullText);
+  for (const spec of params.indexed) {
     let values: unknown[];
     try {
       values = evaluatorOf(spec)(resource, env);

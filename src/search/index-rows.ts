@@ -1,6 +1,6 @@
 // Index rows (https://hl7.org/fhir/R4/search.html#ptypes): what extraction produces for one resource
 // version and storage writes to the per-type tables of migrations/0002_search_index.ts (and
-// 0005_position_index.ts for positions).
+// 0005_position_index.ts for positions, 0008_text_index.ts for full text).
 
 interface RowBase {
   /** Parameter code; `code$i` for component i of a composite, `code:identifier` / `code:of-type` for derived rows. */
@@ -56,6 +56,14 @@ export interface PositionRow extends RowBase {
   longitude: number;
 }
 
+/**
+ * Full text of `_text` / `_content` (search/types/text.ts): pieces of text with the element path each
+ * came from, so the PHI seam can drop sealed elements; stored as one tsvector, never as text.
+ */
+export interface TextRow extends RowBase {
+  pieces: [path: string, text: string][];
+}
+
 export interface IndexRows {
   token: TokenRow[];
   string?: StringRow[];
@@ -65,6 +73,7 @@ export interface IndexRows {
   quantity?: QuantityRow[];
   uri?: UriRow[];
   position?: PositionRow[];
+  text?: TextRow[];
 }
 
 /** Every index table and the IndexRows member that feeds it. */
@@ -77,10 +86,11 @@ export const INDEX_TABLES = {
   quantity: 'idx_quantity',
   uri: 'idx_uri',
   position: 'idx_position',
+  text: 'idx_text',
 } as const;
 
 export type IndexKind = keyof typeof INDEX_TABLES;
 
 export function emptyRows(): Required<IndexRows> {
-  return { token: [], string: [], reference: [], date: [], number: [], quantity: [], uri: [], position: [] };
+  return { token: [], string: [], reference: [], date: [], number: [], quantity: [], uri: [], position: [], text: [] };
 }

@@ -69,6 +69,7 @@ const MODIFIERS: Record<string, ReadonlySet<string>> = {
   uri: new Set(['below', 'above']),
   composite: new Set(),
   position: new Set(),
+  text: new Set(),
 };
 
 /** Longest chain or _has nesting followed (each hop is a join). */

@@ -5,6 +5,8 @@
 // parameters it cannot serve (references, numbers, composites over sealed elements) are withheld.
 import { isProtectedParam, MAX_PREFIX } from '../crypto/blind-index.js';
 import type { BlindIndex } from './blind.js';
+import type { TextRow } from './index-rows.js';
+import { textDocument } from './types/text.js';
 
 /** How the store keeps PHI: `sealed` when the PHI codec encrypts the policy's elements. */
 export interface PhiIndexMode {
@@ -22,9 +24,15 @@ export function baseParam(param: string): string {
   return i < 0 ? param : param.slice(0, i);
 }
 
+const FULL_TEXT = new Set(['_text', '_content']);
+
 /** Whether a parameter's values are PHI that the store seals. */
 function isSealedParam(type: string, code: string, mode: PhiIndexMode): boolean {
   if (!mode.sealed) return false;
+  // Full text: without the policy (no blind index) there is no telling sealed text from plain, so
+  // fail closed; `_text` has nothing left when the narrative is sealed. `_content` keeps what is not
+  // sealed (protectTextRow).
+  if (FULL_TEXT.has(code)) return !mode.blind || (code === '_text' && mode.blind.sealsNarrative(type));
   return mode.blind ? mode.blind.isProtected(type, code) : isProtectedParam(type, code);
 }
 
@@ -48,6 +56,17 @@ export function phiParamIndexed(type: string, param: string, mode: PhiIndexMode)
  */
 export function protectIndexValue<T>(type: string, param: string, value: T, mode: PhiIndexMode): T | undefined {
   return isSealedParam(type, baseParam(param), mode) ? undefined : value;
+}
+
+/**
+ * The seam for full text (`_text`, `_content`): the document to index for one text row, without the
+ * pieces from elements the policy seals, or undefined to index nothing. Sealed text never reaches
+ * idx_text, not even as lexemes.
+ */
+export function protectTextRow(type: string, row: TextRow, mode: PhiIndexMode): { param: string; doc: string } | undefined {
+  if (isSealedParam(type, row.param, mode)) return undefined;
+  const doc = textDocument(row, mode.sealed ? (mode.blind?.sealedPaths(type) ?? []) : []);
+  return doc === undefined ? undefined : { param: row.param, doc };
 }
 
 /** Why a sealed parameter cannot be searched at all (for the parser's report). */

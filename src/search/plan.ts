@@ -18,6 +18,7 @@ import { ofTypeParam, tokenCondition, tokenOfTypeCondition, tokenTextCondition }
 import { isValueSetModifier, tokenInCondition } from './types/token-in.js';
 import { uriCondition } from './types/uri.js';
 import { nearCondition, parseNearQuery } from './types/position.js';
+import { textCondition } from './types/text.js';
 
 export type { SqlFragment } from './sql.js';
 
@@ -70,6 +71,8 @@ function valueCondition(ctx: Ctx, kind: ValueKind, a: string, raw: string, code:
       return uriCondition(a, raw, modifier as 'below' | 'above' | undefined, code);
     case 'position':
       return nearCondition(a, parseNearQuery(raw, code));
+    case 'text':
+      return textCondition(a, unescapeValue(raw), code);
   }
 }
 

@@ -5,9 +5,13 @@ import { searchParamsFor, type SearchParamDef, type SearchParamType } from '../f
 import { compileExpression, type Evaluator } from './expressions.js';
 import { phiParamIndexed, phiSearchDocumentation, type PhiIndexMode } from './phi-seam.js';
 import { NEAR_DOCUMENTATION } from './types/position.js';
+import { CONTENT_DOCUMENTATION, TEXT_DOCUMENTATION } from './types/text.js';
 
-/** How a parameter's values are indexed and matched; `position` serves the special parameter Location near. */
-export type ValueKind = 'string' | 'token' | 'reference' | 'date' | 'number' | 'quantity' | 'uri' | 'position';
+/**
+ * How a parameter's values are indexed and matched; `position` serves the special parameter Location
+ * near, `text` the full-text parameters _text and _content.
+ */
+export type ValueKind = 'string' | 'token' | 'reference' | 'date' | 'number' | 'quantity' | 'uri' | 'position' | 'text';
 export type ParamKind = ValueKind | 'composite';
 
 export interface ComponentSpec {
@@ -34,8 +38,10 @@ export interface ParamSpec {
 export interface TypeParams {
   /** Every parameter Vesta can search, by code. */
   supported: Map<string, ParamSpec>;
-  /** Parameters extracted at write time (supported ones without a column). */
+  /** Parameters extracted at write time from their expressions (supported ones without a column, but full text). */
   indexed: ParamSpec[];
+  /** Which full-text parameters the type has (extracted by search/types/text.ts, not by an expression). */
+  fullText: { text: boolean; content: boolean };
   /** Official parameters Vesta does not serve, with the reason. */
   unsupported: Map<string, string>;
 }
@@ -47,10 +53,11 @@ const SPECIAL: Readonly<Record<string, { kind: ValueKind; documentation: string 
   'Location.near': { kind: 'position', documentation: NEAR_DOCUMENTATION },
 };
 
+/** The full-text common parameters (search.html#text), served from idx_text. */
+const FULL_TEXT: Readonly<Record<string, string>> = { _text: TEXT_DOCUMENTATION, _content: CONTENT_DOCUMENTATION };
+
 /** Why a parameter without an expression or of type special is not served. */
 const NOT_SERVED: Readonly<Record<string, string>> = {
-  _text: 'full-text search on the narrative is not supported',
-  _content: 'full-text search on the content is not supported',
   _filter: '_filter is not supported',
   _query: 'named queries are not supported',
 };
@@ -75,6 +82,7 @@ function build(type: string): TypeParams {
     const code = def.code;
     if (code === '_id') supported.set(code, { code, kind: 'token', def, column: 'id' });
     else if (code === '_lastUpdated') supported.set(code, { code, kind: 'date', def, column: 'last_updated' });
+    else if (Object.hasOwn(FULL_TEXT, code)) supported.set(code, { code, kind: 'text', def, documentation: FULL_TEXT[code] });
     else if (NOT_SERVED[code]) unsupported.set(code, NOT_SERVED[code]);
     else if (!def.expression) unsupported.set(code, 'the official definition has no expression');
     else if (type === 'Bundle' && (code === 'composition' || code === 'message')) unsupported.set(code, 'this parameter only serves chaining into the first entry');
@@ -87,8 +95,8 @@ function build(type: string): TypeParams {
     else unsupported.set(code, `parameters of type ${def.type} are not supported`);
   }
   for (const p of supported.values()) p.owner = type;
-  const indexed = [...supported.values()].filter((p) => !p.column);
-  return { supported, indexed, unsupported };
+  const indexed = [...supported.values()].filter((p) => !p.column && p.kind !== 'text');
+  return { supported, indexed, unsupported, fullText: { text: supported.has('_text'), content: supported.has('_content') } };
 }
 
 const cache = new Map<string, TypeParams>();

@@ -1,8 +1,9 @@
 // Search index storage (https://hl7.org/fhir/R4/search.html): writes the index rows of a version in
 // its transaction, and executes planned searches (search/plan.ts, search/sort.ts) against the
 // resource and index tables.
-import { INDEX_TABLES, type IndexKind, type IndexRows } from '../search/index-rows.js';
-import { protectIndexValue, type PhiIndexMode } from '../search/phi-seam.js';
+import { INDEX_TABLES, type IndexKind, type IndexRows, type TextRow } from '../search/index-rows.js';
+import { protectIndexValue, protectTextRow, type PhiIndexMode } from '../search/phi-seam.js';
+import { TEXT_SEARCH_CONFIG } from '../search/types/text.js';
 import type { SearchPlan } from '../search/plan.js';
 import type { SqlFragment } from '../search/sql.js';
 import type { SortKey } from '../search/sort.js';
@@ -11,8 +12,8 @@ import { blindIndexCtes } from './blind-index-store.js';
 
 // ---- index writes --------------------------------------------------------------------------------
 
-/** Columns per table: [column, SQL type, IndexRows member]. */
-const COLUMNS: Record<IndexKind, [string, string, string][]> = {
+/** Columns per table: [column, SQL type of the JSON value, IndexRows member, SQL computing the stored value when not the JSON value itself]. */
+const COLUMNS: Record<IndexKind, [string, string, string, string?][]> = {
   token: [['system', 'text', 'system'], ['code', 'text', 'code'], ['text_norm', 'text', 'text']],
   string: [['value_norm', 'text', 'norm'], ['value_exact', 'text', 'exact']],
   reference: [['target_type', 'text', 'targetType'], ['target_id', 'text', 'targetId'], ['url', 'text', 'url'], ['version', 'text', 'version']],
@@ -21,6 +22,8 @@ const COLUMNS: Record<IndexKind, [string, string, string][]> = {
   quantity: [['low', 'numeric', 'low'], ['high', 'numeric', 'high'], ['system', 'text', 'system'], ['code', 'text', 'code'], ['unit', 'text', 'unit']],
   uri: [['uri', 'text', 'uri']],
   position: [['latitude', 'double precision', 'latitude'], ['longitude', 'double precision', 'longitude']],
+  // Full text arrives as text and is stored only as its tsvector (search/types/text.ts).
+  text: [['doc', 'text', 'doc', `to_tsvector('${TEXT_SEARCH_CONFIG}', doc)`]],
 };
 
 const KINDS = Object.keys(INDEX_TABLES) as IndexKind[];
@@ -63,8 +66,9 @@ async function writeChunk(q: Queryable, writes: IndexWrite[], mode: PhiIndexMode
     const records: Record<string, unknown>[] = [];
     for (const w of writes) {
       for (const row of (w.rows?.[kind] ?? []) as unknown as Record<string, unknown>[]) {
-        // The PHI seam: a PHI parameter's value is stored only as protectIndexValue returns it.
-        const kept = protectIndexValue(w.resourceType, row.param as string, row, mode);
+        // The PHI seam: a PHI parameter's value is stored only as protectIndexValue (protectTextRow) returns it.
+        const kept: Record<string, unknown> | undefined =
+          kind === 'text' ? protectTextRow(w.resourceType, row as unknown as TextRow, mode) : protectIndexValue(w.resourceType, row.param as string, row, mode);
         if (kept === undefined) continue;
         const rec: Record<string, unknown> = { t: w.resourceType, i: w.id, p: kept.param, g: kept.grp ?? null };
         for (const [col, , key] of cols) rec[col] = kept[key] ?? null;
@@ -73,8 +77,9 @@ async function writeChunk(q: Queryable, writes: IndexWrite[], mode: PhiIndexMode
     }
     if (!records.length) continue;
     const names = cols.map((c) => c[0]).join(', ');
+    const values = cols.map((c) => c[3] ?? c[0]).join(', ');
     ctes.push(
-      `i_${kind} as (insert into ${INDEX_TABLES[kind]} (resource_type, resource_id, param, grp, ${names}) select t, i, p, g, ${names} ` +
+      `i_${kind} as (insert into ${INDEX_TABLES[kind]} (resource_type, resource_id, param, grp, ${names}) select t, i, p, g, ${values} ` +
         `from json_to_recordset(?::json) as x(t text, i text, p text, g smallint, ${cols.map((c) => `${c[0]} ${c[1]}`).join(', ')}))`,
     );
     bindings.push(JSON.stringify(records));

@@ -7,7 +7,7 @@ import request from 'supertest';
 import { backends, startTestServer, type TestServer } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
-const TABLES = ['idx_token', 'idx_string', 'idx_reference', 'idx_date', 'idx_number', 'idx_quantity', 'idx_uri', 'idx_blind'];
+const TABLES = ['idx_token', 'idx_string', 'idx_reference', 'idx_date', 'idx_number', 'idx_quantity', 'idx_uri', 'idx_text', 'idx_blind'];
 type Entry = { resource: { id: string; resourceType: string }; search: { mode: string } };
 const ids = (body: { entry?: Entry[] }) => (body.entry ?? []).filter((e) => e.search.mode === 'match').map((e) => e.resource.id).sort();
 

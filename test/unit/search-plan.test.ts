@@ -80,8 +80,8 @@ describe('planning', () => {
 
 describe('parsing', () => {
   test('unknown parameters and unsupported modifiers are reported, or refused when strict', () => {
-    const req = lenient('Patient', [['nonsense', '1'], ['gender:above', 'http://x/vs'], ['birthdate:exact', '2000'], ['_text', 'x'], ['gender', 'male']]);
-    expect(req.ignored.map((i) => i.name)).toEqual(['nonsense', 'gender:above', 'birthdate:exact', '_text']);
+    const req = lenient('Patient', [['nonsense', '1'], ['gender:above', 'http://x/vs'], ['birthdate:exact', '2000'], ['_filter', 'x'], ['gender', 'male']]);
+    expect(req.ignored.map((i) => i.name)).toEqual(['nonsense', 'gender:above', 'birthdate:exact', '_filter']);
     expect(req.clauses.map((c) => c.code)).toEqual(['gender']);
     expect(() => strict('Patient', [['nonsense', '1']])).toThrow(FhirError);
     expect(() => strict('Patient', [['gender:below', 'x']])).toThrow(FhirError);
