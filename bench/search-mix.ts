@@ -35,6 +35,8 @@ interface Sample {
   patientId: string;
   code: { system: string; code: string };
   date: string;
+  /** A word of the code's display (for the full-text query, which is beyond the issue's mix). */
+  word: string;
 }
 
 interface MixQuery {
@@ -127,6 +129,16 @@ export const MIX: MixQuery[] = [
     }),
   },
   {
+    // Not in the search issue's mix: full text (_content), the one search that walks a GIN index.
+    name: 'Observation?_content=<word of a display>',
+    path: (s) => `/Observation?_content=${encodeURIComponent(s.word)}`,
+    sql: (s) => ({
+      text: `select r.id, r.content from resource r where r.resource_type = 'Observation' and not r.deleted
+        and r.id in (select x.resource_id from idx_text x where x.resource_type = 'Observation' and x.param = '_content' and x.doc @@ websearch_to_tsquery('english', $1)) order by r.id limit 50`,
+      values: [s.word],
+    }),
+  },
+  {
     name: 'Observation?code=<code>&_summary=count',
     path: (s) => `/Observation?code=${encodeURIComponent(`${s.code.system}|${s.code.code}`)}&_summary=count`,
     sql: (s) => ({
@@ -153,7 +165,7 @@ async function samples(databaseUrl: string, dir: string, n: number): Promise<Sam
   await c.connect();
   try {
     const obs = (
-      await c.query<{ content: { subject?: { reference?: string }; code?: { coding?: { system?: string; code?: string }[] }; effectiveDateTime?: string } }>(
+      await c.query<{ content: { subject?: { reference?: string }; code?: { coding?: { system?: string; code?: string; display?: string }[] }; effectiveDateTime?: string } }>(
         `select content from resource where resource_type = 'Observation' and not deleted order by md5(id) limit $1`,
         [n],
       )
@@ -170,6 +182,7 @@ async function samples(databaseUrl: string, dir: string, n: number): Promise<Sam
         patientId: pid,
         code: { system: coding.system, code: coding.code },
         date: o.effectiveDateTime.slice(0, 10),
+        word: /[A-Za-z]{4,}/.exec(coding.display ?? '')?.[0] ?? coding.code,
       });
     }
     return out;
