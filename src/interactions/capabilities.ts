@@ -12,7 +12,7 @@ export const TYPE_INTERACTIONS = ['read', 'vread', 'update', 'patch', 'delete', 
 export const SYSTEM_INTERACTIONS = ['transaction', 'batch', 'history-system', 'search-system'] as const;
 
 /** Parameters every resource type has (search.html#all), served on system search. */
-const COMMON = ['_id', '_lastUpdated', '_tag', '_profile', '_security', '_source'];
+const COMMON = ['_id', '_lastUpdated', '_tag', '_profile', '_security', '_source', '_content'];
 
 export const SOFTWARE = { name: 'Vesta', version: '0.1.0' };
 

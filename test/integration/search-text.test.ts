@@ -89,6 +89,21 @@ describe.each(backends())('_text and _content with PHI_ENCRYPTION=off on %s Post
     expect(await find('Observation', '_content=finding&_text=rash')).toEqual(['rash']); // AND with other parameters
   });
 
+  test('_content across types: system search without _type, and with it', async () => {
+    await h.post('cond', { resourceType: 'Condition', subject: { reference: 'Patient/x' }, code: { text: 'dermatology referral' } });
+    const sys = async (query: string) => {
+      const res = await h.api.get(`/?${query}&_tag=${q(`urn:vesta:test|${h.tag}`)}`).set('Prefer', 'handling=strict').expect(200);
+      return (res.body.entry ?? []).map((e: { resource: { id: string } }) => h.label(e.resource.id)).sort();
+    };
+    expect(await sys('_content=dermatology')).toEqual(['cafe', 'cond']);
+    expect(await sys('_content=dermatology&_type=Condition')).toEqual(['cond']);
+    // _text is not on every type (Binary, Bundle and Parameters have no narrative): not without _type
+    await h.api.get('/?_text=fever').set('Prefer', 'handling=strict').expect(400);
+    expect(await sys('_text=fever&_type=Observation,Condition')).toEqual(['fever']);
+    const cs = await h.api.get('/metadata').expect(200);
+    expect(cs.body.rest[0].searchParam.map((p: { name: string }) => p.name)).toContain('_content');
+  });
+
   test('an update replaces the indexed text; a delete removes it', async () => {
     await h.post('changing', obs({ text: div('<p>wheezing</p>') }));
     expect(await find('Observation', '_text=wheeze')).toEqual(['changing']);
