@@ -39,7 +39,9 @@ export class JweCodec implements PhiCodec {
   async seal(resource: Resource, ref: VersionRef): Promise<Sealed> {
     const copy = structuredClone(resource) as unknown as Record<string, unknown>;
     const extracted = extractProtected(copy, this.policy);
-    if (!extracted.length) return { content: resource, sealed: null, kid: null };
+    // Nothing to seal under this policy: the version is still marked as examined under the active key,
+    // so a re-seal after a policy change (or after sealing was switched on) knows what it has seen.
+    if (!extracted.length) return { content: resource, sealed: null, kid: this.keys.activeKid };
     const key = this.keys.keystore().get(this.keys.activeKid);
     const jwe = await jose.JWE.createEncrypt(
       { format: 'compact', contentAlg: 'A256GCM', fields: { kid: this.keys.activeKid, 'vesta.rt': ref.resourceType, 'vesta.id': ref.id, 'vesta.v': ref.versionId } },

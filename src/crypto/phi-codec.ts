@@ -15,7 +15,11 @@ export interface Sealed {
   content: Resource;
   /** The protected elements as one compact JWE, or null when nothing is protected. */
   sealed: string | null;
-  /** Key id the JWE was sealed with (null when not sealed). */
+  /**
+   * Key id of the sealing that examined this version: the JWE's key, or the active key when the policy
+   * found nothing to seal (null only when the codec does not seal). A re-seal visits every version whose
+   * kid is not the active one, null included, so a changed policy reaches every stored version.
+   */
   kid: string | null;
 }
 

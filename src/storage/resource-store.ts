@@ -1,14 +1,21 @@
 // Versioned resource rows (https://hl7.org/fhir/R4/http.html#versioning): the current row per
 // resource, every version in resource_history, and the search index rows of the current version.
 import type { Resource } from 'fhir/r4.js';
+import type { Knex } from 'knex';
 import type { PhiCodec } from '../crypto/phi-codec.js';
 import type { IndexRows } from '../search/index-extract.js';
 import type { PhiIndexMode } from '../search/phi-seam.js';
 import { phiIndexModeOf } from '../search/blind.js';
 import { preparedRows, type Queryable, type Tx } from './db.js';
-import { writeIndexRows } from './search-store.js';
+import { writeIndexRows, type IndexWrite } from './search-store.js';
+import { extractIndexRows } from '../search/index-extract.js';
 
 export type WriteMethod = 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+
+/** Versions with content not examined under `kid` (see ResourceStore.countStale). */
+function stale<T extends Knex.QueryBuilder>(qb: T, kid: string): T {
+  return qb.whereNotNull('content').where((w) => w.whereNull('sealed_kid').orWhereNot('sealed_kid', kid)) as T;
+}
 
 export interface VersionHead {
   versionId: number;
@@ -262,30 +269,35 @@ export class ResourceStore {
     );
   }
 
-  /** Sealed versions not on the active key (what a re-seal still has to do). */
+  /**
+   * Versions not examined under the active key (what a re-seal still has to do): sealed with an older
+   * key, examined under an older key with nothing to seal (a policy change may now seal something), or
+   * never examined (written while sealing was off). Deletion markers hold nothing.
+   */
   async countStale(q: Queryable): Promise<number> {
     const kid = this.codec.activeKid;
     if (kid === null) return 0;
-    const r = (await q('resource_history').whereNotNull('sealed_kid').whereNot('sealed_kid', kid).count('* as n').first()) as { n: number | string };
+    const r = (await stale(q('resource_history'), kid).count('* as n').first()) as { n: number | string };
     return Number(r.n);
   }
 
   /**
    * Re-seals up to `limit` versions still on an older key with the active key, in one transaction.
    * Rows are claimed with SKIP LOCKED so several workers can share the work; the current row is
-   * updated only if it is still that version (a newer write already used the active key).
+   * updated only if it is still that version (a newer write already used the active key). A current
+   * version also gets its search index rows written again: re-sealing is how a changed PHI policy
+   * reaches stored data, and the index must follow it (words of a newly sealed element must leave
+   * the full-text and plaintext index tables, its values go to the blind index).
    */
   async resealSome(tx: Tx, limit: number): Promise<number> {
     const kid = this.codec.activeKid;
     if (kid === null) return 0;
-    const rows = (await tx('resource_history')
-      .select('resource_type', 'id', 'version_id', 'content', 'sealed')
-      .whereNotNull('sealed_kid')
-      .whereNot('sealed_kid', kid)
+    const rows = (await stale(tx('resource_history').select('resource_type', 'id', 'version_id', 'content', 'sealed'), kid)
       .orderBy('seq')
       .limit(limit)
       .forUpdate()
       .skipLocked()) as Row[];
+    const reindex: IndexWrite[] = [];
     for (const row of rows) {
       const ref = { resourceType: row.resource_type, id: row.id, versionId: row.version_id };
       const content = typeof row.content === 'string' ? (JSON.parse(row.content) as Resource) : (row.content as Resource);
@@ -293,8 +305,10 @@ export class ResourceStore {
       const s = await this.codec.seal(resource, ref);
       const update = { content: JSON.stringify(s.content), sealed: s.sealed, sealed_kid: s.kid };
       await tx('resource_history').where({ resource_type: row.resource_type, id: row.id, version_id: row.version_id }).update(update);
-      await tx('resource').where({ resource_type: row.resource_type, id: row.id, version_id: row.version_id }).update(update);
+      const current = await tx('resource').where({ resource_type: row.resource_type, id: row.id, version_id: row.version_id, deleted: false }).update(update);
+      if (current) reindex.push({ resourceType: row.resource_type, id: row.id, rows: extractIndexRows(resource), replace: true });
     }
+    await writeIndexRows(tx, reindex, this.phiIndexMode);
     return rows.length;
   }
 

@@ -2,12 +2,20 @@
 // (https://hl7.org/fhir/R4/search.html#text) on every available backend: stemming, case and accents,
 // words, phrases, `or`, negation, comma alternatives, updates and deletes, refusals, the backfill of
 // migration 0008 and the CapabilityStatement; and with PHI sealed, that nothing sealed is indexed or
-// found.
+// found; a changed PHI policy applied by the re-seal takes the newly sealed words out of the index.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import request from 'supertest';
 import { up as textMigration } from '../../migrations/0008_text_index.js';
-import { backends, startTestServer, type TestServer } from '../support/backends.js';
+import { loadConfig } from '../../src/config/config.js';
+import { rotate } from '../../src/crypto/key-ring.js';
+import { runReseal } from '../../src/jobs/reseal.js';
+import { createLogger } from '../../src/log/logger.js';
+import { buildServices, startServer } from '../../src/server.js';
+import { backends, freePort, startTestServer, TEST_KEY_RING, type TestServer } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 const q = encodeURIComponent;
@@ -196,5 +204,80 @@ describe.each(backends())('_text and _content with PHI sealed on %s PostgreSQL',
     expect(all).toMatch(/widow/);
     expect(all).toMatch(/harmless/);
     expect(all).not.toMatch(/quarant|ysold|1931|confidenti|narrat/);
+  });
+});
+
+describe.each(backends())('switching sealing on: the re-seal seals data written without it, on %s PostgreSQL', (backend) => {
+  let t: TestServer;
+  beforeAll(async () => {
+    t = await startTestServer(backend, { PHI_ENCRYPTION: 'off' });
+  });
+  afterAll(async () => {
+    await t.close();
+  });
+
+  test('content, plaintext index rows and full text lose the PHI; searches go through the blind index', async () => {
+    const api = request(t.url);
+    const pid = (await api.post('/Patient').set('Content-Type', FHIR).send({ resourceType: 'Patient', name: [{ family: 'Offwriter' }], gender: 'male' }).expect(201)).body.id;
+    await api.post('/Observation').set('Content-Type', FHIR).send(obs({ subject: { reference: `Patient/${pid}` }, note: [{ text: 'confidential remark' }] })).expect(201);
+    const dump = async () => {
+      const tables = ['resource', 'resource_history', 'idx_string', 'idx_token', 'idx_text'];
+      const parts = await Promise.all(tables.map(async (x) => JSON.stringify(((await t.svc.db.knex.raw(`select * from ${x}`)) as { rows: unknown[] }).rows)));
+      return parts.join('\n');
+    };
+    expect(await dump()).toMatch(/offwriter/i);
+    const config = loadConfig({ PORT: String(await freePort()), HOST: '127.0.0.1', LOG_LEVEL: 'silent', PHI_KEYS: JSON.stringify(TEST_KEY_RING), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!' });
+    const svc2 = await buildServices(config, createLogger('silent'), t.svc.db);
+    expect(await svc2.store.countStale(svc2.db.knex)).toBe(2);
+    expect((await runReseal(svc2)).done).toBe(2);
+    expect(await svc2.store.countStale(svc2.db.knex)).toBe(0);
+    expect(await dump()).not.toMatch(/offwriter|confidenti|remark/i);
+    const running = await startServer(svc2);
+    try {
+      const found = await request(running.url).get('/Patient?family=offwriter').set('Prefer', 'handling=strict').expect(200);
+      expect(found.body.entry.map((e: { resource: { id: string; name: unknown } }) => [e.resource.id, e.resource.name])).toEqual([[pid, [{ family: 'Offwriter' }]]]);
+    } finally {
+      await new Promise<void>((r) => running.server.close(() => r()));
+    }
+  });
+});
+
+describe.each(backends())('a changed PHI policy reaches the full-text index on re-seal, on %s PostgreSQL', (backend) => {
+  let t: TestServer;
+  const dir = mkdtempSync(join(tmpdir(), 'vesta-policy-'));
+  beforeAll(async () => {
+    // First a narrow policy: only Patient names are sealed, notes and narratives stay in the clear.
+    const narrow = join(dir, 'narrow.json');
+    writeFileSync(narrow, JSON.stringify({ description: 'test: names only', resources: { Patient: ['name'] } }));
+    t = await startTestServer(backend, { PHI_POLICY_FILE: narrow });
+  });
+  afterAll(async () => {
+    await t.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('words of a newly sealed element leave idx_text; the rest stays searchable', async () => {
+    const api = request(t.url);
+    const id = (await api.post('/Observation').set('Content-Type', FHIR).send(obs({ valueString: 'harmless', note: [{ text: 'confidential remark' }] })).expect(201)).body.id;
+    const words = async () => ((await t.svc.db.knex.raw('select doc::text as doc from idx_text where resource_id = ?', [id])) as { rows: { doc: string }[] }).rows.map((r) => r.doc).join(' ');
+    expect(await words()).toMatch(/confidenti/);
+    // The default policy (notes and narratives sealed) with a rotated ring; the re-seal applies it.
+    const port = await freePort();
+    const config = loadConfig({ PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'silent', PHI_KEYS: JSON.stringify(rotate(TEST_KEY_RING)), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!', BASE_URL: `http://127.0.0.1:${port}` });
+    const svc2 = await buildServices(config, createLogger('silent'), t.svc.db);
+    const result = await runReseal(svc2);
+    expect(result.done).toBeGreaterThanOrEqual(1);
+    expect(await words()).not.toMatch(/confidenti|remark/);
+    expect(await words()).toMatch(/harmless/);
+    const running = await startServer(svc2);
+    try {
+      const find = async (query: string) => (await request(running.url).get(`/Observation?${query}`).expect(200)).body.entry?.map((e: { resource: { id: string } }) => e.resource.id) ?? [];
+      expect(await find('_content=confidential')).toEqual([]);
+      expect(await find('_content=harmless')).toEqual([id]);
+      // and the resource still reads back whole
+      expect((await request(running.url).get(`/Observation/${id}`).expect(200)).body.note).toEqual([{ text: 'confidential remark' }]);
+    } finally {
+      await new Promise<void>((r) => running.server.close(() => r()));
+    }
   });
 });
