@@ -282,17 +282,20 @@ export class ResourceStore {
   }
 
   /**
-   * Re-seals up to `limit` versions still on an older key with the active key, in one transaction.
+   * Re-seals up to `limit` versions after `afterSeq` still on an older key with the active key, in one transaction.
    * Rows are claimed with SKIP LOCKED so several workers can share the work; the current row is
    * updated only if it is still that version (a newer write already used the active key). A current
    * version also gets its search index rows written again: re-sealing is how a changed PHI policy
    * reaches stored data, and the index must follow it (words of a newly sealed element must leave
    * the full-text and plaintext index tables, its values go to the blind index).
    */
-  async resealSome(tx: Tx, limit: number): Promise<number> {
+  async resealSome(tx: Tx, limit: number, afterSeq = 0): Promise<{ claimed: number; lastSeq: number }> {
     const kid = this.codec.activeKid;
-    if (kid === null) return 0;
-    const rows = (await stale(tx('resource_history').select('resource_type', 'id', 'version_id', 'content', 'sealed'), kid)
+    if (kid === null) return { claimed: 0, lastSeq: afterSeq };
+    // A keyset walk over seq: each batch starts where the last one ended instead of skipping every
+    // version already done (which made a pass quadratic in the number of versions).
+    const rows = (await stale(tx('resource_history').select('resource_type', 'id', 'version_id', 'content', 'sealed', 'seq'), kid)
+      .where('seq', '>', afterSeq)
       .orderBy('seq')
       .limit(limit)
       .forUpdate()
@@ -309,7 +312,7 @@ export class ResourceStore {
       if (current) reindex.push({ resourceType: row.resource_type, id: row.id, rows: extractIndexRows(resource), replace: true });
     }
     await writeIndexRows(tx, reindex, this.phiIndexMode);
-    return rows.length;
+    return { claimed: rows.length, lastSeq: rows.length ? Number(rows[rows.length - 1].seq) : afterSeq };
   }
 
   /** Versions newest first (by global sequence), filtered as the history interaction asks. */

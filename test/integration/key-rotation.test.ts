@@ -76,3 +76,43 @@ describe.each(concurrencyBackends())('key rotation on %s PostgreSQL', (backend) 
     }
   });
 });
+
+// PGlite serves one connection: no second transaction can hold a row, so this runs on PostgreSQL only.
+const pgOnly = concurrencyBackends().filter((b) => b === 'pg');
+(pgOnly.length ? describe.each(pgOnly) : describe.skip.each(['pg' as const]))('re-seal passes on %s PostgreSQL', (backend) => {
+  let t: TestServer;
+  beforeAll(async () => {
+    t = await startTestServer(backend);
+  });
+  afterAll(async () => {
+    await t.close();
+  });
+
+  test('a re-seal walks versions in seq order, passes over a row another transaction holds, and a later run takes it', async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 12; i++) ids.push((await request(t.url).post('/Observation').set('Content-Type', FHIR).send({ resourceType: 'Observation', status: 'final', code: { text: `walk ${i}` } }).expect(201)).body.id);
+    const ring = rotate(TEST_KEY_RING);
+    const svc = await servicesWith(t, ring);
+    const stale = await svc.store.countStale(svc.db.knex);
+    expect(stale).toBe(12);
+    // Hold the version of one Observation (as a concurrent writer would) while the job runs.
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let locked!: () => void;
+    const isLocked = new Promise<void>((r) => (locked = r));
+    const holder = t.svc.db.knex.transaction(async (tx) => {
+      await tx.raw("select 1 from resource_history where resource_type = 'Observation' and id = ? for update", [ids[5]]);
+      locked();
+      await held;
+    });
+    await isLocked;
+    const first = await runReseal(svc, { batchSize: 5 });
+    expect(first.done).toBe(stale - 1);
+    expect(await svc.store.countStale(svc.db.knex)).toBe(1);
+    release();
+    await holder;
+    const second = await runReseal(svc, { batchSize: 5 });
+    expect(second.done).toBe(1);
+    expect(await svc.store.countStale(svc.db.knex)).toBe(0);
+  });
+});

@@ -167,7 +167,10 @@ describe.each(backends())('search scopes on %s PostgreSQL', (backend) => {
     expect(obs.searchParam.every((p) => p.documentation.length > 0)).toBe(true);
     expect(obs.searchInclude).toEqual(expect.arrayContaining(['*', 'Observation:patient', 'Observation:subject']));
     expect(rest.resource.find((r) => r.type === 'Patient')!.searchRevInclude).toEqual(expect.arrayContaining(['Observation:patient', 'Encounter:subject']));
-    // Not served, so not listed: _text and _content.
-    expect(names).not.toContain('_text');
+    // Not served, so not listed: _filter and _query. Full text is served (without sealing, _text too).
+    expect(names).not.toContain('_filter');
+    expect(names).not.toContain('_query');
+    expect(names).toEqual(expect.arrayContaining(['_text', '_content']));
+    expect(rest.searchParam.map((p) => p.name)).toContain('_content');
   });
 });
