@@ -28,6 +28,7 @@ export function parseReadSummary(raw: string | undefined): Summary | undefined {
 export function parseElements(raw: string | undefined): string[] | undefined {
   if (raw === undefined) return undefined;
   const names = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  if (!names.length) throw new FhirError('invalid-search', '_elements needs at least one element name');
   if (names.some((n) => !/^[A-Za-z][A-Za-z0-9]{0,63}$/.test(n))) throw new FhirError('invalid-search', '_elements takes a comma-separated list of element names');
   return names;
 }
