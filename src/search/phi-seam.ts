@@ -71,6 +71,7 @@ export function protectTextRow(type: string, row: TextRow, mode: PhiIndexMode): 
 
 /** Why a sealed parameter cannot be searched at all (for the parser's report). */
 export function phiUnavailableReason(code: string): string {
+  if (FULL_TEXT.has(code)) return `search parameter "${code}" is not available while PHI is sealed (the PHI policy seals the text it searches, and sealed text is never indexed)`;
   return `search parameter "${code}" is not available while PHI is sealed (its values are withheld from the index: a blind index serves only string, token and date parameters)`;
 }
 
