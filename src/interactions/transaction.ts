@@ -67,10 +67,16 @@ async function runEntry(svc: Services, ctx: RequestContext, e: ParsedEntry, assi
     case 'HEAD': {
       if (e.id === undefined) return search(svc, ctx, { type: e.type, query: pairs(e.query) });
       if (e.id === '_history') return history(svc, ctx, { type: e.type, query: pairs(e.query) });
+      // _summary and _elements shape a read or vread entry as they do over HTTP.
+      const once = (name: string): Record<string, string> => {
+        const values = pairs(e.query).filter(([k]) => k === `_${name}`);
+        if (values.length > 1) throw new FhirError('invalid-request', `entry ${e.index}: parameter _${name} may appear only once`);
+        return values.length ? { [name]: values[0][1] } : {};
+      };
       if (e.tail === undefined) {
-        return read(svc, ctx, { type: e.type, id: e.id, ...(e.ifNoneMatch ? { ifNoneMatch: e.ifNoneMatch } : {}), ...(e.ifModifiedSince ? { ifModifiedSince: e.ifModifiedSince } : {}) });
+        return read(svc, ctx, { type: e.type, id: e.id, ...(e.ifNoneMatch ? { ifNoneMatch: e.ifNoneMatch } : {}), ...(e.ifModifiedSince ? { ifModifiedSince: e.ifModifiedSince } : {}), ...once('summary'), ...once('elements') });
       }
-      if (e.tail === '_history' && e.vid !== undefined) return vread(svc, ctx, { type: e.type, id: e.id, vid: e.vid });
+      if (e.tail === '_history' && e.vid !== undefined) return vread(svc, ctx, { type: e.type, id: e.id, vid: e.vid, ...once('summary'), ...once('elements') });
       if (e.tail === '_history') return history(svc, ctx, { type: e.type, id: e.id, query: pairs(e.query) });
       throw new FhirError('not-implemented', `entry ${e.index}: this request is not supported in Bundles`);
     }

@@ -116,6 +116,24 @@ describe.each(backends())('transactions and batches on %s PostgreSQL', (backend)
     expect(two.body.total).toBe(2);
   });
 
+  test('read and vread entries take _summary and _elements as over HTTP', async () => {
+    const p = (await api.post('/Patient').set('Content-Type', FHIR).send({ resourceType: 'Patient', gender: 'female', birthDate: '1980-01-01', name: [{ family: 'Shaped' }] }).expect(201)).body;
+    const get = (url: string) => ({ request: { method: 'GET', url } });
+    const b = await api
+      .post('/')
+      .set('Content-Type', FHIR)
+      .send(tx([get(`Patient/${p.id}?_elements=gender`), get(`Patient/${p.id}/_history/1?_elements=birthDate`), get(`Patient/${p.id}?_summary=true`), get(`Patient/${p.id}?_elements=gender&_elements=name`), get(`Patient/${p.id}?_summary=count`)], 'batch'))
+      .expect(200);
+    const [el, vel, sum, twice, count] = b.body.entry as { resource?: Record<string, unknown> & { meta: { tag?: { code: string }[] } }; response: { status: string } }[];
+    expect(Object.keys(el.resource!).sort()).toEqual(['gender', 'id', 'meta', 'resourceType']);
+    expect(el.resource!.meta.tag?.map((t) => t.code)).toContain('SUBSETTED');
+    expect(Object.keys(vel.resource!).sort()).toEqual(['birthDate', 'id', 'meta', 'resourceType']);
+    expect(sum.resource!.name).toEqual([{ family: 'Shaped' }]); // name is a summary element of Patient
+    expect(sum.resource!.meta.tag?.map((t) => t.code)).toContain('SUBSETTED');
+    expect(twice.response.status).toMatch(/^400/);
+    expect(count.response.status).toMatch(/^400/);
+  });
+
   test('processing order is DELETE, POST, PUT/PATCH, GET; answers keep request order', async () => {
     const { body: victim } = await api.post('/Basic').set('Content-Type', FHIR).send({ resourceType: 'Basic', code: { text: 'victim' } }).expect(201);
     const putId = `ord-${Date.now()}`;
