@@ -5,15 +5,16 @@
 // Vesta's SQL uses only index access on the large tables.
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import type { Agent } from 'node:http';
+import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { normaliseString, type BlindIndexer } from '../src/crypto/blind-index.js';
 import type { PhiIndexMode } from '../src/search/phi-seam.js';
 import { parseSearch } from '../src/search/parse.js';
 import { planSearch } from '../src/search/plan.js';
 import { countQuery, pageQuery } from '../src/storage/search-store.js';
-import { generateData } from './generate-data.js';
 import { vestaLoad } from './ingest.js';
 import { closedLoop, httpCall, median, percentile } from './load.js';
 
@@ -214,11 +215,32 @@ export interface SearchMixOptions {
   log: (s: string) => void;
 }
 
+/**
+ * generateData in a child process. Generating 100,000 resources takes a minute or more, and done in
+ * this process it blocks the event loop that owns the keep-alive sockets of the earlier phases: the
+ * server closes them after its 65 s keep-alive timeout, this process cannot see the close (nor run its
+ * own idle timer) while blocked, and the first POSTs of the load then go out on closed sockets and fail
+ * with UND_ERR_SOCKET "other side closed" (reproduced 2026-12-03: a fetch after a 67 s busy loop fails
+ * so, after a 67 s await it succeeds): the likely cause of the Bundles the runs of 12-02 and of 12-03
+ * 15:45 lost.
+ */
+async function generateInChild(syntheaDir: string, target: number, out: string): Promise<{ bundles: number; resources: number }> {
+  const script = join(dirname(fileURLToPath(import.meta.url)), 'generate-data.js');
+  const child = spawn(process.execPath, [script, '--resources', String(target), '--out', out, '--synthea', syntheaDir], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const code = await new Promise<number | null>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', resolve);
+  });
+  if (code !== 0) throw new Error(`search mix: data generation failed (exit ${code})`);
+  const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as { bundles: number; resourceCounts: Record<string, number> };
+  return { bundles: manifest.bundles, resources: Object.values(manifest.resourceCounts).reduce((a, b) => a + b, 0) };
+}
+
 /** Loads the data and runs the mix; the caller owns the server and the database. */
 export async function searchMix(o: SearchMixOptions): Promise<{ resources: number; loadRps: number; loadFailures: string[]; queries: MixResult[]; seqScans: Record<string, string[]> }> {
   const dir = mkdtempSync(join(tmpdir(), 'vesta-mix-'));
   try {
-    const gen = generateData(o.syntheaDir, o.resources, dir);
+    const gen = await generateInChild(o.syntheaDir, o.resources, dir);
     o.log(`bench: search mix: loading ${gen.resources} resources (${gen.bundles} bundles)\n`);
     const files = readdirSync(dir).filter((f) => f.startsWith('b')).sort().map((f) => join(dir, f));
     const loaded = await vestaLoad(o.vestaUrl, files, 4);
