@@ -216,7 +216,7 @@ export interface SearchMixOptions {
 }
 
 /**
- * generateData in a child process. Generating 100,000 resources takes a minute or more, and done in
+ * generateData in a child process. Generating 100,000 resources takes tens of seconds, and done in
  * this process it blocks the event loop that owns the keep-alive sockets of the earlier phases: the
  * server closes them after its 65 s keep-alive timeout, this process cannot see the close (nor run its
  * own idle timer) while blocked, and the first POSTs of the load then go out on closed sockets and fail
