@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { audited } from '../audit/audit-sink.js';
 import { FhirError } from '../fhir/errors.js';
 import { capabilities } from '../interactions/capabilities.js';
-import { parseVersionEtag } from '../interactions/common.js';
+import { onlyOnce, parseVersionEtag } from '../interactions/common.js';
 import type { InteractionResult, PreferReturn, RequestContext, Services } from '../interactions/context.js';
 import { create } from '../interactions/create.js';
 import { conditionalDelete, remove } from '../interactions/delete.js';
@@ -332,9 +332,7 @@ export function createApp(svc: Services): express.Express {
 
 /** A query parameter that may appear at most once. */
 function single(res: Response, name: string): string | undefined {
-  const values = locals(res).pairs.filter(([k]) => k === name);
-  if (values.length > 1) throw new FhirError('invalid-request', `parameter ${name} may appear only once`);
-  return values[0]?.[1];
+  return onlyOnce(locals(res).pairs, name);
 }
 
 function opt<K extends string, V>(k: K, v: V | undefined): { [P in K]?: V } {

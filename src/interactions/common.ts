@@ -7,6 +7,13 @@ import { info, operationOutcome } from '../fhir/outcome.js';
 import type { StoredVersion } from '../storage/resource-store.js';
 import type { InteractionResult, RequestContext } from './context.js';
 
+/** The value of a query parameter that may appear at most once (400 when repeated). */
+export function onlyOnce(pairs: readonly [string, string][], name: string, where = ''): string | undefined {
+  const values = pairs.filter(([k]) => k === name);
+  if (values.length > 1) throw new FhirError('invalid-request', `${where}parameter ${name} may appear only once`);
+  return values[0]?.[1];
+}
+
 export function requireType(type: string): void {
   if (!isResourceType(type)) throw new FhirError('unknown-type', `resource type "${type.slice(0, 64)}" is not supported`);
 }

@@ -4,12 +4,11 @@
 // have no resource and stay as they are. _summary=count gives the total of an instance history only.
 import type { Bundle, BundleEntry, BundleLink } from 'fhir/r4.js';
 import { FhirError } from '../fhir/errors.js';
-import { parseSummary } from '../search/shape.js';
+import { parseShaping, parseSummary, shapeResource, type Shaping } from '../search/shape.js';
 import type { StoredVersion } from '../storage/resource-store.js';
 import { etag, requireId, requireType } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { parseDateRange, parseInstant } from './dates.js';
-import { parseShaping, shapeResource, type Shaping } from './shaping.js';
 
 export interface HistoryInput {
   type?: string;

@@ -1,10 +1,9 @@
 // read: GET [base]/[type]/[id] (https://hl7.org/fhir/R4/http.html#read), with If-None-Match and
 // If-Modified-Since (https://hl7.org/fhir/R4/http.html#cread), _summary and _elements.
 import { FhirError } from '../fhir/errors.js';
-import { parseReadSummary } from '../search/shape.js';
+import { parseReadSummary, parseShaping, shapeResource } from '../search/shape.js';
 import { parseVersionEtag, requireId, requireType, versionHeaders } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
-import { parseShaping, shapeResource } from './shaping.js';
 
 export interface ReadInput {
   type: string;

@@ -12,7 +12,7 @@ import { parseIncludes, resolveIncludes, type IncludeSource } from '../search/in
 import { canonicalCriteria, parseSearch, type SearchRequest } from '../search/parse.js';
 import { planSearch, type SearchPlan } from '../search/plan.js';
 import { confirmBlindMatches } from '../search/blind.js';
-import { applyElements, parseElements, parseSummary, shapeBySummary } from '../search/shape.js';
+import { parseShaping, parseSummary, shapeResource } from '../search/shape.js';
 import { planSort, type SortKey } from '../search/sort.js';
 import type { SqlFragment } from '../search/sql.js';
 import type { StoredVersion } from '../storage/resource-store.js';
@@ -151,8 +151,7 @@ async function run(svc: Services, ctx: RequestContext, scope: Scope, query: [str
     throw new FhirError('invalid-search', '_total must be none, estimate or accurate');
   }
   const summary = parseSummary(c._summary);
-  const elements = parseElements(c._elements);
-  if (summary !== undefined && summary !== 'false' && elements) throw new FhirError('invalid-search', '_summary and _elements cannot be combined');
+  const shaping = parseShaping(summary, c._elements);
   const sort = planSort(scope.types[0], c._sort, { strict, phi });
   req.ignored.push(...sort.ignored);
   const includes = parseIncludes(scope.types, req.includes, { strict, phi });
@@ -177,11 +176,7 @@ async function run(svc: Services, ctx: RequestContext, scope: Scope, query: [str
   else if (c._total === 'estimate') total = await estimateMatches(svc.db.knex, plan.where);
   else total = page.total ?? (await countMatches(svc.db.knex, plan));
 
-  const shape = (r: Resource | undefined): Resource | undefined => {
-    if (!r) return r;
-    if (elements) return applyElements(r, elements);
-    return shapeBySummary(r, summary);
-  };
+  const shape = (r: Resource | undefined): Resource | undefined => r && shapeResource(r, shaping);
   const entry: BundleEntry[] = found.map((v) => ({ fullUrl: `${ctx.baseUrl}/${v.resourceType}/${v.id}`, resource: shape(v.resource), search: { mode: 'match' } }));
   let incomplete = false;
   if (found.length && includes.list.length) {

@@ -9,7 +9,7 @@ import { conditionalReferences, rewriteReferences } from '../fhir/references.js'
 import { isResourceType } from '../fhir/definitions.js';
 import { advisoryXactLocks, withTransaction } from '../storage/db.js';
 import { parseEntry, statusText, type ParsedEntry } from './bundle-entry.js';
-import { lockKey, parseVersionEtag, writeResult } from './common.js';
+import { lockKey, onlyOnce, parseVersionEtag, writeResult } from './common.js';
 import { checkResourceShape } from '../validation/shape.js';
 import { prepareNew } from './write.js';
 import type { NewVersion } from '../storage/resource-store.js';
@@ -69,9 +69,8 @@ async function runEntry(svc: Services, ctx: RequestContext, e: ParsedEntry, assi
       if (e.id === '_history') return history(svc, ctx, { type: e.type, query: pairs(e.query) });
       // _summary and _elements shape a read or vread entry as they do over HTTP.
       const once = (name: string): Record<string, string> => {
-        const values = pairs(e.query).filter(([k]) => k === `_${name}`);
-        if (values.length > 1) throw new FhirError('invalid-request', `entry ${e.index}: parameter _${name} may appear only once`);
-        return values.length ? { [name]: values[0][1] } : {};
+        const value = onlyOnce(pairs(e.query), `_${name}`, `entry ${e.index}: `);
+        return value === undefined ? {} : { [name]: value };
       };
       if (e.tail === undefined) {
         return read(svc, ctx, { type: e.type, id: e.id, ...(e.ifNoneMatch ? { ifNoneMatch: e.ifNoneMatch } : {}), ...(e.ifModifiedSince ? { ifModifiedSince: e.ifModifiedSince } : {}), ...once('summary'), ...once('elements') });

@@ -1,10 +1,9 @@
 // vread: GET [base]/[type]/[id]/_history/[vid] (https://hl7.org/fhir/R4/http.html#vread), with _summary
 // and _elements (as read).
 import { FhirError } from '../fhir/errors.js';
-import { parseReadSummary } from '../search/shape.js';
+import { parseReadSummary, parseShaping, shapeResource } from '../search/shape.js';
 import { requireId, requireType, versionHeaders } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
-import { parseShaping, shapeResource } from './shaping.js';
 
 export async function vread(svc: Services, ctx: RequestContext, input: { type: string; id: string; vid: string; summary?: string; elements?: string }): Promise<InteractionResult> {
   requireType(input.type);

@@ -21,18 +21,15 @@ export async function runReseal(
   // Passes in seq order; rows another worker or a writer held (SKIP LOCKED) are left behind by a
   // pass and picked up by the next, which starts over; a pass that re-seals nothing ends the job.
   let after = 0;
-  let wrotePass = false;
   while (!opts.shouldStop?.()) {
     const from = after;
     const n = await withTransaction(svc.db.knex, (tx) => svc.store.resealSome(tx, batch, from));
     if (n.claimed === 0) {
-      if (after === 0 || !wrotePass) break;
+      if (after === 0) break; // this pass, from the start, found nothing
       after = 0;
-      wrotePass = false;
       continue;
     }
     after = n.lastSeq;
-    wrotePass = true;
     done += n.claimed;
     opts.onProgress?.({ done, total: Math.max(total, done) });
   }

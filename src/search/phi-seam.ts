@@ -6,7 +6,7 @@
 import { isProtectedParam, MAX_PREFIX } from '../crypto/blind-index.js';
 import type { BlindIndex } from './blind.js';
 import type { TextRow } from './index-rows.js';
-import { textDocument } from './types/text.js';
+import { FULL_TEXT_PARAMS, textDocument } from './types/text.js';
 
 /** How the store keeps PHI: `sealed` when the PHI codec encrypts the policy's elements. */
 export interface PhiIndexMode {
@@ -24,15 +24,13 @@ export function baseParam(param: string): string {
   return i < 0 ? param : param.slice(0, i);
 }
 
-const FULL_TEXT = new Set(['_text', '_content']);
-
 /** Whether a parameter's values are PHI that the store seals. */
 function isSealedParam(type: string, code: string, mode: PhiIndexMode): boolean {
   if (!mode.sealed) return false;
   // Full text: without the policy (no blind index) there is no telling sealed text from plain, so
   // fail closed; `_text` has nothing left when the narrative is sealed. `_content` keeps what is not
   // sealed (protectTextRow).
-  if (FULL_TEXT.has(code)) return !mode.blind || (code === '_text' && mode.blind.sealsNarrative(type));
+  if (FULL_TEXT_PARAMS.has(code)) return !mode.blind || (code === '_text' && mode.blind.sealsNarrative(type));
   return mode.blind ? mode.blind.isProtected(type, code) : isProtectedParam(type, code);
 }
 
@@ -71,7 +69,7 @@ export function protectTextRow(type: string, row: TextRow, mode: PhiIndexMode): 
 
 /** Why a sealed parameter cannot be searched at all (for the parser's report). */
 export function phiUnavailableReason(code: string): string {
-  if (FULL_TEXT.has(code)) return `search parameter "${code}" is not available while PHI is sealed (the PHI policy seals the text it searches, and sealed text is never indexed)`;
+  if (FULL_TEXT_PARAMS.has(code)) return `search parameter "${code}" is not available while PHI is sealed (the PHI policy seals the text it searches, and sealed text is never indexed)`;
   return `search parameter "${code}" is not available while PHI is sealed (its values are withheld from the index: a blind index serves only string, token and date parameters)`;
 }
 

@@ -5,7 +5,7 @@ import { searchParamsFor, type SearchParamDef, type SearchParamType } from '../f
 import { compileExpression, type Evaluator } from './expressions.js';
 import { phiParamIndexed, phiSearchDocumentation, type PhiIndexMode } from './phi-seam.js';
 import { NEAR_DOCUMENTATION } from './types/position.js';
-import { CONTENT_DOCUMENTATION, TEXT_DOCUMENTATION } from './types/text.js';
+import { CONTENT_DOCUMENTATION, FULL_TEXT_PARAMS, TEXT_DOCUMENTATION } from './types/text.js';
 
 /**
  * How a parameter's values are indexed and matched; `position` serves the special parameter Location
@@ -53,8 +53,8 @@ const SPECIAL: Readonly<Record<string, { kind: ValueKind; documentation: string 
   'Location.near': { kind: 'position', documentation: NEAR_DOCUMENTATION },
 };
 
-/** The full-text common parameters (search.html#text), served from idx_text. */
-const FULL_TEXT: Readonly<Record<string, string>> = { _text: TEXT_DOCUMENTATION, _content: CONTENT_DOCUMENTATION };
+/** What the full-text parameters (served from idx_text) say in the CapabilityStatement. */
+const FULL_TEXT_DOCUMENTATION: Readonly<Record<string, string>> = { _text: TEXT_DOCUMENTATION, _content: CONTENT_DOCUMENTATION };
 
 /** Why a parameter without an expression or of type special is not served. */
 const NOT_SERVED: Readonly<Record<string, string>> = {
@@ -82,7 +82,7 @@ function build(type: string): TypeParams {
     const code = def.code;
     if (code === '_id') supported.set(code, { code, kind: 'token', def, column: 'id' });
     else if (code === '_lastUpdated') supported.set(code, { code, kind: 'date', def, column: 'last_updated' });
-    else if (Object.hasOwn(FULL_TEXT, code)) supported.set(code, { code, kind: 'text', def, documentation: FULL_TEXT[code] });
+    else if (FULL_TEXT_PARAMS.has(code)) supported.set(code, { code, kind: 'text', def, documentation: FULL_TEXT_DOCUMENTATION[code] });
     else if (NOT_SERVED[code]) unsupported.set(code, NOT_SERVED[code]);
     else if (!def.expression) unsupported.set(code, 'the official definition has no expression');
     else if (type === 'Bundle' && (code === 'composition' || code === 'message')) unsupported.set(code, 'this parameter only serves chaining into the first entry');

@@ -125,3 +125,21 @@ export function shapeBySummary(resource: Resource, summary: Summary | undefined)
   if (summary === 'data') return applySummaryData(resource);
   return resource;
 }
+
+/** What _summary and _elements ask of each returned resource (search, read, vread, history). */
+export interface Shaping {
+  summary?: Summary;
+  elements?: string[];
+}
+
+/** Validates _elements (a parsed _summary given) and their combination: _summary other than false and _elements exclude each other. */
+export function parseShaping(summary: Summary | undefined, elements: string | undefined): Shaping {
+  const names = parseElements(elements);
+  if (summary !== undefined && summary !== 'false' && names) throw new FhirError('invalid-search', '_summary and _elements cannot be combined');
+  return { ...(summary !== undefined ? { summary } : {}), ...(names ? { elements: names } : {}) };
+}
+
+/** The resource as _elements or _summary shape it (marked SUBSETTED when anything was dropped on purpose). */
+export function shapeResource(resource: Resource, shaping: Shaping): Resource {
+  return shaping.elements ? applyElements(resource, shaping.elements) : shapeBySummary(resource, shaping.summary);
+}

@@ -12,6 +12,9 @@ import { FhirError } from '../../fhir/errors.js';
 import type { TextRow } from '../index-rows.js';
 import { frag, type SqlFragment } from '../sql.js';
 
+/** The full-text common parameters (search.html#text). */
+export const FULL_TEXT_PARAMS: ReadonlySet<string> = new Set(['_text', '_content']);
+
 /** The PostgreSQL text search configuration of documents and queries (a constant, never client input). */
 export const TEXT_SEARCH_CONFIG = 'english';
 
