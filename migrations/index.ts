@@ -9,6 +9,7 @@ import * as m0005 from './0005_position_index.js';
 import * as m0006 from './0006_covering_indexes.js';
 import * as m0007 from './0007_c_collation.js';
 import * as m0008 from './0008_text_index.js';
+import * as m0009 from './0009_revoked_tokens.js';
 
 export interface Migration {
   name: string;
@@ -25,4 +26,5 @@ export const MIGRATIONS: Migration[] = [
   { name: '0006_covering_indexes', ...m0006 },
   { name: '0007_c_collation', ...m0007 },
   { name: '0008_text_index', ...m0008 },
+  { name: '0009_revoked_tokens', ...m0009 },
 ];

@@ -18,6 +18,35 @@ import { openDatabase, type Database } from './storage/db.js';
 import { migrateLatest } from './storage/migrate.js';
 import { R4Validator } from './validation/validator.js';
 import { ResourceStore } from './storage/resource-store.js';
+import { AuthService } from './auth/authenticator.js';
+import { RevocationList } from './auth/revocations.js';
+import { checkSigningRing, readOrCreateSigningRing, type SigningRingFile } from './auth/signing-keys.js';
+
+/** The token-signing key ring the configuration names (embedded default: beside the data, created on first start). */
+export async function loadSigningRing(config: Readonly<Config>, log: Logger): Promise<SigningRingFile> {
+  if (config.authKeys) return checkSigningRing(JSON.parse(config.authKeys));
+  if (config.authKeysFile) return (await readOrCreateSigningRing(config.authKeysFile, false)).ring;
+  const path = join(config.dataDir, 'auth-keys.json');
+  const r = await readOrCreateSigningRing(path, true);
+  if (r.created) log.warn({ path }, 'generated a new token-signing key ring beside the embedded database; tokens signed with it stop verifying if it is lost');
+  return r.ring;
+}
+
+/** The resource server's authentication: own key ring, trusted external issuers, shared revocations. */
+export async function buildAuth(config: Readonly<Config>, log: Logger, database: Database): Promise<AuthService> {
+  if (!config.auth) log.warn('AUTH=off: authorization is disabled and every request is allowed; for local development only');
+  const revocations = new RevocationList(database.knex, config.authRevocationRefreshMs);
+  await revocations.start();
+  return new AuthService({
+    enabled: config.auth,
+    issuer: config.baseUrl,
+    audience: config.baseUrl,
+    ring: await loadSigningRing(config, log),
+    external: config.authIssuers,
+    skewSeconds: config.authClockSkewSeconds,
+    revocations,
+  });
+}
 
 /** The PHI codec the configuration asks for (design.md "PHI at rest"). */
 export async function buildCodec(config: Readonly<Config>, log: Logger): Promise<PhiCodec> {
@@ -52,6 +81,7 @@ export async function buildServices(config: Readonly<Config>, log: Logger = crea
     audit: new LogAuditSink(log),
     pageTokens: new PageTokens(config.pageTokenSecret),
     validator: new R4Validator({ unknownExtensions: config.unknownExtensions }),
+    auth: await buildAuth(config, log, database),
     log,
   };
 }
@@ -87,6 +117,7 @@ export async function startServer(svc: Services): Promise<Running> {
       await drained;
       clearInterval(sweep);
       clearTimeout(timer);
+      svc.auth.close();
       await svc.db.close();
     })();
     return closing;

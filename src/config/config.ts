@@ -29,6 +29,17 @@ export interface Config {
   phiPolicyFile: string | undefined;
   /** Extensions with no definition known to the server: accepted (the default) or refused (VALIDATION_UNKNOWN_EXTENSIONS). */
   unknownExtensions: 'accept' | 'reject';
+  /** Authorization (AUTH=on|off): off is for local development only. */
+  auth: boolean;
+  /** Token-signing key ring: a JSON file (AUTH_KEYS_FILE), or the same JSON in AUTH_KEYS. */
+  authKeysFile: string | undefined;
+  authKeys: string | undefined;
+  /** External token issuers trusted besides Vesta itself (AUTH_ISSUERS, JSON). */
+  authIssuers: { issuer: string; audience: string }[];
+  /** Accepted clock skew on token times, seconds (AUTH_CLOCK_SKEW, at most 60). */
+  authClockSkewSeconds: number;
+  /** How often each node reads new token revocations, ms (AUTH_REVOCATION_REFRESH). */
+  authRevocationRefreshMs: number;
 }
 
 export class ConfigError extends Error {
@@ -72,6 +83,32 @@ function url(env: Env, name: string, protocols: string[]): string | undefined {
   }
   if (!protocols.includes(u.protocol)) throw new ConfigError(name, `must use ${protocols.join(' or ')}`);
   return raw;
+}
+
+/** AUTH_ISSUERS: a JSON array of {"issuer": URL, "audience": string}, each issuer discovered at start of use. */
+function issuers(env: Env): { issuer: string; audience: string }[] {
+  const raw = env.AUTH_ISSUERS?.trim();
+  if (!raw) return [];
+  let list: unknown;
+  try {
+    list = JSON.parse(raw);
+  } catch {
+    throw new ConfigError('AUTH_ISSUERS', 'must be a JSON array of {"issuer": "https://...", "audience": "..."}');
+  }
+  if (!Array.isArray(list)) throw new ConfigError('AUTH_ISSUERS', 'must be a JSON array of {"issuer": "https://...", "audience": "..."}');
+  return list.map((e: unknown, i) => {
+    const o = e as { issuer?: unknown; audience?: unknown };
+    if (!o || typeof o.issuer !== 'string' || typeof o.audience !== 'string' || !o.audience) throw new ConfigError('AUTH_ISSUERS', `entry ${i} needs "issuer" and "audience" strings`);
+    let u: URL;
+    try {
+      u = new URL(o.issuer);
+    } catch {
+      throw new ConfigError('AUTH_ISSUERS', `entry ${i}: the issuer is not a URL`);
+    }
+    const loopback = u.hostname === 'localhost' || u.hostname === '127.0.0.1' || u.hostname === '[::1]';
+    if (u.protocol !== 'https:' && !(u.protocol === 'http:' && loopback)) throw new ConfigError('AUTH_ISSUERS', `entry ${i}: the issuer must use https (http only on a loopback address)`);
+    return { issuer: o.issuer, audience: o.audience };
+  });
 }
 
 const LEVELS: LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -133,6 +170,22 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     throw new ConfigError('PHI_KEYS_FILE', 'must name the key ring when DATABASE_URL is set (or set PHI_KEYS, or PHI_ENCRYPTION=off)');
   }
 
+  const authRaw = env.AUTH?.trim().toLowerCase() || 'on';
+  if (authRaw !== 'on' && authRaw !== 'off') throw new ConfigError('AUTH', 'must be on or off');
+  const authKeys = env.AUTH_KEYS?.trim() || undefined;
+  if (authKeys !== undefined) {
+    try {
+      JSON.parse(authKeys);
+    } catch {
+      throw new ConfigError('AUTH_KEYS', 'must be the signing key ring as JSON');
+    }
+  }
+  const authKeysFile = env.AUTH_KEYS_FILE?.trim() ? resolve(env.AUTH_KEYS_FILE.trim()) : undefined;
+  if (authRaw === 'on' && databaseUrl && !authKeys && !authKeysFile) {
+    throw new ConfigError('AUTH_KEYS_FILE', 'must name the token-signing key ring when DATABASE_URL is set (or set AUTH_KEYS; create one with: vesta keys init-signing)');
+  }
+  const authIssuers = issuers(env);
+
   return Object.freeze({
     port,
     host,
@@ -155,5 +208,11 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     phiKeysFile,
     phiKeys,
     phiPolicyFile: env.PHI_POLICY_FILE?.trim() ? resolve(env.PHI_POLICY_FILE.trim()) : undefined,
+    auth: authRaw === 'on',
+    authKeysFile,
+    authKeys,
+    authIssuers,
+    authClockSkewSeconds: int(env, 'AUTH_CLOCK_SKEW', 30, 0, 60),
+    authRevocationRefreshMs: int(env, 'AUTH_REVOCATION_REFRESH', 10, 1, 3600) * 1000,
   });
 }

@@ -17,6 +17,8 @@ import { conditionalUpdate, update } from '../interactions/update.js';
 import { vread } from '../interactions/vread.js';
 import { transactionOrBatch } from '../interactions/transaction.js';
 import { validateOperation } from '../operations/validate/validate.js';
+import { ANONYMOUS, type Principal } from '../auth/principal.js';
+import { smartConfiguration } from '../auth/smart-configuration.js';
 import { bodyKind, parseJson, type BodyKind } from './body.js';
 import { toErrorResponse } from './errors.js';
 import { negotiate, type Format } from './format.js';
@@ -58,7 +60,7 @@ function parsePrefer(header: string | undefined): { ret?: PreferReturn; handling
 }
 
 function corsMiddleware(origins: '*' | string[]): RequestHandler {
-  const exposed = 'ETag, Location, Last-Modified, Content-Location, X-Request-Id';
+  const exposed = 'ETag, Location, Last-Modified, Content-Location, X-Request-Id, WWW-Authenticate';
   const allowedHeaders = 'Authorization, Content-Type, Accept, If-Match, If-None-Match, If-None-Exist, If-Modified-Since, Prefer, X-Request-Id';
   return (req, res, next) => {
     const origin = req.headers.origin;
@@ -137,11 +139,11 @@ export function createApp(svc: Services): express.Express {
   // Bodies are read raw (bounded) and parsed per route, so error messages never echo content.
   fhir.use(express.raw({ type: () => true, limit: config.maxBodyBytes }));
 
-  const context = (req: Request, res: Response): RequestContext => {
+  const context = (req: Request, res: Response, principal: Principal): RequestContext => {
     const prefer = parsePrefer(typeof req.headers.prefer === 'string' ? req.headers.prefer : undefined);
     return {
       requestId: locals(res).requestId,
-      principal: 'anonymous',
+      principal,
       clock: () => new Date(),
       baseUrl: config.baseUrl,
       ...(prefer.ret ? { preferReturn: prefer.ret } : {}),
@@ -182,18 +184,29 @@ export function createApp(svc: Services): express.Express {
   };
   const params = (req: Request) => req.params as Record<string, string>;
 
-  /** Wraps an interaction: context, audit, respond, errors. */
+  /**
+   * Wraps an interaction: the principal from the bearer token (401 without a valid one, except on the
+   * public capabilities interaction), context, audit, respond, errors. Authorization itself is decided
+   * inside the interaction (interactions/authorize.ts), where Bundle entries and jobs pass too.
+   */
   const handle =
-    (interaction: string, run: (ctx: RequestContext, req: Request, res: Response) => Promise<InteractionResult>): RequestHandler =>
+    (interaction: string, run: (ctx: RequestContext, req: Request, res: Response) => Promise<InteractionResult>, opts: { public?: boolean } = {}): RequestHandler =>
     async (req, res) => {
-      const ctx = context(req, res);
       const format = locals(res).format ?? { mime: 'application/fhir+json', pretty: false };
+      let ctx = context(req, res, ANONYMOUS);
       try {
         const resourceType = params(req).type;
         const result = await audited(
           svc.audit,
-          { interaction, ...(resourceType ? { resourceType } : {}), requestId: ctx.requestId, principal: ctx.principal, clock: ctx.clock },
-          () => run(ctx, req, res),
+          { interaction, ...(resourceType ? { resourceType } : {}), requestId: ctx.requestId, principal: ctx.principal.clientId, clock: ctx.clock },
+          async () => {
+            const principal = opts.public ? ANONYMOUS : await svc.auth.authenticate(header(req, 'Authorization'));
+            if (!opts.public && principal.kind === 'anonymous') {
+              throw new FhirError('unauthorized', 'this request needs a bearer token (Authorization: Bearer <token>)', { headers: { 'WWW-Authenticate': 'Bearer' } });
+            }
+            ctx = context(req, res, principal);
+            return run(ctx, req, res);
+          },
         );
         respond(req, res, result, format);
       } catch (e) {
@@ -207,7 +220,22 @@ export function createApp(svc: Services): express.Express {
       next(new FhirError('method-not-allowed', `${req.method} is not allowed here`, { headers: { Allow: allow } }));
     };
 
-  fhir.route('/metadata').get(handle('capabilities', (ctx) => capabilities(svc, ctx))).all(notAllowed('GET, HEAD'));
+  fhir.route('/metadata').get(handle('capabilities', (ctx) => capabilities(svc, ctx), { public: true })).all(notAllowed('GET, HEAD'));
+  // SMART discovery and the keys that verify Vesta's own tokens: public (smart-app-launch conformance).
+  fhir
+    .route('/.well-known/smart-configuration')
+    .get((_req, res) => {
+      res.setHeader('Cache-Control', 'public, max-age=300');
+      res.status(200).json(smartConfiguration(svc.config.baseUrl));
+    })
+    .all(notAllowed('GET, HEAD'));
+  fhir
+    .route('/.well-known/jwks.json')
+    .get((_req, res) => {
+      res.setHeader('Cache-Control', 'public, max-age=300');
+      res.status(200).type('application/jwk-set+json').send(JSON.stringify(svc.auth.publicKeys()));
+    })
+    .all(notAllowed('GET, HEAD'));
   fhir
     .route('/_history')
     .get(handle('history-system', (ctx, _req, res) => history(svc, ctx, { query: locals(res).pairs })))

@@ -7,14 +7,27 @@ import type { PhiIndexMode } from '../search/phi-seam.js';
 import { lockCriteria, searchIds } from '../storage/search-store.js';
 import type { Tx } from '../storage/db.js';
 import { lockKey } from './common.js';
+import type { SqlFragment } from '../search/sql.js';
+import type { RequestContext, Services } from './context.js';
+import { allow, narrowing } from './authorize.js';
+
+/**
+ * What the criteria of a conditional interaction may match: only what the token may search
+ * (it needs "s" on the type), so that criteria cannot probe resources outside its reach. Undefined
+ * when the token searches every resource of the type.
+ */
+export function matchScope(svc: Services, ctx: RequestContext, type: string, what: string): SqlFragment | undefined {
+  allow(ctx, type, 's', `${what} (its criteria are a search)`);
+  return narrowing(svc, ctx, [type], what);
+}
 
 /**
  * Locks the criteria and returns up to two matching ids (enough to tell 0, 1 and many apart). `phi`
  * is how the store keeps PHI (criteria on sealed PHI match through its blind index; without it they
  * are refused).
  */
-export async function lockAndMatch(tx: Tx, type: string, criteria: string, phi?: PhiIndexMode): Promise<string[]> {
+export async function lockAndMatch(tx: Tx, type: string, criteria: string, phi?: PhiIndexMode, scope?: SqlFragment): Promise<string[]> {
   const req = parseCriteria(type, criteria, phi ? { phi } : {});
   await lockCriteria(tx, lockKey(canonicalCriteria(req)));
-  return searchIds(tx, planWhere(req), { limit: 2 });
+  return searchIds(tx, planWhere(req, scope ? { extra: [scope] } : {}), { limit: 2 });
 }

@@ -7,6 +7,8 @@ import type { Database } from '../storage/db.js';
 import type { ResourceStore } from '../storage/resource-store.js';
 import type { PageTokens } from '../search/page-token.js';
 import type { Issue } from '../fhir/errors.js';
+import type { AuthService } from '../auth/authenticator.js';
+import type { Principal } from '../auth/principal.js';
 
 /** Checks a resource against the R4 definitions; returns every issue (errors reject a write). */
 export interface ResourceValidator {
@@ -20,6 +22,7 @@ export interface Services {
   audit: AuditSink;
   pageTokens: PageTokens;
   validator: ResourceValidator;
+  auth: AuthService;
   log: Logger;
 }
 
@@ -27,8 +30,8 @@ export type PreferReturn = 'minimal' | 'representation' | 'OperationOutcome';
 
 export interface RequestContext {
   requestId: string;
-  /** Who is asking; 'anonymous' until the authorization issue lands. */
-  principal: string;
+  /** Who is asking: the verified token's principal, a job's, or OPEN with AUTH=off (auth/principal.ts). */
+  principal: Principal;
   clock: () => Date;
   baseUrl: string;
   preferReturn?: PreferReturn;

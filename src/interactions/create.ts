@@ -5,9 +5,10 @@ import { FhirError } from '../fhir/errors.js';
 import { withTransaction } from '../storage/db.js';
 import { checkResourceShape } from '../validation/shape.js';
 import { requireType, versionHeaders, writeResult } from './common.js';
-import { lockAndMatch } from './conditional.js';
+import { lockAndMatch, matchScope } from './conditional.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { writeNext } from './write.js';
+import { allow } from './authorize.js';
 
 export interface CreateInput {
   type: string;
@@ -19,12 +20,14 @@ export interface CreateInput {
 
 export async function create(svc: Services, ctx: RequestContext, input: CreateInput): Promise<InteractionResult> {
   requireType(input.type);
+  allow(ctx, input.type, 'c', 'create');
   const resource = checkResourceShape(input.body, input.type);
+  const scope = input.ifNoneExist !== undefined ? matchScope(svc, ctx, input.type, 'conditional create') : undefined;
   // The server assigns the id; a client id in the body is ignored (http.html#create).
   const id = input.assignedId ?? randomUUID();
   return withTransaction(svc.db.knex, async (tx) => {
     if (input.ifNoneExist !== undefined) {
-      const matches = await lockAndMatch(tx, input.type, input.ifNoneExist, svc.store.phiIndexMode);
+      const matches = await lockAndMatch(tx, input.type, input.ifNoneExist, svc.store.phiIndexMode, scope);
       if (matches.length > 1) throw new FhirError('multiple-matches', 'If-None-Exist criteria match more than one resource');
       if (matches.length === 1) {
         const existing = await svc.store.readCurrent(tx, input.type, matches[0]);

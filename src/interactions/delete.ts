@@ -4,9 +4,10 @@ import { FhirError } from '../fhir/errors.js';
 import { info } from '../fhir/outcome.js';
 import { withTransaction, type Tx } from '../storage/db.js';
 import { etag, requireId, requireType } from './common.js';
-import { lockAndMatch } from './conditional.js';
+import { lockAndMatch, matchScope } from './conditional.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { checkIfMatch, writeNext } from './write.js';
+import { allow, checkTarget } from './authorize.js';
 
 /** The answer to a delete: 204 (or 200 with an OperationOutcome when asked), ETag when a version exists. */
 export function deleted(ctx: RequestContext, message: string, versionId?: number): InteractionResult {
@@ -20,6 +21,8 @@ async function deleteIn(svc: Services, ctx: RequestContext, tx: Tx, type: string
   checkIfMatch(type, id, head, ifMatch);
   if (!head) return deleted(ctx, `${type}/${id} does not exist; nothing to delete`);
   if (head.deleted) return deleted(ctx, `${type}/${id} was already deleted`, head.versionId);
+  // Outside the token's reach and unreadable to it: the same answer as for an id that does not exist.
+  if ((await checkTarget(svc, ctx, tx, 'd', type, id, head.lastUpdated)) === 'hidden') return deleted(ctx, `${type}/${id} does not exist; nothing to delete`);
   const v = await writeNext(svc, ctx, tx, head, 'DELETE', type, id, undefined);
   return deleted(ctx, `deleted ${type}/${id}`, v.versionId);
 }
@@ -27,13 +30,16 @@ async function deleteIn(svc: Services, ctx: RequestContext, tx: Tx, type: string
 export async function remove(svc: Services, ctx: RequestContext, input: { type: string; id: string; ifMatch?: number }): Promise<InteractionResult> {
   requireType(input.type);
   requireId(input.id);
+  allow(ctx, input.type, 'd', 'delete');
   return withTransaction(svc.db.knex, (tx) => deleteIn(svc, ctx, tx, input.type, input.id, input.ifMatch));
 }
 
 export async function conditionalDelete(svc: Services, ctx: RequestContext, input: { type: string; criteria: string; ifMatch?: number }): Promise<InteractionResult> {
   requireType(input.type);
+  allow(ctx, input.type, 'd', 'conditional delete');
+  const scope = matchScope(svc, ctx, input.type, 'conditional delete');
   return withTransaction(svc.db.knex, async (tx) => {
-    const matches = await lockAndMatch(tx, input.type, input.criteria, svc.store.phiIndexMode);
+    const matches = await lockAndMatch(tx, input.type, input.criteria, svc.store.phiIndexMode, scope);
     if (matches.length > 1) throw new FhirError('multiple-matches', 'the criteria match more than one resource; only single deletes are supported');
     if (matches.length === 0) return deleted(ctx, 'no resource matches the criteria; nothing to delete');
     return deleteIn(svc, ctx, tx, input.type, matches[0], input.ifMatch);

@@ -8,6 +8,9 @@ import { parseShaping, parseSummary, shapeResource, type Shaping } from '../sear
 import type { StoredVersion } from '../storage/resource-store.js';
 import { etag, requireId, requireType } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
+import { allow, currentWithinReach, reachesAll, visible } from './authorize.js';
+import { usableTypes } from '../auth/access.js';
+import { resourceTypeInfo } from '../fhir/definitions.js';
 import { parseDateRange, parseInstant } from './dates.js';
 
 export interface HistoryInput {
@@ -36,6 +39,19 @@ function entry(ctx: RequestContext, v: StoredVersion, shaping: Shaping): BundleE
 export async function history(svc: Services, ctx: RequestContext, input: HistoryInput): Promise<InteractionResult> {
   if (input.type) requireType(input.type);
   if (input.id) requireId(input.id);
+  // Instance history is a read (r); type and system history are searches (s). Entries are then
+  // filtered to the token's reach, each version by its own content.
+  const letter = input.id ? 'r' : 's';
+  if (input.type) allow(ctx, input.type, letter, input.id ? 'instance history' : 'type history');
+  else if (!usableTypes(ctx.principal, resourceTypeInfo().map((t) => t.type), 's').length) allow(ctx, '*', 's', 'system history');
+  const narrowed = input.type ? !reachesAll(svc, ctx, input.type, [letter]) : !resourceTypeInfo().every((t) => reachesAll(svc, ctx, t.type, ['s']));
+  if (input.id && narrowed) {
+    // The instance must be within reach now (a deleted one only for a token reaching every resource of the type).
+    const cur = await svc.store.readCurrent(svc.db.knex, input.type!, input.id);
+    if (!cur || cur.deleted || !(await currentWithinReach(svc, ctx, svc.db.knex, 'r', input.type!, input.id, cur.resource, cur.lastUpdated))) {
+      throw new FhirError('not-found', `${input.type}/${input.id} is not known`);
+    }
+  }
   const params: Record<string, string> = {};
   for (const [k, v] of input.query) {
     if (!ALLOWED.has(k)) throw new FhirError('invalid-request', `parameter ${k.slice(0, 40)} is not supported by history`);
@@ -72,6 +88,7 @@ export async function history(svc: Services, ctx: RequestContext, input: History
   if (params._summary !== undefined) selfQuery.set('_summary', params._summary);
   if (params._elements !== undefined) selfQuery.set('_elements', params._elements);
   if (summary === 'count') {
+    if (narrowed) throw new FhirError('forbidden', "_summary=count on history needs a token whose scopes reach every resource of the type (a count would include versions outside this token's reach)");
     const total = await svc.store.countHistory(svc.db.knex, input.type!, input.id!);
     if (total === 0) throw new FhirError('not-found', `${input.type}/${input.id} is not known`);
     const bundle: Bundle = { resourceType: 'Bundle', type: 'history', total, link: [{ relation: 'self', url: `${ctx.baseUrl}/${path}?${selfQuery}` }] };
@@ -89,20 +106,26 @@ export async function history(svc: Services, ctx: RequestContext, input: History
     const exists = await svc.store.readCurrent(svc.db.knex, input.type!, input.id);
     if (!exists) throw new FhirError('not-found', `${input.type}/${input.id} is not known`);
   }
-  const page = rows.slice(0, count);
+  const unfiltered = rows.slice(0, count);
+  let page = unfiltered;
+  if (narrowed) {
+    // Paging stays on the unfiltered keyset: a page may hold fewer entries than _count.
+    const seen = await visible(svc, ctx, svc.db.knex, [letter], unfiltered.map((v) => ({ resourceType: v.resourceType, id: v.id, resource: v.resource, lastUpdated: v.lastUpdated, current: false })));
+    page = unfiltered.filter((_v, k) => seen.has(k));
+  }
   const link: BundleLink[] = [];
   const self = new URLSearchParams(selfQuery);
   if (params._page !== undefined) self.set('_page', params._page);
   link.push({ relation: 'self', url: `${ctx.baseUrl}/${path}?${self}` });
-  if (rows.length > count && page.length) {
+  if (rows.length > count && unfiltered.length) {
     const next = new URLSearchParams(selfQuery);
-    next.set('_page', svc.pageTokens.sign(scope, { before: page[page.length - 1].seq! }));
+    next.set('_page', svc.pageTokens.sign(scope, { before: unfiltered[unfiltered.length - 1].seq! }));
     link.push({ relation: 'next', url: `${ctx.baseUrl}/${path}?${next}` });
   }
   const bundle: Bundle = {
     resourceType: 'Bundle',
     type: 'history',
-    ...(input.id ? { total: await svc.store.countHistory(svc.db.knex, input.type!, input.id) } : {}),
+    ...(input.id && !narrowed ? { total: await svc.store.countHistory(svc.db.knex, input.type!, input.id) } : {}),
     link,
     entry: page.map((v) => entry(ctx, v, shaping)),
   };

@@ -6,9 +6,10 @@ import { FhirError } from '../fhir/errors.js';
 import { withTransaction, type Tx } from '../storage/db.js';
 import { checkResourceShape } from '../validation/shape.js';
 import { requireId, requireType, writeResult } from './common.js';
-import { lockAndMatch } from './conditional.js';
+import { lockAndMatch, matchScope } from './conditional.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { checkIfMatch, writeNext } from './write.js';
+import { allow, checkTarget } from './authorize.js';
 
 type Operation = jsonpatch.Operation;
 
@@ -58,6 +59,7 @@ async function patchIn(svc: Services, ctx: RequestContext, tx: Tx, type: string,
   const head = await svc.store.lockCurrent(tx, type, id);
   if (!head) throw new FhirError('not-found', `${type}/${id} is not known`);
   if (head.deleted) throw new FhirError('gone', `${type}/${id} was deleted`);
+  if ((await checkTarget(svc, ctx, tx, 'u', type, id, head.lastUpdated)) === 'hidden') throw new FhirError('not-found', `${type}/${id} is not known`);
   checkIfMatch(type, id, head, ifMatch);
   const current = await svc.store.readCurrent(tx, type, id);
   if (!current?.resource) throw new FhirError('conflict', 'the resource changed during the request');
@@ -70,15 +72,18 @@ async function patchIn(svc: Services, ctx: RequestContext, tx: Tx, type: string,
 export async function patch(svc: Services, ctx: RequestContext, input: { type: string; id: string; body: unknown; ifMatch?: number }): Promise<InteractionResult> {
   requireType(input.type);
   requireId(input.id);
+  allow(ctx, input.type, 'u', 'patch');
   const ops = checkPatchDocument(input.body);
   return withTransaction(svc.db.knex, (tx) => patchIn(svc, ctx, tx, input.type, input.id, ops, input.ifMatch));
 }
 
 export async function conditionalPatch(svc: Services, ctx: RequestContext, input: { type: string; criteria: string; body: unknown; ifMatch?: number }): Promise<InteractionResult> {
   requireType(input.type);
+  allow(ctx, input.type, 'u', 'conditional patch');
   const ops = checkPatchDocument(input.body);
+  const scope = matchScope(svc, ctx, input.type, 'conditional patch');
   return withTransaction(svc.db.knex, async (tx) => {
-    const matches = await lockAndMatch(tx, input.type, input.criteria, svc.store.phiIndexMode);
+    const matches = await lockAndMatch(tx, input.type, input.criteria, svc.store.phiIndexMode, scope);
     if (matches.length > 1) throw new FhirError('multiple-matches', 'the criteria match more than one resource');
     if (matches.length === 0) throw new FhirError('not-found', 'no resource matches the criteria');
     return patchIn(svc, ctx, tx, input.type, matches[0], ops, input.ifMatch);

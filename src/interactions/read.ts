@@ -4,6 +4,7 @@ import { FhirError } from '../fhir/errors.js';
 import { parseReadSummary, parseShaping, shapeResource } from '../search/shape.js';
 import { parseVersionEtag, requireId, requireType, versionHeaders } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
+import { allow, currentWithinReach, reachesAll } from './authorize.js';
 
 export interface ReadInput {
   type: string;
@@ -19,9 +20,15 @@ export interface ReadInput {
 export async function read(svc: Services, ctx: RequestContext, input: ReadInput): Promise<InteractionResult> {
   requireType(input.type);
   requireId(input.id);
+  allow(ctx, input.type, 'r', 'read');
   const shaping = parseShaping(parseReadSummary(input.summary), input.elements);
   const v = await svc.store.readCurrent(svc.db.knex, input.type, input.id);
-  if (!v) throw new FhirError('not-found', `${input.type}/${input.id} is not known`);
+  const notFound = () => new FhirError('not-found', `${input.type}/${input.id} is not known`);
+  if (!v) throw notFound();
+  // Outside the token's reach answers as unknown (interactions/authorize.ts); a deleted resource has
+  // no content left to check, so only a token reaching every resource of the type learns of it.
+  if (v.deleted && !reachesAll(svc, ctx, input.type, ['r'])) throw notFound();
+  if (!v.deleted && !(await currentWithinReach(svc, ctx, svc.db.knex, 'r', input.type, input.id, v.resource, v.lastUpdated))) throw notFound();
   if (v.deleted) {
     throw new FhirError('gone', `${input.type}/${input.id} was deleted`, { headers: { ETag: `W/"${v.versionId}"` } });
   }

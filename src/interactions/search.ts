@@ -19,6 +19,8 @@ import type { StoredVersion } from '../storage/resource-store.js';
 import { countMatches, estimateMatches, referencedTargets, referringSources, searchPage, type PageCursor, type PageRow } from '../storage/search-store.js';
 import { requireType } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
+import { allow, narrowing, visible } from './authorize.js';
+import { usableTypes } from '../auth/access.js';
 
 /** Where a search looks: one type, several (system search) or a compartment. */
 interface Scope {
@@ -157,7 +159,18 @@ async function run(svc: Services, ctx: RequestContext, scope: Scope, query: [str
   const includes = parseIncludes(scope.types, req.includes, { strict, phi });
   req.ignored.push(...includes.ignored);
 
+  // Authorization: the token searches these types (403 otherwise), chains and _has only through types
+  // it may search, and its matches are narrowed to its reach (compartment, scope constraints).
+  for (const t of scope.types) allow(ctx, t, 's', 'search');
+  for (const cl of req.clauses) {
+    for (const link of cl.path) {
+      if (link.kind === 'has') allow(ctx, link.type, 's', `_has (${cl.name.slice(0, 64)})`);
+      else for (const t of link.targets) allow(ctx, t, 's', `a chained search (${cl.name.slice(0, 64)})`);
+    }
+  }
+  const narrowed = narrowing(svc, ctx, scope.types, 'search');
   const extra = scope.membership ? [scope.membership] : scope.compartment ? [compartmentCondition(scope.compartment.type, scope.compartment.id, scope.types[0])] : [];
+  if (narrowed) extra.push(narrowed);
   const plan = planSearch(req, { types: scope.allTypes ? [] : scope.types, extra });
   const scopeKey = `search:${scope.path}|${scope.types.join(',')}|${canonicalCriteria(req)}&_count=${count}&_sort=${c._sort ?? ''}`;
   const cursor = c._page !== undefined ? svc.pageTokens.verify(scopeKey, c._page) : undefined;
@@ -179,12 +192,19 @@ async function run(svc: Services, ctx: RequestContext, scope: Scope, query: [str
   const shape = (r: Resource | undefined): Resource | undefined => r && shapeResource(r, shaping);
   const entry: BundleEntry[] = found.map((v) => ({ fullUrl: `${ctx.baseUrl}/${v.resourceType}/${v.id}`, resource: shape(v.resource), search: { mode: 'match' } }));
   let incomplete = false;
+  let withheld = false;
   if (found.length && includes.list.length) {
     const inc = await resolveIncludes(includeSource(svc), found.map((v) => ({ type: v.resourceType, id: v.id })), includes.list);
     incomplete = inc.truncated;
-    for (const v of inc.resources) entry.push({ fullUrl: `${ctx.baseUrl}/${v.resourceType}/${v.id}`, resource: shape(v.resource), search: { mode: 'include' } });
+    // Included resources the token may not see are left out (and the Bundle says so, without naming them).
+    const seen = await visible(svc, ctx, svc.db.knex, ['r', 's'], inc.resources.map((v) => ({ resourceType: v.resourceType, id: v.id, resource: v.resource, lastUpdated: v.lastUpdated, current: true })));
+    withheld = seen.size < inc.resources.length;
+    inc.resources.forEach((v, k) => {
+      if (seen.has(k)) entry.push({ fullUrl: `${ctx.baseUrl}/${v.resourceType}/${v.id}`, resource: shape(v.resource), search: { mode: 'include' } });
+    });
   }
   const issues = req.ignored.map((i) => ({ severity: 'warning' as const, code: 'not-supported', diagnostics: `ignored ${i.name.slice(0, 64)}: ${i.reason}` }));
+  if (withheld) issues.push({ severity: 'warning', code: 'suppressed', diagnostics: "included resources outside this token's scopes were left out" });
   if (incomplete) issues.push({ severity: 'warning', code: 'too-costly', diagnostics: 'the included resources were cut at the include limit; the Bundle is incomplete' });
   if (issues.length) entry.push({ resource: operationOutcome(issues), search: { mode: 'outcome' } });
 
@@ -214,7 +234,12 @@ export async function searchSystem(svc: Services, ctx: RequestContext, input: { 
   if (typeParams.length > 1) throw new FhirError('invalid-search', 'parameter _type may appear only once');
   const query = input.query.filter(([k]) => k !== '_type');
   if (!typeParams.length) {
-    return run(svc, ctx, { types: resourceTypeInfo().map((t) => t.type), allTypes: true, path: '', keep: [] }, query);
+    // Without _type: every type the token may search (all of them for a wildcard grant).
+    const all = resourceTypeInfo().map((t) => t.type);
+    const permitted = usableTypes(ctx.principal, all, 's');
+    if (!permitted.length) allow(ctx, '*', 's', 'system search');
+    if (permitted.length === all.length) return run(svc, ctx, { types: all, allTypes: true, path: '', keep: [] }, query);
+    return run(svc, ctx, { types: permitted, allTypes: false, path: '', keep: [] }, query);
   }
   const types = [...new Set(typeParams[0][1].split(',').map((t) => t.trim()))];
   const unknown = types.find((t) => !isResourceType(t));
@@ -229,7 +254,9 @@ export async function searchCompartment(svc: Services, ctx: RequestContext, inpu
   const path = `${input.compartment}/${input.id}/${input.type}`;
   if (input.type === '*') {
     // Every member type: the compartment condition differs per type, so each type is a branch.
-    const members = compartmentMembers(input.compartment).map((m) => m.type);
+    // Every member type the token may search (a 403 when it may search none of them).
+    const members = usableTypes(ctx.principal, compartmentMembers(input.compartment).map((m) => m.type), 's');
+    if (!members.length) allow(ctx, input.compartment, 's', 'compartment search');
     return runCompartmentAll(svc, ctx, input.compartment, input.id, members, path, input.query);
   }
   requireType(input.type);

@@ -11,6 +11,9 @@ import type { InteractionResult, RequestContext, Services } from './context.js';
 import { deleted } from './delete.js';
 import { checkUpdate, updateResult } from './update.js';
 import { checkIfMatch, prepareNext } from './write.js';
+import { allow, checkTarget, requireNewVersions, writeLetters } from './authorize.js';
+import { FhirError } from '../fhir/errors.js';
+import type { Letter } from '../auth/scopes.js';
 
 /** Whether the entry goes through the batched path (conditional entries and PATCH do not). */
 export function isKeyedWrite(e: ParsedEntry): boolean {
@@ -47,8 +50,24 @@ export async function writeKeyedEntries(
     tx,
     entries.filter((_e, k) => !('error' in checked[k])).map((e) => ({ resourceType: e.type, id: e.id! })),
   );
+  // Targets outside the token's reach (interactions/authorize.ts): a PUT is refused, a DELETE answers
+  // as for an id that does not exist. Checked in processing order, like everything else here.
+  const hidden = new Set<number>();
+  for (const [k, e] of entries.entries()) {
+    const head = 'error' in checked[k] ? undefined : heads.get(`${e.type}/${e.id}`);
+    if (!head || head.deleted) continue;
+    try {
+      if ((await checkTarget(svc, ctx, tx, e.method === 'PUT' ? 'u' : 'd', e.type, e.id!, head.lastUpdated)) === 'hidden') {
+        if (e.method === 'PUT') throw new FhirError('forbidden', `${e.type}/${e.id} cannot be written with this token (the id is not available to it)`);
+        hidden.add(e.index);
+      }
+    } catch (err) {
+      throw fail(err, e);
+    }
+  }
   const out = new Map<number, InteractionResult>();
   const versions: NewVersion[] = [];
+  const reach: { version: NewVersion; letters: Letter[]; label: string }[] = [];
   entries.forEach((e, k) => {
     const type = e.type;
     const id = e.id!;
@@ -58,10 +77,13 @@ export async function writeKeyedEntries(
       const head = heads.get(`${type}/${id}`);
       checkIfMatch(type, id, head, c.ifMatch);
       if (e.method === 'PUT') {
+        const creates = !head || head.deleted;
+        if (creates) allow(ctx, type, 'c', 'update as create');
         const { version, stored } = prepareNext(svc, ctx, head, 'PUT', type, id, c.resource);
         versions.push(version);
+        reach.push({ version, letters: writeLetters('PUT', creates), label: `entry ${e.index}` });
         out.set(e.index, updateResult(ctx, head, stored));
-      } else if (!head) {
+      } else if (!head || hidden.has(e.index)) {
         out.set(e.index, deleted(ctx, `${type}/${id} does not exist; nothing to delete`));
       } else if (head.deleted) {
         out.set(e.index, deleted(ctx, `${type}/${id} was already deleted`, head.versionId));
@@ -74,6 +96,7 @@ export async function writeKeyedEntries(
       throw fail(err, e);
     }
   });
+  await requireNewVersions(svc, ctx, tx, reach);
   await svc.store.writeVersions(tx, versions);
   return out;
 }

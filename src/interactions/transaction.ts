@@ -24,6 +24,46 @@ import { search } from './search.js';
 import { conditionalUpdate, update } from './update.js';
 import { vread } from './vread.js';
 import { isKeyedWrite, writeKeyedEntries } from './transaction-writes.js';
+import { allow, narrowing, requireNewVersions } from './authorize.js';
+import { matchScope } from './conditional.js';
+import type { Letter } from '../auth/scopes.js';
+
+/**
+ * The type-level authorization of one entry (interactions/authorize.ts), before anything runs: the
+ * letters its request needs on its type, and "s" on the types of its conditional references.
+ */
+function authorizeEntry(ctx: RequestContext, e: ParsedEntry): void {
+  const need: [Letter, string][] = [];
+  const conditional = e.id === undefined;
+  switch (e.method) {
+    case 'POST':
+      if (e.id === '_search') need.push(['s', 'search']);
+      else {
+        need.push(['c', 'create']);
+        if (e.ifNoneExist !== undefined) need.push(['s', 'conditional create (its criteria are a search)']);
+      }
+      break;
+    case 'PUT':
+    case 'PATCH':
+      need.push(['u', e.method === 'PUT' ? 'update' : 'patch']);
+      if (conditional) need.push(['s', `conditional ${e.method === 'PUT' ? 'update' : 'patch'} (its criteria are a search)`]);
+      break;
+    case 'DELETE':
+      need.push(['d', 'delete']);
+      if (conditional) need.push(['s', 'conditional delete (its criteria are a search)']);
+      break;
+    default:
+      if (e.id === undefined || e.id === '_history') need.push(['s', e.id === undefined ? 'search' : 'type history']);
+      else need.push(['r', e.tail === '_history' && e.vid === undefined ? 'instance history' : e.vid !== undefined ? 'vread' : 'read']);
+  }
+  for (const [l, what] of need) allow(ctx, e.type, l, what);
+  if (e.resource) {
+    for (const ref of conditionalReferences(e.resource)) {
+      const type = ref.slice(0, ref.indexOf('?'));
+      if (isResourceType(type)) allow(ctx, type, 's', 'a conditional reference (its criteria are a search)');
+    }
+  }
+}
 
 /** Processing order within a transaction (http.html#trules): DELETE, POST, PUT/PATCH, GET/HEAD. */
 const ORDER: Record<string, number> = { DELETE: 0, POST: 1, PUT: 2, PATCH: 2, GET: 3, HEAD: 3 };
@@ -134,6 +174,11 @@ async function batch(svc: Services, ctx: RequestContext, raw: unknown[]): Promis
     try {
       const e = parseEntry(raw[i], i, ctx.baseUrl);
       if (!isResourceType(e.type)) throw new FhirError('unknown-type', `entry ${i}: unknown resource type`);
+      try {
+        authorizeEntry(ctx, e);
+      } catch (err) {
+        throw failure(err, e);
+      }
       out.push(responseEntry(ctx, await runEntry(svc, ctx, e), e));
     } catch (err) {
       const fe = isFhirError(err) ? err : new FhirError('internal', `entry ${i}: internal error (request ${ctx.requestId})`);
@@ -155,6 +200,20 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
       seenFullUrls.add(e.fullUrl);
     }
   }
+  // Every entry is authorized before anything is written: one forbidden entry refuses the Bundle.
+  for (const e of entries) {
+    try {
+      authorizeEntry(ctx, e);
+    } catch (err) {
+      throw failure(err, e);
+    }
+  }
+  // What each entry's criteria may match: only what the token may search.
+  const scopes = new Map<string, ReturnType<typeof matchScope>>();
+  const scopeOf = (type: string, what: string) => {
+    if (!scopes.has(type)) scopes.set(type, type === '' ? undefined : matchScope(svc, ctx, type, what));
+    return scopes.get(type);
+  };
   const parsed = entries;
   // Reference rewrites of an attempt that is retried (serialization failure, deadlock, id collision)
   // are undone first, so the retry resolves every reference afresh.
@@ -185,7 +244,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
         if (e.method === 'POST' && e.id === undefined) {
           let id: string | undefined;
           if (e.ifNoneExist !== undefined) {
-            const m = await lockAndMatch(tx, e.type, e.ifNoneExist, svc.store.phiIndexMode);
+            const m = await lockAndMatch(tx, e.type, e.ifNoneExist, svc.store.phiIndexMode, scopeOf(e.type, 'conditional create'));
             if (m.length > 1) throw new FhirError('multiple-matches', 'ifNoneExist matches more than one resource');
             if (m.length === 1) {
               id = m[0];
@@ -198,7 +257,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
           if (e.fullUrl) map.set(e.fullUrl, `${e.type}/${id}`);
           claim(e, `${e.type}/${id}`);
         } else if (e.method === 'PUT' && e.id === undefined) {
-          const m = await lockAndMatch(tx, e.type, e.query!, svc.store.phiIndexMode);
+          const m = await lockAndMatch(tx, e.type, e.query!, svc.store.phiIndexMode, scopeOf(e.type, 'conditional update'));
           if (m.length > 1) throw new FhirError('multiple-matches', 'the criteria match more than one resource');
           const bodyId = typeof e.resource?.id === 'string' ? e.resource.id : undefined;
           if (m.length === 1 && bodyId !== undefined && bodyId !== m[0]) throw new FhirError('invalid-resource', 'the resource id differs from the matching resource');
@@ -211,7 +270,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
           // Conditional patch and delete resolve here too, so that their targets take part in the
           // overlap rule (bundle.html#transaction: resolved identities of conditional update/delete
           // that overlap fail the transaction) and in the ordered locks; they then run as keyed entries.
-          const m = await lockAndMatch(tx, e.type, e.query!, svc.store.phiIndexMode);
+          const m = await lockAndMatch(tx, e.type, e.query!, svc.store.phiIndexMode, scopeOf(e.type, `conditional ${e.method === 'DELETE' ? 'delete' : 'patch'}`));
           if (m.length > 1) throw new FhirError('multiple-matches', e.method === 'DELETE' ? 'the criteria match more than one resource; only single deletes are supported' : 'the criteria match more than one resource');
           if (m.length === 0) {
             if (e.method === 'PATCH') throw new FhirError('not-found', 'no resource matches the criteria');
@@ -240,7 +299,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
         const type = ref.slice(0, q);
         try {
           if (!isResourceType(type)) throw new FhirError('invalid-request', 'a conditional reference names an unknown resource type');
-          const m = await lockAndMatch(tx, type, ref.slice(q + 1), svc.store.phiIndexMode);
+          const m = await lockAndMatch(tx, type, ref.slice(q + 1), svc.store.phiIndexMode, narrowing(svc, ctx, [type], 'conditional reference'));
           if (m.length === 0) throw new FhirError('not-found', `the conditional reference to ${type} matches no resource`);
           if (m.length > 1) throw new FhirError('multiple-matches', `the conditional reference to ${type} matches more than one resource`);
           map.set(ref, `${type}/${m[0]}`);
@@ -272,6 +331,8 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
         throw failure(err, e);
       }
     }
+    // Created content must be within the token's reach (one statement for all of them).
+    await requireNewVersions(txSvc, ctx, tx, [...bulk].map(([i, version]) => ({ version, letters: ['c'] as Letter[], label: `entry ${i}` })));
     let bulkWritten = false;
     const keyed = new Map<string, ParsedEntry[]>();
     for (const e of ordered) {

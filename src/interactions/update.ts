@@ -7,9 +7,10 @@ import { withTransaction, type Tx } from '../storage/db.js';
 import { checkResourceShape } from '../validation/shape.js';
 import { randomUUID } from 'node:crypto';
 import { requireId, requireType, writeResult } from './common.js';
-import { lockAndMatch } from './conditional.js';
+import { lockAndMatch, matchScope } from './conditional.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { checkIfMatch, writeNext } from './write.js';
+import { allow, checkTarget } from './authorize.js';
 
 export interface UpdateInput {
   type: string;
@@ -20,6 +21,10 @@ export interface UpdateInput {
 
 async function updateIn(svc: Services, ctx: RequestContext, tx: Tx, type: string, id: string, resource: Resource, ifMatch: number | undefined): Promise<InteractionResult> {
   const head = await svc.store.lockCurrent(tx, type, id);
+  if (head && !head.deleted && (await checkTarget(svc, ctx, tx, 'u', type, id, head.lastUpdated)) === 'hidden') {
+    // The id is taken by a resource this token may not read: it can neither update nor create it.
+    throw new FhirError('forbidden', `${type}/${id} cannot be written with this token (the id is not available to it)`);
+  }
   checkIfMatch(type, id, head, ifMatch);
   const v = await writeNext(svc, ctx, tx, head, 'PUT', type, id, resource);
   return updateResult(ctx, head, v);
@@ -43,6 +48,7 @@ export function updateResult(ctx: RequestContext, head: VersionHead | undefined,
 
 export async function update(svc: Services, ctx: RequestContext, input: UpdateInput): Promise<InteractionResult> {
   const resource = checkUpdate(input);
+  allow(ctx, input.type, 'u', 'update');
   // Two concurrent update-as-creates of one id collide on the primary key; the retry becomes an update.
   return withTransaction(svc.db.knex, (tx) => updateIn(svc, ctx, tx, input.type, input.id, resource, input.ifMatch), {
     retryOnUniqueViolation: true,
@@ -58,11 +64,12 @@ export interface ConditionalUpdateInput {
 
 export async function conditionalUpdate(svc: Services, ctx: RequestContext, input: ConditionalUpdateInput): Promise<InteractionResult> {
   requireType(input.type);
+  allow(ctx, input.type, 'u', 'conditional update');
   const resource = checkResourceShape(input.body, input.type);
   return withTransaction(
     svc.db.knex,
     async (tx) => {
-      const matches = await lockAndMatch(tx, input.type, input.criteria, svc.store.phiIndexMode);
+      const matches = await lockAndMatch(tx, input.type, input.criteria, svc.store.phiIndexMode, matchScope(svc, ctx, input.type, 'conditional update'));
       if (matches.length > 1) throw new FhirError('multiple-matches', 'the criteria match more than one resource');
       if (matches.length === 1) {
         if (resource.id !== undefined && resource.id !== matches[0]) {

@@ -4,14 +4,21 @@ import { FhirError } from '../fhir/errors.js';
 import { parseReadSummary, parseShaping, shapeResource } from '../search/shape.js';
 import { requireId, requireType, versionHeaders } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
+import { allow, reachesAll, visible } from './authorize.js';
 
 export async function vread(svc: Services, ctx: RequestContext, input: { type: string; id: string; vid: string; summary?: string; elements?: string }): Promise<InteractionResult> {
   requireType(input.type);
   requireId(input.id);
+  allow(ctx, input.type, 'r', 'vread');
   const shaping = parseShaping(parseReadSummary(input.summary), input.elements);
   if (!/^\d{1,9}$/.test(input.vid)) throw new FhirError('not-found', 'the version id is not a version of this server');
   const v = await svc.store.readVersion(svc.db.knex, input.type, input.id, Number(input.vid));
-  if (!v) throw new FhirError('not-found', `${input.type}/${input.id} has no version ${input.vid}`);
+  const notFound = () => new FhirError('not-found', `${input.type}/${input.id} has no version ${input.vid}`);
+  if (!v) throw notFound();
+  // The version's own content decides (it may have been in reach when the current one is not, or the reverse).
+  if (!reachesAll(svc, ctx, input.type, ['r'])) {
+    if (v.deleted || !(await visible(svc, ctx, svc.db.knex, ['r'], [{ resourceType: input.type, id: input.id, resource: v.resource, lastUpdated: v.lastUpdated, current: false }])).has(0)) throw notFound();
+  }
   if (v.deleted) throw new FhirError('gone', `version ${input.vid} of ${input.type}/${input.id} is a deletion`);
   return { status: 200, headers: versionHeaders(ctx, v, false), body: v.resource && shapeResource(v.resource, shaping) };
 }

@@ -7,6 +7,7 @@ import type { Tx } from '../storage/db.js';
 import type { NewVersion, StoredVersion, VersionHead, WriteMethod } from '../storage/resource-store.js';
 import { stamp } from './common.js';
 import type { RequestContext, Services } from './context.js';
+import { allow, requireNewVersions, writeLetters } from './authorize.js';
 
 /** Checks If-Match against the current head (https://hl7.org/fhir/R4/http.html#concurrency). */
 export function checkIfMatch(type: string, id: string, head: VersionHead | undefined, ifMatch: number | undefined): void {
@@ -92,6 +93,11 @@ export async function writeNext(
   body: Resource | undefined,
 ): Promise<StoredVersion & { warnings: Issue[] }> {
   const { version, stored } = prepareNext(svc, ctx, head, method, type, id, body);
+  // The content written must be within the token's reach (a patient/ token cannot write into another
+  // compartment, a constrained token outside its constraints).
+  const letters = writeLetters(method, !head || head.deleted);
+  for (const l of letters) allow(ctx, type, l, method === 'POST' ? 'create' : !head || head.deleted ? 'update as create' : method === 'PATCH' ? 'patch' : 'update');
+  if (letters.length) await requireNewVersions(svc, ctx, tx, [{ version, letters }]);
   await svc.store.writeVersion(tx, version);
   return stored;
 }

@@ -272,3 +272,79 @@ export async function referringSources(q: Queryable, sourceType: string, params:
 export async function lockCriteria(q: Queryable, key: bigint): Promise<void> {
   await q.raw('select pg_advisory_xact_lock(?::bigint)', [key.toString()]);
 }
+
+// ---- authorization matching (auth/access.ts) ------------------------------------------------------
+
+/** Which of the given current resources of `type` satisfy `where` (conditions on `r`), by the stored index rows. */
+export async function matchCurrent(q: Queryable, type: string, ids: string[], where: SqlFragment): Promise<Set<string>> {
+  if (!ids.length) return new Set();
+  const res = (await q.raw(`select r.id from resource r where r.resource_type = ? and r.id in (${ids.map(() => '?').join(', ')}) and (${where.sql})`, [
+    type,
+    ...ids,
+    ...where.bindings,
+  ])) as { rows: { id: string }[] };
+  return new Set(res.rows.map((r) => r.id));
+}
+
+/** A resource version to test against search conditions without its index rows being stored (an older version, or one about to be written). */
+export interface MatchCandidate {
+  resourceType: string;
+  id: string;
+  lastUpdated: Date;
+  rows: IndexRows;
+}
+
+/**
+ * Which candidates satisfy the conditions of their type (`whereByType`, conditions on `r` as
+ * search/plan.ts writes them), evaluated by the same SQL over the candidates' own index rows: the
+ * statement's CTEs take the names of `resource` and the index tables, so the planner's SQL runs
+ * unchanged against the candidates (the conditions must not follow references to other resources:
+ * no chains or _has). Candidates sharing a type and id (versions of one resource) go in separate
+ * statements. Returns the indexes of the matching candidates.
+ */
+export async function matchCandidates(q: Queryable, candidates: MatchCandidate[], whereByType: Map<string, SqlFragment>, mode: PhiIndexMode): Promise<Set<number>> {
+  const matched = new Set<number>();
+  let pending = candidates.map((c, k) => ({ c, k })).filter(({ c }) => whereByType.has(c.resourceType));
+  while (pending.length) {
+    const seen = new Set<string>();
+    const round: typeof pending = [];
+    const later: typeof pending = [];
+    for (const p of pending) {
+      const key = `${p.c.resourceType}/${p.c.id}`;
+      (seen.has(key) ? later : round).push(p);
+      seen.add(key);
+    }
+    pending = later;
+    const ctes: string[] = [];
+    const bindings: string[] = [];
+    ctes.push('resource as (select resource_type, id, last_updated, false as deleted, k from json_to_recordset(?::json) as x(resource_type text, id text, last_updated timestamptz, k int))');
+    bindings.push(JSON.stringify(round.map(({ c, k }) => ({ resource_type: c.resourceType, id: c.id, last_updated: c.lastUpdated.toISOString(), k }))));
+    for (const kind of KINDS) {
+      const cols = COLUMNS[kind];
+      const records: Record<string, unknown>[] = [];
+      for (const { c } of round) {
+        for (const row of (c.rows[kind] ?? []) as unknown as Record<string, unknown>[]) {
+          const kept: Record<string, unknown> | undefined =
+            kind === 'text' ? protectTextRow(c.resourceType, row as unknown as TextRow, mode) : protectIndexValue(c.resourceType, row.param as string, row, mode);
+          if (kept === undefined) continue;
+          const rec: Record<string, unknown> = { t: c.resourceType, i: c.id, p: kept.param, g: kept.grp ?? null };
+          for (const [col, , key] of cols) rec[col] = kept[key] ?? null;
+          records.push(rec);
+        }
+      }
+      ctes.push(
+        `${INDEX_TABLES[kind]} as (select t as resource_type, i as resource_id, p as param, g as grp, ${cols.map((c) => `${c[3] ?? c[0]} as ${c[0]}`).join(', ')} ` +
+          `from json_to_recordset(?::json) as x(t text, i text, p text, g smallint, ${cols.map((c) => `${c[0]} ${c[1]}`).join(', ')}))`,
+      );
+      bindings.push(JSON.stringify(records));
+    }
+    const types = [...new Set(round.map(({ c }) => c.resourceType))];
+    const conds = types.map((t) => whereByType.get(t)!);
+    const res = (await q.raw(`with ${ctes.join(', ')} select r.k from resource r where ${conds.map((c) => `(${c.sql})`).join(' or ')}`, [
+      ...bindings,
+      ...conds.flatMap((c) => c.bindings),
+    ])) as { rows: { k: number }[] };
+    for (const r of res.rows) matched.add(Number(r.k));
+  }
+  return matched;
+}

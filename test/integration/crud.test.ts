@@ -2,7 +2,7 @@
 // 410, history) and the http.html rules around it, on every available backend.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import request from 'supertest';
-import { backends, startTestServer, type TestServer } from '../support/backends.js';
+import { backends, startTestServer, type TestServer, authed } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 
@@ -15,7 +15,7 @@ describe.each(backends())('CRUD and history on %s PostgreSQL', (backend) => {
   let api: ReturnType<typeof request>;
   beforeAll(async () => {
     t = await startTestServer(backend);
-    api = request(t.url);
+    api = authed(t);
   });
   afterAll(async () => {
     await t.close();
@@ -180,7 +180,7 @@ describe.each(backends())('CRUD and history on %s PostgreSQL', (backend) => {
     const small = await startTestServer(backend, { MAX_BODY_SIZE: '2kb' });
     try {
       const big = patient({ name: [{ family: 'x'.repeat(5000) }] });
-      const res = await request(small.url).post('/Patient').set('Content-Type', FHIR).send(big).expect(413);
+      const res = await authed(small).post('/Patient').set('Content-Type', FHIR).send(big).expect(413);
       expect(res.body.resourceType).toBe('OperationOutcome');
       expect(res.body.issue[0].code).toBe('too-costly');
     } finally {

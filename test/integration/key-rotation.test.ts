@@ -1,7 +1,6 @@
 // Key rotation under concurrent writes: zero decrypt errors, every version moved to the new key by
 // the re-seal job (a ring without the old key then opens everything), progress reported.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import request from 'supertest';
 import { loadConfig } from '../../src/config/config.js';
 import { rotate, type KeyRingFile } from '../../src/crypto/key-ring.js';
 import { countBlindReindex } from '../../src/jobs/blind-reindex.js';
@@ -9,13 +8,13 @@ import { runReseal, type ResealProgress } from '../../src/jobs/reseal.js';
 import { createLogger } from '../../src/log/logger.js';
 import { buildServices, startServer, type Running } from '../../src/server.js';
 import type { Services } from '../../src/interactions/context.js';
-import { concurrencyBackends, freePort, startTestServer, TEST_KEY_RING, type TestServer } from '../support/backends.js';
+import { concurrencyBackends, freePort, startTestServer, TEST_KEY_RING, type TestServer, authed, agentFor, TEST_SIGNING_RING } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 
 async function servicesWith(t: TestServer, ring: KeyRingFile): Promise<Services> {
   const port = await freePort();
-  const config = loadConfig({ PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'silent', PHI_KEYS: JSON.stringify(ring), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!', BASE_URL: `http://127.0.0.1:${port}` });
+  const config = loadConfig({ PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'silent', AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING), PHI_KEYS: JSON.stringify(ring), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!', BASE_URL: `http://127.0.0.1:${port}` });
   return buildServices(config, createLogger('silent'), t.svc.db);
 }
 
@@ -33,9 +32,9 @@ describe.each(concurrencyBackends())('key rotation on %s PostgreSQL', (backend) 
   test('re-seal under concurrent writes leaves no version on the retired key', async () => {
     const ids: string[] = [];
     for (let i = 0; i < 40; i++) {
-      const r = await request(t.url).post('/Patient').set('Content-Type', FHIR).send({ resourceType: 'Patient', name: [{ family: `Rot${i}` }], birthDate: '1970-01-01' }).expect(201);
+      const r = await authed(t).post('/Patient').set('Content-Type', FHIR).send({ resourceType: 'Patient', name: [{ family: `Rot${i}` }], birthDate: '1970-01-01' }).expect(201);
       ids.push(r.body.id);
-      await request(t.url).put(`/Patient/${r.body.id}`).set('Content-Type', FHIR).send({ resourceType: 'Patient', id: r.body.id, name: [{ family: `Rot${i}b` }] }).expect(200);
+      await authed(t).put(`/Patient/${r.body.id}`).set('Content-Type', FHIR).send({ resourceType: 'Patient', id: r.body.id, name: [{ family: `Rot${i}b` }] }).expect(200);
     }
     // Rotate: a server with the new ring (old keys kept) takes over; the job re-seals meanwhile.
     const rotated = rotate(TEST_KEY_RING);
@@ -48,9 +47,9 @@ describe.each(concurrencyBackends())('key rotation on %s PostgreSQL', (backend) 
     const statuses: number[] = [];
     await Promise.all(
       ids.map(async (id, i) => {
-        const w = await request(b!.url).put(`/Patient/${id}`).set('Content-Type', FHIR).send({ resourceType: 'Patient', id, name: [{ family: `Rot${i}c` }] });
+        const w = await (await agentFor(b!.url)).put(`/Patient/${id}`).set('Content-Type', FHIR).send({ resourceType: 'Patient', id, name: [{ family: `Rot${i}c` }] });
         statuses.push(w.status);
-        const r = await request(b!.url).get(`/Patient/${id}/_history/1`);
+        const r = await (await agentFor(b!.url)).get(`/Patient/${id}/_history/1`);
         statuses.push(r.status);
       }),
     );
@@ -62,7 +61,7 @@ describe.each(concurrencyBackends())('key rotation on %s PostgreSQL', (backend) 
     expect(await svc2.store.countStale(svc2.db.knex)).toBe(0);
     // The blind-index key is not rotated with the content keys: blind rows stay valid, search still matches.
     expect(await countBlindReindex(svc2)).toBe(0);
-    const found = await request(b.url).get('/Patient?family=rot7c').set('Prefer', 'handling=strict').expect(200);
+    const found = await (await agentFor(b!.url)).get('/Patient?family=rot7c').set('Prefer', 'handling=strict').expect(200);
     expect(found.body.entry.map((e: { resource: { id: string } }) => e.resource.id)).toEqual([ids[7]]);
 
     // Retire the old key: every version of every resource still opens.
@@ -90,7 +89,7 @@ const pgOnly = concurrencyBackends().filter((b) => b === 'pg');
 
   test('a re-seal walks versions in seq order, passes over a row another transaction holds, and a later run takes it', async () => {
     const ids: string[] = [];
-    for (let i = 0; i < 12; i++) ids.push((await request(t.url).post('/Observation').set('Content-Type', FHIR).send({ resourceType: 'Observation', status: 'final', code: { text: `walk ${i}` } }).expect(201)).body.id);
+    for (let i = 0; i < 12; i++) ids.push((await authed(t).post('/Observation').set('Content-Type', FHIR).send({ resourceType: 'Observation', status: 'final', code: { text: `walk ${i}` } }).expect(201)).body.id);
     const ring = rotate(TEST_KEY_RING);
     const svc = await servicesWith(t, ring);
     const stale = await svc.store.countStale(svc.db.knex);

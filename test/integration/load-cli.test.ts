@@ -7,7 +7,7 @@ import { PassThrough } from 'node:stream';
 import request from 'supertest';
 import { load } from '../../src/cli/load.js';
 import { findPackageRoot } from '../../src/fhir/package-root.js';
-import { startTestServer, type TestServer } from '../support/backends.js';
+import { startTestServer, type TestServer, authed } from '../support/backends.js';
 
 describe('vesta load', () => {
   let t: TestServer;
@@ -31,7 +31,7 @@ describe('vesta load', () => {
     expect(s.bundles).toBe(3);
     expect(s.resources).toBe(70 + 66 + 71);
     expect(text).toMatch(/^progress: 207\/207 resources/m);
-    const p = await request(t.url).get('/Patient/_history').expect(200);
+    const p = await authed(t).get('/Patient/_history').expect(200);
     expect(p.body.entry.length).toBe(3);
   });
 
@@ -51,6 +51,6 @@ describe('vesta load', () => {
     const reasons = s.failures.map((f) => `${f.source.split('/').pop()}:${f.status}`).sort();
     expect(reasons).toEqual(['bad-tx.json:400', 'broken.json:0']);
     expect(s.failures.find((f) => f.source.endsWith('bad-tx.json'))!.reason).toMatch(/entry 0/);
-    await request(t.url).get('/Basic/nd-4').expect(200);
+    await authed(t).get('/Basic/nd-4').expect(200);
   });
 });

@@ -11,7 +11,7 @@ import type { Bundle, Patient } from 'fhir/r4.js';
 import request from 'supertest';
 import { MAX_PREFIX, normaliseString } from '../../src/crypto/blind-index.js';
 import { findPackageRoot } from '../../src/fhir/package-root.js';
-import { concurrencyBackends, startTestServer, type TestServer } from '../support/backends.js';
+import { concurrencyBackends, startTestServer, type TestServer, authed, agentFor } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 const fixtures = join(findPackageRoot(), 'test', 'fixtures', 'synthea');
@@ -122,7 +122,7 @@ async function keys(url: string, query: string): Promise<string[]> {
   const out: string[] = [];
   let next: string | undefined = `/Patient?${query}&_count=500`;
   while (next) {
-    const res: request.Response = await request(url).get(next).set('Prefer', 'handling=strict');
+    const res: request.Response = await (await agentFor(url)).get(next).set('Prefer', 'handling=strict');
     if (res.status !== 200) throw new Error(`${res.status} for ${query}: ${JSON.stringify(res.body).slice(0, 300)}`);
     out.push(...(res.body.entry ?? []).filter((e: Entry) => e.search.mode === 'match').map((e: Entry) => e.resource.identifier?.[0]?.value ?? '?'));
     const link = (res.body.link as { relation: string; url: string }[]).find((l) => l.relation === 'next');
@@ -143,9 +143,9 @@ describe.each(concurrencyBackends().slice(0, 1))('blind-index search equals plai
     sealed = await startTestServer(backend);
     plain = await startTestServer(backend, { PHI_ENCRYPTION: 'off' });
     for (const t of [sealed, plain]) {
-      for (const b of synthea) await request(t.url).post('/').set('Content-Type', FHIR).send(b).expect(200);
+      for (const b of synthea) await authed(t).post('/').set('Content-Type', FHIR).send(b).expect(200);
       const batch: Bundle = { resourceType: 'Bundle', type: 'transaction', entry: people.map((p) => ({ resource: p, request: { method: 'POST', url: 'Patient' } })) };
-      await request(t.url).post('/').set('Content-Type', FHIR).send(batch).expect(200);
+      await authed(t).post('/').set('Content-Type', FHIR).send(batch).expect(200);
     }
   }, 120_000);
   afterAll(async () => {
@@ -176,17 +176,17 @@ describe.each(concurrencyBackends().slice(0, 1))('blind-index search equals plai
   test('chained searches into Patient agree (Observation counts)', async () => {
     const families = synthea.flatMap((b) => (b.entry ?? []).map((e) => e.resource).filter((r): r is Patient => r?.resourceType === 'Patient')).map((p) => p.name![0].family!);
     for (const q of [...families.map((f) => `subject:Patient.family=${f}`), ...families.map((f) => `patient.name=${f.slice(0, 3)}`), 'subject:Patient.birthdate=1988', 'patient.identifier=nope']) {
-      const [a, b] = await Promise.all([request(sealed.url).get(`/Observation?${q}&_summary=count`).expect(200), request(plain.url).get(`/Observation?${q}&_summary=count`).expect(200)]);
+      const [a, b] = await Promise.all([(await agentFor(sealed.url)).get(`/Observation?${q}&_summary=count`).expect(200), (await agentFor(plain.url)).get(`/Observation?${q}&_summary=count`).expect(200)]);
       expect([q, a.body.total]).toEqual([q, b.body.total]);
     }
-    const some = await request(plain.url).get(`/Observation?subject:Patient.family=${families[0]}&_summary=count`).expect(200);
+    const some = await (await agentFor(plain.url)).get(`/Observation?subject:Patient.family=${families[0]}&_summary=count`).expect(200);
     expect(some.body.total).toBeGreaterThan(0);
   });
 
   test('what the blind index cannot answer is refused with sealing on (and served with it off)', async () => {
     for (const q of REFUSED) {
-      await request(plain.url).get(`/Patient?${q}`).set('Prefer', 'handling=strict').expect(200);
-      const r = await request(sealed.url).get(`/Patient?${q}`).expect(400);
+      await (await agentFor(plain.url)).get(`/Patient?${q}`).set('Prefer', 'handling=strict').expect(200);
+      const r = await (await agentFor(sealed.url)).get(`/Patient?${q}`).expect(400);
       expect([q, r.body.issue[0].code]).toEqual([q, 'not-supported']);
     }
   });

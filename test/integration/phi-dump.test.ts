@@ -20,14 +20,13 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { Bundle, Patient, Resource } from 'fhir/r4.js';
-import request from 'supertest';
 import { extractProtected } from '../../src/crypto/phi-extract.js';
 import { loadPhiPolicy } from '../../src/crypto/phi-policy.js';
 import { resourceTypeInfo } from '../../src/fhir/definitions.js';
 import { findPackageRoot } from '../../src/fhir/package-root.js';
 import { extractIndexRows } from '../../src/search/index-extract.js';
 import { dateRange } from '../../src/search/types/date.js';
-import { startTestServer, type TestServer } from '../support/backends.js';
+import { startTestServer, type TestServer, authed } from '../support/backends.js';
 
 const run = promisify(execFile);
 const FHIR = 'application/fhir+json';
@@ -129,7 +128,7 @@ function clearRemainder(): string {
 }
 
 async function loadAndDump(t: TestServer): Promise<string> {
-  for (const b of bundles) await request(t.url).post('/').set('Content-Type', FHIR).send(b).expect(200);
+  for (const b of bundles) await authed(t).post('/').set('Content-Type', FHIR).send(b).expect(200);
   const db = ((await t.svc.db.knex.raw('select current_database() as d')) as { rows: { d: string }[] }).rows[0].d;
   const u = new URL(process.env.TEST_DATABASE_URL!);
   u.pathname = `/${db}`;

@@ -6,7 +6,6 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
 import { createConnection } from 'node:net';
 import { Queue } from 'bullmq';
-import request from 'supertest';
 import { loadConfig } from '../../src/config/config.js';
 import { generateKeyRing, rotate, type KeyRingFile } from '../../src/crypto/key-ring.js';
 import type { Services } from '../../src/interactions/context.js';
@@ -14,7 +13,7 @@ import { countBlindReindex, runBlindReindex, type ReindexProgress } from '../../
 import { PHI_QUEUE, PhiMaintenance, type PhiJobName, type PhiJobProgress } from '../../src/jobs/phi-maintenance.js';
 import { createLogger } from '../../src/log/logger.js';
 import { buildServices, startServer, type Running } from '../../src/server.js';
-import { concurrencyBackends, freePort, startTestServer, TEST_KEY_RING, type TestServer } from '../support/backends.js';
+import { concurrencyBackends, freePort, startTestServer, TEST_KEY_RING, type TestServer, authed, agentFor, TEST_SIGNING_RING } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -38,14 +37,14 @@ function redisUp(): Promise<boolean> {
 /** Services over the same database with another key ring (a node restarted after a rotation). */
 async function servicesWith(t: TestServer, ring: KeyRingFile): Promise<Services> {
   const port = await freePort();
-  const config = loadConfig({ PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'silent', PHI_KEYS: JSON.stringify(ring), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!', BASE_URL: `http://127.0.0.1:${port}` });
+  const config = loadConfig({ PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'silent', AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING), PHI_KEYS: JSON.stringify(ring), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!', BASE_URL: `http://127.0.0.1:${port}` });
   return buildServices(config, createLogger('silent'), t.svc.db);
 }
 
 async function createPatients(url: string, n: number, tag: string): Promise<string[]> {
   const ids: string[] = [];
   for (let i = 0; i < n; i++) {
-    const r = await request(url)
+    const r = await (await agentFor(url))
       .post('/Patient')
       .set('Content-Type', FHIR)
       .send({ resourceType: 'Patient', name: [{ family: `${tag}${i}` }], birthDate: '1970-01-01', identifier: [{ system: `urn:${tag}`, value: `${i}` }] })
@@ -82,12 +81,12 @@ describe.each(concurrencyBackends())('PHI maintenance jobs on %s PostgreSQL', (b
     await knex.raw("delete from idx_blind_state where resource_type = 'Patient'");
     for (const [i, id] of ids.entries()) await knex.raw("insert into idx_token (resource_type, resource_id, param, system, code) values ('Patient', ?, 'identifier', 'urn:Legacy', ?)", [id, String(i)]);
     expect(await countBlindReindex(t.svc)).toBeGreaterThanOrEqual(30);
-    expect(matches((await request(t.url).get('/Patient?family=legacy1').expect(200)).body)).toEqual([]);
+    expect(matches((await authed(t).get('/Patient?family=legacy1').expect(200)).body)).toEqual([]);
 
     const progress: ReindexProgress[] = [];
     const job = runBlindReindex(t.svc, { batchSize: 4, onProgress: (p) => progress.push(p) });
     const statuses = await Promise.all(
-      ids.slice(0, 10).map(async (id, i) => (await request(t.url).put(`/Patient/${id}`).set('Content-Type', FHIR).send({ resourceType: 'Patient', id, name: [{ family: `Legacy${i}` }], identifier: [{ system: 'urn:Legacy', value: `${i}` }] })).status),
+      ids.slice(0, 10).map(async (id, i) => (await authed(t).put(`/Patient/${id}`).set('Content-Type', FHIR).send({ resourceType: 'Patient', id, name: [{ family: `Legacy${i}` }], identifier: [{ system: 'urn:Legacy', value: `${i}` }] })).status),
     );
     const result = await job;
     expect(statuses.every((s) => s === 200)).toBe(true);
@@ -98,8 +97,8 @@ describe.each(concurrencyBackends())('PHI maintenance jobs on %s PostgreSQL', (b
     expect(result.done + 10).toBeGreaterThanOrEqual(30); // the rest were re-indexed by the writes themselves
     const clear = (await knex.raw("select count(*)::int as n from idx_token where resource_type = 'Patient' and param like 'identifier%'")) as { rows: { n: number }[] };
     expect(clear.rows[0].n).toBe(0);
-    expect(matches((await request(t.url).get('/Patient?family=legacy17').expect(200)).body)).toEqual([ids[17]]);
-    expect(matches((await request(t.url).get('/Patient?identifier=urn:Legacy|3').expect(200)).body)).toEqual([ids[3]]);
+    expect(matches((await authed(t).get('/Patient?family=legacy17').expect(200)).body)).toEqual([ids[17]]);
+    expect(matches((await authed(t).get('/Patient?identifier=urn:Legacy|3').expect(200)).body)).toEqual([ids[3]]);
     // idempotent: a second run finds nothing to do
     expect((await runBlindReindex(t.svc)).done).toBe(0);
   });
@@ -114,9 +113,9 @@ describe.each(concurrencyBackends())('PHI maintenance jobs on %s PostgreSQL', (b
     expect(await countBlindReindex(svc2)).toBe(0);
     const b = await startServer(svc2);
     servers.push(b);
-    expect(matches((await request(b.url).get('/Patient?family=blindkey3').expect(200)).body)).toEqual([ids[3]]);
+    expect(matches((await (await agentFor(b.url)).get('/Patient?family=blindkey3').expect(200)).body)).toEqual([ids[3]]);
     // the old key's MACs are gone: a server still on the old blind key finds nothing (and must re-index)
-    expect(matches((await request(t.url).get('/Patient?family=blindkey3').expect(200)).body)).toEqual([]);
+    expect(matches((await authed(t).get('/Patient?family=blindkey3').expect(200)).body)).toEqual([]);
     expect(await countBlindReindex(t.svc)).toBeGreaterThan(0);
     await runBlindReindex(t.svc);
   });
@@ -144,7 +143,7 @@ describe.each(concurrencyBackends())('PHI maintenance jobs on %s PostgreSQL', (b
     const t = await startTestServer(backend);
     owned.push(t);
     const ids = await createPatients(t.url, 24, 'Queued');
-    for (const id of ids) await request(t.url).put(`/Patient/${id}`).set('Content-Type', FHIR).send({ resourceType: 'Patient', id, name: [{ family: 'QueuedB' }] }).expect(200);
+    for (const id of ids) await authed(t).put(`/Patient/${id}`).set('Content-Type', FHIR).send({ resourceType: 'Patient', id, name: [{ family: 'QueuedB' }] }).expect(200);
     const rotated = rotate(TEST_KEY_RING);
     const prefix = `vesta-test-${randomBytes(4).toString('hex')}`;
     const svcA = await servicesWith(t, rotated);
@@ -166,8 +165,8 @@ describe.each(concurrencyBackends())('PHI maintenance jobs on %s PostgreSQL', (b
       expect(sb.filter((n) => n !== 'reseal')).toEqual([]);
       const statuses = await Promise.all(
         ids.map(async (id, i) => {
-          const w = await request(server.url).put(`/Patient/${id}`).set('Content-Type', FHIR).send({ resourceType: 'Patient', id, name: [{ family: `QueuedC${i}` }] });
-          const r = await request(server.url).get(`/Patient/${id}/_history/1`);
+          const w = await (await agentFor(server.url)).put(`/Patient/${id}`).set('Content-Type', FHIR).send({ resourceType: 'Patient', id, name: [{ family: `QueuedC${i}` }] });
+          const r = await (await agentFor(server.url)).get(`/Patient/${id}/_history/1`);
           return [w.status, r.status];
         }),
       );
@@ -209,7 +208,7 @@ describe.each(concurrencyBackends())('PHI maintenance jobs on %s PostgreSQL', (b
       const job = (await queue.getJobs(['completed']))[0];
       expect(job.id).toBe(`blind-reindex-${TEST_KEY_RING.blind.kid}`);
       expect(job.returnvalue.failed).toBe(0);
-      expect(matches((await request(t.url).get('/Patient?family=qblind5').expect(200)).body)).toEqual([ids[5]]);
+      expect(matches((await authed(t).get('/Patient?family=qblind5').expect(200)).body)).toEqual([ids[5]]);
     } finally {
       await m.close();
       await queue.obliterate({ force: true });

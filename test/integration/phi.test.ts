@@ -1,8 +1,7 @@
 // PHI at rest (design.md): stored rows hold no protected element in the clear; a sealed value moved
 // to another row fails safely and never returns the other patient's data.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import request from 'supertest';
-import { backends, startTestServer, type TestServer } from '../support/backends.js';
+import { backends, startTestServer, type TestServer, authed } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 
@@ -26,8 +25,8 @@ describe.each(backends())('PHI sealing on %s PostgreSQL', (backend) => {
   });
 
   test('rows in resource and resource_history hold none of the protected values', async () => {
-    const { body } = await request(t.url).post('/Patient').set('Content-Type', FHIR).send(patient('Vantongeren', '1933-03-17')).expect(201);
-    await request(t.url).put(`/Patient/${body.id}`).set('Content-Type', FHIR).send({ ...patient('Vantongeren', '1933-03-18'), id: body.id }).expect(200);
+    const { body } = await authed(t).post('/Patient').set('Content-Type', FHIR).send(patient('Vantongeren', '1933-03-17')).expect(201);
+    await authed(t).put(`/Patient/${body.id}`).set('Content-Type', FHIR).send({ ...patient('Vantongeren', '1933-03-18'), id: body.id }).expect(200);
     const rows = (await t.svc.db.knex.raw("select content::text as c, sealed from resource_history where resource_type = 'Patient' and id = ?", [body.id])) as { rows: { c: string; sealed: string }[] };
     expect(rows.rows).toHaveLength(2);
     for (const r of rows.rows) {
@@ -35,16 +34,16 @@ describe.each(backends())('PHI sealing on %s PostgreSQL', (backend) => {
       expect(r.c).toContain('"gender": "other"');
       expect(r.sealed.split('.')).toHaveLength(5);
     }
-    const read = await request(t.url).get(`/Patient/${body.id}`).expect(200);
+    const read = await authed(t).get(`/Patient/${body.id}`).expect(200);
     expect(read.body.name[0].family).toBe('Vantongeren');
     expect(read.body.birthDate).toBe('1933-03-18');
-    const v1 = await request(t.url).get(`/Patient/${body.id}/_history/1`).expect(200);
+    const v1 = await authed(t).get(`/Patient/${body.id}/_history/1`).expect(200);
     expect(v1.body.birthDate).toBe('1933-03-17');
   });
 
   test('swapping the JWE of two rows in SQL makes both reads fail safely', async () => {
-    const a = (await request(t.url).post('/Patient').set('Content-Type', FHIR).send(patient('Aardvark', '1940-01-01')).expect(201)).body.id as string;
-    const b = (await request(t.url).post('/Patient').set('Content-Type', FHIR).send(patient('Bumblebee', '1950-02-02')).expect(201)).body.id as string;
+    const a = (await authed(t).post('/Patient').set('Content-Type', FHIR).send(patient('Aardvark', '1940-01-01')).expect(201)).body.id as string;
+    const b = (await authed(t).post('/Patient').set('Content-Type', FHIR).send(patient('Bumblebee', '1950-02-02')).expect(201)).body.id as string;
     await t.svc.db.knex.transaction(async (tx) => {
       const sa = (await tx('resource').where({ resource_type: 'Patient', id: a }).first()).sealed as string;
       const sb = (await tx('resource').where({ resource_type: 'Patient', id: b }).first()).sealed as string;
@@ -52,13 +51,13 @@ describe.each(backends())('PHI sealing on %s PostgreSQL', (backend) => {
       await tx('resource').where({ resource_type: 'Patient', id: b }).update({ sealed: sa });
     });
     for (const [id, other] of [[a, 'Bumblebee'], [b, 'Aardvark']]) {
-      const res = await request(t.url).get(`/Patient/${id}`);
+      const res = await authed(t).get(`/Patient/${id}`);
       expect(res.status).toBe(409);
       expect(res.body.resourceType).toBe('OperationOutcome');
       expect(res.body.issue[0].diagnostics).toMatch(/integrity check/);
       expect(res.text).not.toContain(other);
     }
     // the untouched history versions still open
-    await request(t.url).get(`/Patient/${a}/_history/1`).expect(200);
+    await authed(t).get(`/Patient/${a}/_history/1`).expect(200);
   });
 });

@@ -7,11 +7,10 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import request from 'supertest';
 import { parseSearch } from '../../src/search/parse.js';
 import { planSearch, type SearchPlan } from '../../src/search/plan.js';
 import { countMatches, searchPage, type PageCursor } from '../../src/storage/search-store.js';
-import { backends, startTestServer, type TestServer } from '../support/backends.js';
+import { backends, startTestServer, type TestServer, authed } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 const dir = join(process.cwd(), 'test', 'fixtures', 'synthea');
@@ -23,7 +22,7 @@ describe.each(backends())('index-only search plans on %s PostgreSQL', (backend) 
   beforeAll(async () => {
     t = await startTestServer(backend, { PHI_ENCRYPTION: 'off' });
     for (const f of readdirSync(dir).filter((x) => x.endsWith('.json') && x !== 'manifest.json')) {
-      await request(t.url).post('/').set('Content-Type', FHIR).send(readFileSync(join(dir, f), 'utf8')).expect(200);
+      await authed(t).post('/').set('Content-Type', FHIR).send(readFileSync(join(dir, f), 'utf8')).expect(200);
     }
     const k = t.svc.db.knex;
     const rows = (await k.raw(`select content from resource where resource_type = 'Observation' and content->'encounter' is not null and content->'effectiveDateTime' is not null order by id limit 40`)) as {
@@ -119,12 +118,12 @@ describe.each(backends())('index-only search plans on %s PostgreSQL', (backend) 
     const before = await walk(plans(path).driven);
     expect(before.forward.length).toBeGreaterThan(1);
     const gone = before.forward[1];
-    await request(t.url).delete(`/Observation/${gone}`).expect(204);
+    await authed(t).delete(`/Observation/${gone}`).expect(204);
     const { driven, plain } = plans(path);
     const a = await walk(driven);
     expect(a.forward).toEqual(before.forward.filter((id) => id !== gone));
     expect(a).toEqual(await walk(plain));
-    const res = await request(t.url).get(`${path}&_count=1`).expect(200);
+    const res = await authed(t).get(`${path}&_count=1`).expect(200);
     expect(res.body.total).toBe(before.forward.length - 1);
   });
 

@@ -8,9 +8,8 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import request from 'supertest';
 import { MIX, planScans, vestaSql } from '../../bench/search-mix.js';
-import { backends, startTestServer, type TestServer } from '../support/backends.js';
+import { backends, startTestServer, type TestServer, authed } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 const dir = join(process.cwd(), 'test', 'fixtures', 'synthea');
@@ -20,7 +19,7 @@ describe.each(backends())('search mix plans on %s PostgreSQL', (backend) => {
   beforeAll(async () => {
     t = await startTestServer(backend, { PHI_ENCRYPTION: 'off' });
     for (const f of readdirSync(dir).filter((x) => x.endsWith('.json') && x !== 'manifest.json')) {
-      await request(t.url).post('/').set('Content-Type', FHIR).send(readFileSync(join(dir, f), 'utf8')).expect(200);
+      await authed(t).post('/').set('Content-Type', FHIR).send(readFileSync(join(dir, f), 'utf8')).expect(200);
     }
     await t.svc.db.knex.raw('analyze');
   }, 120_000);

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
 import request from 'supertest';
 import { up as positionMigration } from '../../migrations/0005_position_index.js';
-import { backends, startTestServer, type TestServer } from '../support/backends.js';
+import { backends, startTestServer, type TestServer, authed } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 const q = encodeURIComponent;
@@ -30,7 +30,7 @@ describe.each(backends())('Location near on %s PostgreSQL', (backend) => {
 
   beforeAll(async () => {
     t = await startTestServer(backend);
-    api = request(t.url);
+    api = authed(t);
     await post('boston', at(42.3601, -71.0589));
     await post('cambridge', at(42.3736, -71.1097)); // about 4.4 km from Boston
     await post('worcester', at(42.2626, -71.8023)); // about 62 km

@@ -4,7 +4,7 @@
 // refused with a 400 that does not echo the value, and matches are confirmed after opening.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import request from 'supertest';
-import { backends, startTestServer, type TestServer } from '../support/backends.js';
+import { backends, startTestServer, type TestServer, authed } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 const TABLES = ['idx_token', 'idx_string', 'idx_reference', 'idx_date', 'idx_number', 'idx_quantity', 'idx_uri', 'idx_text', 'idx_blind'];
@@ -18,7 +18,7 @@ describe.each(backends())('search with PHI sealed on %s PostgreSQL', (backend) =
   let b: string;
   beforeAll(async () => {
     t = await startTestServer(backend);
-    api = request(t.url);
+    api = authed(t);
     const post = async (r: object) => (await api.post(`/${(r as { resourceType: string }).resourceType}`).set('Content-Type', FHIR).send(r).expect(201)).body.id as string;
     a = await post({
       resourceType: 'Patient',
@@ -182,7 +182,7 @@ describe.each(backends())('search with PHI_ENCRYPTION=off on %s PostgreSQL', (ba
   });
 
   test('plaintext indexes, no blind rows, the same searches served (and :contains, ranges, _sort too)', async () => {
-    const api = request(t.url);
+    const api = authed(t);
     const id = (await api.post('/Patient').set('Content-Type', FHIR).send({ resourceType: 'Patient', name: [{ family: 'Plainview' }], birthDate: '1950-06-01', identifier: [{ system: 'urn:p', value: 'P-1' }] }).expect(201)).body.id;
     const n = (await t.svc.db.knex.raw('select count(*)::int as n from idx_blind')) as { rows: { n: number }[] };
     expect(n.rows[0].n).toBe(0);

@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
 import request from 'supertest';
-import { backends, startTestServer, type TestServer } from '../support/backends.js';
+import { backends, startTestServer, type TestServer, authed } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 const q = encodeURIComponent;
@@ -19,7 +19,7 @@ describe.each(backends())('reference search, chains, _has and includes on %s Pos
   let api: ReturnType<typeof request>;
   beforeAll(async () => {
     t = await startTestServer(backend, { PHI_ENCRYPTION: 'off' });
-    api = request(t.url);
+    api = authed(t);
   });
   afterAll(async () => {
     await t.close();

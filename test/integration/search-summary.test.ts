@@ -4,7 +4,7 @@
 // default) so that shaping works on the opened resources.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import request from 'supertest';
-import { backends, startTestServer, type TestServer } from '../support/backends.js';
+import { backends, startTestServer, type TestServer, authed } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 type R = Record<string, unknown> & { id: string; meta: { tag?: { code: string }[]; versionId?: string } };
@@ -19,7 +19,7 @@ describe.each(backends())('_summary on %s PostgreSQL', (backend) => {
   let obs: string;
   beforeAll(async () => {
     t = await startTestServer(backend);
-    api = request(t.url);
+    api = authed(t);
     const post = async (r: Record<string, unknown>) => (await api.post(`/${r.resourceType}`).set('Content-Type', FHIR).send(r).expect(201)).body.id as string;
     patient = await post({
       resourceType: 'Patient',

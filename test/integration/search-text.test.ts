@@ -15,7 +15,7 @@ import { rotate } from '../../src/crypto/key-ring.js';
 import { runReseal } from '../../src/jobs/reseal.js';
 import { createLogger } from '../../src/log/logger.js';
 import { buildServices, startServer } from '../../src/server.js';
-import { backends, freePort, startTestServer, TEST_KEY_RING, type TestServer } from '../support/backends.js';
+import { backends, freePort, startTestServer, TEST_KEY_RING, type TestServer, authed, agentFor, TEST_SIGNING_RING } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 const q = encodeURIComponent;
@@ -43,7 +43,7 @@ function harness(env: Record<string, string>) {
     },
     async start(backend: 'embedded' | 'pg') {
       h.t = await startTestServer(backend, env);
-      h.api = request(h.t.url);
+      h.api = authed(h.t);
     },
   };
   return h;
@@ -217,7 +217,7 @@ describe.each(backends())('switching sealing on: the re-seal seals data written 
   });
 
   test('content, plaintext index rows and full text lose the PHI; searches go through the blind index', async () => {
-    const api = request(t.url);
+    const api = authed(t);
     const pid = (await api.post('/Patient').set('Content-Type', FHIR).send({ resourceType: 'Patient', name: [{ family: 'Offwriter' }], gender: 'male' }).expect(201)).body.id;
     await api.post('/Observation').set('Content-Type', FHIR).send(obs({ subject: { reference: `Patient/${pid}` }, note: [{ text: 'confidential remark' }] })).expect(201);
     const dump = async () => {
@@ -226,7 +226,7 @@ describe.each(backends())('switching sealing on: the re-seal seals data written 
       return parts.join('\n');
     };
     expect(await dump()).toMatch(/offwriter/i);
-    const config = loadConfig({ PORT: String(await freePort()), HOST: '127.0.0.1', LOG_LEVEL: 'silent', PHI_KEYS: JSON.stringify(TEST_KEY_RING), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!' });
+    const config = loadConfig({ PORT: String(await freePort()), HOST: '127.0.0.1', LOG_LEVEL: 'silent', AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING), PHI_KEYS: JSON.stringify(TEST_KEY_RING), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!' });
     const svc2 = await buildServices(config, createLogger('silent'), t.svc.db);
     expect(await svc2.store.countStale(svc2.db.knex)).toBe(2);
     expect((await runReseal(svc2)).done).toBe(2);
@@ -234,7 +234,7 @@ describe.each(backends())('switching sealing on: the re-seal seals data written 
     expect(await dump()).not.toMatch(/offwriter|confidenti|remark/i);
     const running = await startServer(svc2);
     try {
-      const found = await request(running.url).get('/Patient?family=offwriter').set('Prefer', 'handling=strict').expect(200);
+      const found = await (await agentFor(running.url, svc2.config.baseUrl)).get("/Patient?family=offwriter").set('Prefer', 'handling=strict').expect(200);
       expect(found.body.entry.map((e: { resource: { id: string; name: unknown } }) => [e.resource.id, e.resource.name])).toEqual([[pid, [{ family: 'Offwriter' }]]]);
     } finally {
       await new Promise<void>((r) => running.server.close(() => r()));
@@ -257,13 +257,13 @@ describe.each(backends())('a changed PHI policy reaches the full-text index on r
   });
 
   test('words of a newly sealed element leave idx_text; the rest stays searchable', async () => {
-    const api = request(t.url);
+    const api = authed(t);
     const id = (await api.post('/Observation').set('Content-Type', FHIR).send(obs({ valueString: 'harmless', note: [{ text: 'confidential remark' }] })).expect(201)).body.id;
     const words = async () => ((await t.svc.db.knex.raw('select doc::text as doc from idx_text where resource_id = ?', [id])) as { rows: { doc: string }[] }).rows.map((r) => r.doc).join(' ');
     expect(await words()).toMatch(/confidenti/);
     // The default policy (notes and narratives sealed) with a rotated ring; the re-seal applies it.
     const port = await freePort();
-    const config = loadConfig({ PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'silent', PHI_KEYS: JSON.stringify(rotate(TEST_KEY_RING)), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!', BASE_URL: `http://127.0.0.1:${port}` });
+    const config = loadConfig({ PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'silent', AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING), PHI_KEYS: JSON.stringify(rotate(TEST_KEY_RING)), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!', BASE_URL: `http://127.0.0.1:${port}` });
     const svc2 = await buildServices(config, createLogger('silent'), t.svc.db);
     const result = await runReseal(svc2);
     expect(result.done).toBeGreaterThanOrEqual(1);
@@ -271,11 +271,11 @@ describe.each(backends())('a changed PHI policy reaches the full-text index on r
     expect(await words()).toMatch(/harmless/);
     const running = await startServer(svc2);
     try {
-      const find = async (query: string) => (await request(running.url).get(`/Observation?${query}`).expect(200)).body.entry?.map((e: { resource: { id: string } }) => e.resource.id) ?? [];
+      const find = async (query: string) => (await (await agentFor(running.url)).get(`/Observation?${query}`).expect(200)).body.entry?.map((e: { resource: { id: string } }) => e.resource.id) ?? [];
       expect(await find('_content=confidential')).toEqual([]);
       expect(await find('_content=harmless')).toEqual([id]);
       // and the resource still reads back whole
-      expect((await request(running.url).get(`/Observation/${id}`).expect(200)).body.note).toEqual([{ text: 'confidential remark' }]);
+      expect((await (await agentFor(running.url)).get(`/Observation/${id}`).expect(200)).body.note).toEqual([{ text: 'confidential remark' }]);
     } finally {
       await new Promise<void>((r) => running.server.close(() => r()));
     }

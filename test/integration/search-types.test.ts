@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
 import request from 'supertest';
-import { backends, startTestServer, type TestServer } from '../support/backends.js';
+import { backends, startTestServer, type TestServer, authed } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 
@@ -15,7 +15,7 @@ describe.each(backends())('search parameter types on %s PostgreSQL', (backend) =
   beforeAll(async () => {
     // PHI sealing off: names, birth dates and telecom are indexed in the clear (see search-phi.test.ts for sealed).
     t = await startTestServer(backend, { PHI_ENCRYPTION: 'off' });
-    api = request(t.url);
+    api = authed(t);
   });
   afterAll(async () => {
     await t.close();

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
 import request from 'supertest';
-import { backends, startTestServer, type TestServer } from '../support/backends.js';
+import { backends, startTestServer, type TestServer, authed } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 const q = encodeURIComponent;
@@ -22,7 +22,7 @@ describe.each(backends())('token :in and :not-in on %s PostgreSQL', (backend) =>
   let api: ReturnType<typeof request>;
   beforeAll(async () => {
     t = await startTestServer(backend, { PHI_ENCRYPTION: 'off' });
-    api = request(t.url);
+    api = authed(t);
   });
   afterAll(async () => {
     await t.close();
@@ -134,7 +134,7 @@ describe.each(backends())('token :in and :not-in with PHI sealed on %s PostgreSQ
   });
 
   test.each(['identifier:in', 'identifier:not-in', 'telecom:in'])('Patient?%s is refused on a blind-indexed parameter; plaintext ones still serve it', async (name) => {
-    const api = request(t.url);
+    const api = authed(t);
     const res = await api.get(`/Patient?${name}=${q(GENDER)}`).expect(400);
     expect(res.body.issue[0].code).toBe('not-supported');
     expect(res.body.issue[0].diagnostics).toContain(`:${name.split(':')[1]} is not served`);

@@ -1,10 +1,11 @@
 // Transaction entries PUT [type]/[id] and DELETE [type]/[id] are locked, checked and written in
 // batches (http.html#transaction): the same answers, versions, history and index rows as the
 // one-entry-at-a-time path, in a handful of statements instead of several per entry.
+import { OPEN } from '../../src/auth/principal.js';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import request from 'supertest';
 import { transactionOrBatch } from '../../src/interactions/transaction.js';
-import { backends, startTestServer, type TestServer } from '../support/backends.js';
+import { backends, startTestServer, type TestServer, authed } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 type Entry = { fullUrl?: string; resource?: Record<string, unknown>; request: Record<string, unknown> };
@@ -23,7 +24,7 @@ describe.each(backends())('batched PUT and DELETE entries in transactions on %s 
   let api: ReturnType<typeof request>;
   beforeAll(async () => {
     t = await startTestServer(backend);
-    api = request(t.url);
+    api = authed(t);
   });
   afterAll(async () => {
     await t.close();
@@ -145,7 +146,7 @@ describe.each(backends())('batched PUT and DELETE entries in transactions on %s 
     await api.put(`/Patient/${p}`).set('Content-Type', FHIR).send(patient('Before')).expect(201);
     const first = await api.get(`/Patient/${p}`).expect(200);
     const past = new Date('2001-01-01T00:00:00Z');
-    const ctx = { requestId: 'clock', principal: 'test', clock: () => past, baseUrl: t.url };
+    const ctx = { requestId: 'clock', principal: OPEN, clock: () => past, baseUrl: t.url };
     const r = await transactionOrBatch(t.svc, ctx, bundle([{ resource: patient('After'), request: { method: 'PUT', url: `Patient/${p}` } }]));
     const entry = (r.body as unknown as { entry: RespEntry[] }).entry[0];
     expect(entry.response.status).toBe('200 OK');

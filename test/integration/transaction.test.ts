@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import request from 'supertest';
 import { findPackageRoot } from '../../src/fhir/package-root.js';
-import { backends, startTestServer, type TestServer } from '../support/backends.js';
+import { backends, startTestServer, type TestServer, authed } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 const fixtures = join(findPackageRoot(), 'test', 'fixtures', 'synthea');
@@ -29,7 +29,7 @@ describe.each(backends())('transactions and batches on %s PostgreSQL', (backend)
   let api: ReturnType<typeof request>;
   beforeAll(async () => {
     t = await startTestServer(backend);
-    api = request(t.url);
+    api = authed(t);
   });
   afterAll(async () => {
     await t.close();
@@ -270,7 +270,7 @@ describe.each(backends())('transactions and batches on %s PostgreSQL', (backend)
     const small = await startTestServer(backend, { MAX_BUNDLE_ENTRIES: '2' });
     try {
       const three = Array.from({ length: 3 }, () => ({ resource: { resourceType: 'Basic', code: { text: 'n' } }, request: { method: 'POST', url: 'Basic' } }));
-      const r = await request(small.url).post('/').set('Content-Type', FHIR).send(tx(three)).expect(413);
+      const r = await authed(small).post('/').set('Content-Type', FHIR).send(tx(three)).expect(413);
       expect(r.body.resourceType).toBe('OperationOutcome');
     } finally {
       await small.close();

@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import request from 'supertest';
 import type { Issue } from '../../src/fhir/errors.js';
-import { startTestServer, type TestServer } from '../support/backends.js';
+import { startTestServer, type TestServer, authed } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 
@@ -17,13 +17,13 @@ describe('$validate and write-time validation', () => {
   });
 
   test('type-level $validate answers 200 with an OperationOutcome and stores nothing', async () => {
-    const ok = await request(t.url).post('/Patient/$validate').set('Content-Type', FHIR).send({ resourceType: 'Patient', active: true }).expect(200);
+    const ok = await authed(t).post('/Patient/$validate').set('Content-Type', FHIR).send({ resourceType: 'Patient', active: true }).expect(200);
     expect(ok.body.resourceType).toBe('OperationOutcome');
     // A valid Patient: no errors (dom-6, "should have narrative", is a warning).
     expect(ok.body.issue.some((i: { severity: string }) => i.severity === 'error' || i.severity === 'fatal')).toBe(false);
-    const wrong = await request(t.url).post('/Patient/$validate').set('Content-Type', FHIR).send({ resourceType: 'Observation', status: 'final' }).expect(200);
+    const wrong = await authed(t).post('/Patient/$validate').set('Content-Type', FHIR).send({ resourceType: 'Observation', status: 'final' }).expect(200);
     expect(wrong.body.issue.some((i: { severity: string }) => i.severity === 'error')).toBe(true);
-    const hist = await request(t.url).get('/Patient/_history').expect(200);
+    const hist = await authed(t).get('/Patient/_history').expect(200);
     expect(hist.body.entry).toHaveLength(0);
   });
 
@@ -32,12 +32,12 @@ describe('$validate and write-time validation', () => {
       resourceType: 'Parameters',
       parameter: [{ name: 'mode', valueCode: mode }, ...(resource ? [{ name: 'resource', resource }] : [])],
     });
-    const upd = await request(t.url).post('/Patient/abc/$validate').set('Content-Type', FHIR).send(body('update', { resourceType: 'Patient', id: 'xyz' })).expect(200);
+    const upd = await authed(t).post('/Patient/abc/$validate').set('Content-Type', FHIR).send(body('update', { resourceType: 'Patient', id: 'xyz' })).expect(200);
     expect(upd.body.issue.some((i: { severity: string }) => i.severity === 'error')).toBe(true);
-    const del = await request(t.url).post('/Patient/nope/$validate').set('Content-Type', FHIR).send(body('delete')).expect(200);
+    const del = await authed(t).post('/Patient/nope/$validate').set('Content-Type', FHIR).send(body('delete')).expect(200);
     expect(del.body.issue[0].code).toBe('not-found');
-    await request(t.url).post('/Patient/$validate').set('Content-Type', FHIR).send(body('sideways', { resourceType: 'Patient' })).expect(400);
-    await request(t.url).get('/Patient/$validate').expect(405);
+    await authed(t).post('/Patient/$validate').set('Content-Type', FHIR).send(body('sideways', { resourceType: 'Patient' })).expect(400);
+    await authed(t).get('/Patient/$validate').expect(405);
   });
 
   test('validator errors reject a write with 422 listing every issue; warnings come back on request', async () => {
@@ -48,16 +48,16 @@ describe('$validate and write-time validation', () => {
     ];
     t.svc.validator = { validate: () => issues };
     try {
-      const res = await request(t.url).post('/Patient').set('Content-Type', FHIR).send({ resourceType: 'Patient' }).expect(422);
+      const res = await authed(t).post('/Patient').set('Content-Type', FHIR).send({ resourceType: 'Patient' }).expect(422);
       expect(res.body.issue.map((i: { code: string }) => i.code)).toEqual(['invalid', 'structure', 'invariant']);
       expect(res.body.issue[2].expression).toEqual(['Patient.contact[0]']);
       t.svc.validator = { validate: () => [{ severity: 'warning', code: 'value', diagnostics: 'odd but allowed', expression: ['Patient.gender'] }] };
-      const warn = await request(t.url).post('/Patient').set('Content-Type', FHIR).set('Prefer', 'return=OperationOutcome').send({ resourceType: 'Patient' }).expect(201);
+      const warn = await authed(t).post('/Patient').set('Content-Type', FHIR).set('Prefer', 'return=OperationOutcome').send({ resourceType: 'Patient' }).expect(201);
       expect(warn.body.issue.some((i: { severity: string }) => i.severity === 'warning')).toBe(true);
     } finally {
       t.svc.validator = original;
     }
-    const hist = await request(t.url).get('/Patient/_history').expect(200);
+    const hist = await authed(t).get('/Patient/_history').expect(200);
     expect(hist.body.entry).toHaveLength(1);
   });
 });

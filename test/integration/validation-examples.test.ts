@@ -4,6 +4,7 @@
 // specification ships invalid (test/fixtures/known-invalid-examples.json, a reason each) are rejected.
 // One backend (real PostgreSQL when TEST_DATABASE_URL names one, as in CI; else the embedded one): the
 // package holds 5,306 resources, 188 MB, and the embedded database takes several times longer over it.
+import { OPEN } from '../../src/auth/principal.js';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { readdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -30,7 +31,7 @@ const backend = concurrencyBackends()[0];
 
 describe(`the official R4 examples round-trip (${backend})`, () => {
   let t: TestServer;
-  const ctx: RequestContext = { requestId: 'examples', principal: 'test', clock: () => new Date(), baseUrl: 'http://localhost', preferReturn: 'minimal' };
+  const ctx: RequestContext = { requestId: 'examples', principal: OPEN, clock: () => new Date(), baseUrl: 'http://localhost', preferReturn: 'minimal' };
   beforeAll(async () => {
     t = await startTestServer(backend);
   });

@@ -4,7 +4,7 @@
 // fault inside validation is a 500 OperationOutcome.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import request from 'supertest';
-import { backends, startTestServer, type TestServer } from '../support/backends.js';
+import { backends, startTestServer, type TestServer, authed } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 type OO = { resourceType: string; issue: { severity: string; code: string; diagnostics: string; expression?: string[] }[] };
@@ -18,7 +18,7 @@ describe.each(backends())('validation on writes, %s PostgreSQL', (backend) => {
   const count = async (type: string, value: string) => (await api.get(`/${type}?identifier=${encodeURIComponent(`${marker}|${value}`)}`).expect(200)).body.total as number;
   beforeAll(async () => {
     t = await startTestServer(backend);
-    api = request(t.url);
+    api = authed(t);
   });
   afterAll(async () => {
     await t.close();

@@ -9,9 +9,46 @@ import { createLogger } from '../../src/log/logger.js';
 import { buildServices, startServer, type Running } from '../../src/server.js';
 import { openDatabase, type Database } from '../../src/storage/db.js';
 import { generateKeyRing } from '../../src/crypto/key-ring.js';
+import { generateSigningRing, signAccessToken } from '../../src/auth/signing-keys.js';
+import request from 'supertest';
 
 /** One key ring per test process, so every test server seals PHI as production does. */
 export const TEST_KEY_RING = generateKeyRing();
+/** One token-signing ring per test process: every test server verifies bearer tokens as production does. */
+export const TEST_SIGNING_RING = await generateSigningRing();
+
+export interface TokenOptions {
+  scope?: string;
+  patient?: string;
+  fhirUser?: string;
+  clientId?: string;
+  ttlSeconds?: number;
+}
+
+/** A token signed by the test server's own key ring (as `vesta token` signs them). */
+export async function tokenFor(baseUrl: string, opts: TokenOptions = {}): Promise<string> {
+  const { token } = await signAccessToken(TEST_SIGNING_RING, {
+    issuer: baseUrl,
+    audience: baseUrl,
+    subject: opts.clientId ?? 'test-client',
+    clientId: opts.clientId ?? 'test-client',
+    scope: opts.scope ?? 'system/*.cruds',
+    ttlSeconds: opts.ttlSeconds ?? 3600,
+    ...(opts.patient ? { patient: opts.patient } : {}),
+    ...(opts.fhirUser ? { fhirUser: opts.fhirUser } : {}),
+  });
+  return token;
+}
+
+/** A supertest agent for a server at `url` (its BASE_URL `baseUrl`) with a system/*.cruds token of the test signing ring. */
+export async function agentFor(url: string, baseUrl = url) {
+  return request.agent(url).set('Authorization', `Bearer ${await tokenFor(baseUrl)}`);
+}
+
+/** A supertest agent on the server whose every request carries a bearer token (system/*.cruds unless given). */
+export function authed(t: { url: string; token: string }, token = t.token) {
+  return request.agent(t.url).set('Authorization', `Bearer ${token}`);
+}
 
 export type BackendName = 'embedded' | 'pg';
 
@@ -49,6 +86,8 @@ export interface TestServer {
   svc: Services;
   running: Running;
   url: string;
+  /** A system/*.cruds token for this server. */
+  token: string;
   close(): Promise<void>;
 }
 
@@ -74,6 +113,7 @@ export async function startTestServer(backend: BackendName, env: Record<string, 
     BASE_URL: `http://127.0.0.1:${port}`,
     PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!',
     PHI_KEYS: JSON.stringify(TEST_KEY_RING),
+    AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING),
     ...env,
   });
   const svc = await buildServices(config, createLogger('silent'), db);
@@ -82,6 +122,7 @@ export async function startTestServer(backend: BackendName, env: Record<string, 
     svc,
     running,
     url: running.url,
+    token: await tokenFor(config.baseUrl),
     close: async () => {
       await running.close();
       if (drop) await drop();

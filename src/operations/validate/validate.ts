@@ -5,6 +5,8 @@ import { FhirError, type Issue } from '../../fhir/errors.js';
 import { operationOutcome } from '../../fhir/outcome.js';
 import { requireId, requireType } from '../../interactions/common.js';
 import type { InteractionResult, RequestContext, Services } from '../../interactions/context.js';
+import { allow, currentWithinReach } from '../../interactions/authorize.js';
+import { usableTypes } from '../../auth/access.js';
 
 export const VALIDATE_DEFINITION = 'http://hl7.org/fhir/OperationDefinition/Resource-validate';
 
@@ -33,15 +35,19 @@ function unwrap(body: unknown): { resource?: unknown; mode: Mode } {
 }
 
 export async function validateOperation(svc: Services, ctx: RequestContext, input: { type: string; id?: string; body: unknown }): Promise<InteractionResult> {
-  void ctx;
   requireType(input.type);
   if (input.id !== undefined) requireId(input.id);
   const { resource, mode } = unwrap(input.body);
   const issues: Issue[] = [];
+  // Authorization: validating for a delete is a delete question (d, and the resource within reach);
+  // otherwise the token needs c or u on the type (interactions/authorize.ts).
+  if (mode === 'delete') allow(ctx, input.type, 'd', '$validate mode=delete');
+  else if (!usableTypes(ctx.principal, [input.type], 'c').length && !usableTypes(ctx.principal, [input.type], 'u').length) allow(ctx, input.type, 'c', '$validate (needs "c" or "u")');
   if (mode === 'delete') {
     if (input.id === undefined) throw new FhirError('invalid-request', 'mode=delete needs the instance level: [type]/[id]/$validate');
     const current = await svc.store.readCurrent(svc.db.knex, input.type, input.id);
-    if (!current || current.deleted) issues.push({ severity: 'error', code: 'not-found', diagnostics: `${input.type}/${input.id} does not exist` });
+    const reachable = current && !current.deleted && (await currentWithinReach(svc, ctx, svc.db.knex, 'd', input.type, input.id, current.resource, current.lastUpdated));
+    if (!reachable) issues.push({ severity: 'error', code: 'not-found', diagnostics: `${input.type}/${input.id} does not exist` });
     return { status: 200, body: operationOutcome(issues) };
   }
   if (resource === undefined) throw new FhirError('invalid-request', '$validate needs a resource to validate');

@@ -1,0 +1,105 @@
+// Where interactions ask auth/access.ts its three questions, with the request's principal and the
+// store's PHI mode (design.md "The interaction chokepoint"). Every interaction, every Bundle entry
+// and every job goes through these, never around them.
+//
+// 403 or 404 (documented in docs/architecture.md, "Authorization"): a token without a scope for the
+// interaction on the type gets a 403 naming the missing scope. A resource that exists but lies outside
+// the token's reach (another patient's compartment, another category) answers exactly as a resource
+// that does not exist: 404 on read, vread, instance history and patch, "nothing to delete" on delete,
+// so that a token never learns that something it may not read exists. A write whose content would
+// fall outside the token's reach is a 403 naming the scope rule, as is an update (PUT) of an id taken
+// by a resource outside reach (PUT would otherwise create it; refusing is the only safe answer).
+import type { Resource } from 'fhir/r4.js';
+import { filterReach, reachOf, requireGrants, searchCondition, type AccessOptions, type ReachCandidate } from '../auth/access.js';
+import type { Letter } from '../auth/scopes.js';
+import { FhirError } from '../fhir/errors.js';
+import type { SqlFragment } from '../search/sql.js';
+import type { Queryable } from '../storage/db.js';
+import type { NewVersion } from '../storage/resource-store.js';
+import type { RequestContext, Services } from './context.js';
+
+export function accessOptions(svc: Services, ctx: RequestContext): AccessOptions {
+  return { phi: svc.store.phiIndexMode, baseUrl: ctx.baseUrl };
+}
+
+/** Question 1: the principal may run `what` (needing `letter`) on `type`, or a 403 naming the scope. */
+export function allow(ctx: RequestContext, type: string, letter: Letter, what: string): void {
+  requireGrants(ctx.principal, type, letter, what);
+}
+
+/** Question 2: the condition narrowing a search over `types`, undefined when the token reaches all of them. */
+export function narrowing(svc: Services, ctx: RequestContext, types: readonly string[], what: string): SqlFragment | undefined {
+  return searchCondition(ctx.principal, types, what, accessOptions(svc, ctx));
+}
+
+/** Whether the principal's grants for `type` and `letters` reach every resource of it (no check per resource needed). */
+export function reachesAll(svc: Services, ctx: RequestContext, type: string, letters: readonly Letter[]): boolean {
+  try {
+    return reachOf(ctx.principal, type, letters, 'access', accessOptions(svc, ctx)).all;
+  } catch {
+    return false;
+  }
+}
+
+/** Question 3: the indexes of the candidates the principal may see with any of `letters`. */
+export function visible(svc: Services, ctx: RequestContext, q: Queryable, letters: readonly Letter[], candidates: ReachCandidate[]): Promise<Set<number>> {
+  return filterReach(q, ctx.principal, letters, candidates, accessOptions(svc, ctx));
+}
+
+/** A stored current resource within reach for `letter`. */
+export async function currentWithinReach(svc: Services, ctx: RequestContext, q: Queryable, letter: Letter, type: string, id: string, resource: Resource | undefined, lastUpdated: Date): Promise<boolean> {
+  if (reachesAll(svc, ctx, type, [letter])) return true;
+  return (await visible(svc, ctx, q, [letter], [{ resourceType: type, id, resource, lastUpdated, current: true }])).has(0);
+}
+
+/**
+ * Whether the stored target of an update, patch or delete is within reach for `letter`: 'ok', or
+ * 'hidden' when the token may not even read it (the caller answers as for a resource that does not
+ * exist), or a 403 when it may read it (it knows the resource exists).
+ */
+export async function checkTarget(svc: Services, ctx: RequestContext, q: Queryable, letter: Letter, type: string, id: string, lastUpdated: Date): Promise<'ok' | 'hidden'> {
+  if (reachesAll(svc, ctx, type, [letter])) return 'ok';
+  const c: ReachCandidate = { resourceType: type, id, lastUpdated, current: true };
+  if ((await visible(svc, ctx, q, [letter], [c])).has(0)) return 'ok';
+  if ((await visible(svc, ctx, q, ['r', 's'], [c])).has(0)) {
+    throw new FhirError('forbidden', `${type}/${id} is outside what this token may ${letter === 'd' ? 'delete' : 'update'} (the compartment or constraints of its ${type} scopes)`);
+  }
+  return 'hidden';
+}
+
+/** The letters a new version's content must be within reach for: c for a create, u (and c when it creates) for update and patch. */
+export function writeLetters(method: 'POST' | 'PUT' | 'PATCH' | 'DELETE', creates: boolean): Letter[] {
+  if (method === 'POST') return ['c'];
+  if (method === 'DELETE') return [];
+  return creates ? ['c', 'u'] : ['u'];
+}
+
+/**
+ * New versions (about to be written, index rows extracted) are within reach for the letters each
+ * needs; the first that is not fails with a 403 (`label` names it, e.g. a Bundle entry).
+ */
+export async function requireNewVersions(svc: Services, ctx: RequestContext, q: Queryable, versions: { version: NewVersion; letters: Letter[]; label?: string }[]): Promise<void> {
+  const byLetter = new Map<Letter, number[]>();
+  versions.forEach((v, i) => {
+    if (!v.version.resource) return;
+    for (const l of v.letters) {
+      if (reachesAll(svc, ctx, v.version.resourceType, [l])) continue;
+      byLetter.set(l, [...(byLetter.get(l) ?? []), i]);
+    }
+  });
+  for (const [letter, idx] of byLetter) {
+    const candidates = idx.map((i) => {
+      const v = versions[i].version;
+      return { resourceType: v.resourceType, id: v.id, lastUpdated: v.lastUpdated, current: false, resource: v.resource, rows: v.index };
+    });
+    const ok = await filterReach(q, ctx.principal, [letter], candidates, accessOptions(svc, ctx));
+    const bad = idx.findIndex((_i, k) => !ok.has(k));
+    if (bad >= 0) {
+      const v = versions[idx[bad]];
+      throw new FhirError(
+        'forbidden',
+        `${v.label ? `${v.label}: ` : ''}the ${v.version.resourceType} would be outside what this token may ${letter === 'c' ? 'create' : 'update'}: no scope granting "${letter}" on ${v.version.resourceType} reaches it (Patient compartment or scope constraints)`,
+      );
+    }
+  }
+}
