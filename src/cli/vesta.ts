@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The `vesta` command: serve, worker, migrate, load, keys.
+// The `vesta` command: serve, worker, migrate, load, keys, token.
 import { ConfigError, loadConfig } from '../config/config.js';
 import { serve } from '../main.js';
 import { load } from './load.js';
@@ -9,7 +9,9 @@ import { checkRing, generateKeyRing, rotate, rotateBlind } from '../crypto/key-r
 import { runReseal } from '../jobs/reseal.js';
 import { PHI_QUEUE, PhiMaintenance } from '../jobs/phi-maintenance.js';
 import { stopOnSignals } from '../shutdown.js';
-import { buildServices } from '../server.js';
+import { buildServices, loadSigningRing } from '../server.js';
+import { checkSigningRing, generateSigningRing, rotateSigningRing, signAccessToken } from '../auth/signing-keys.js';
+import { insertRevocation } from '../storage/revocation-store.js';
 import { createLogger } from '../log/logger.js';
 import { openDatabase } from '../storage/db.js';
 import { migrateLatest } from '../storage/migrate.js';
@@ -19,12 +21,20 @@ const USAGE = `usage: vesta <command>
   migrate   apply pending database migrations and exit
   worker    run the background job worker only (BullMQ; needs REDIS_URL): the PHI re-seal and
             blind re-index jobs, without serving HTTP (every server also runs one)
-  load <files or folders> [--url URL] [--concurrency N] [--ndjson-batch N]
+  load <files or folders> [--url URL] [--concurrency N] [--ndjson-batch N] [--token TOKEN]
             post transaction/batch Bundles, single resources or NDJSON to a FHIR server
+            (the bearer token from --token or VESTA_TOKEN)
   keys init                 print a new PHI key ring (JSON) to standard output
   keys rotate <ring file>   add a new active key to a ring file (old keys stay to open old data)
   keys reseal               re-encrypt every stored version still on an older key with the active key
                             (configuration from the environment, as for serve)
+  token --scope "<scopes>" [--patient ID] [--fhir-user Type/id] [--client-id ID] [--ttl SECONDS]
+            print an access token signed with this server's own key ring (configuration from
+            the environment, as for serve; --ttl default 300, at most 86400)
+  token revoke <jti> [--until ISO-8601]
+            revoke a token id on every node (until the token would expire; default 24 hours)
+  keys init-signing                  print a new token-signing key ring (JSON)
+  keys rotate-signing <ring file>    add a new active signing key (older keys keep verifying)
   keys rotate-blind <ring file>
                             replace the blind-index key; the servers re-index sealed PHI parameters on
                             their next start (searches on them are incomplete until that finishes)`;
@@ -45,6 +55,57 @@ async function worker(): Promise<void> {
   await maintenance.start();
   log.info({ queues: [PHI_QUEUE] }, 'Vesta worker ready');
   stopOnSignals(log, { stopping: 'worker shutting down after the current batch', stopped: 'worker stopped', failed: 'worker shutdown failed' }, () => maintenance.close().then(() => svc.db.close()));
+}
+
+/** `vesta token`: a short-lived token signed with the server's own key ring, or `vesta token revoke`. */
+async function token(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { scope: { type: 'string' }, patient: { type: 'string' }, 'fhir-user': { type: 'string' }, 'client-id': { type: 'string' }, ttl: { type: 'string' }, until: { type: 'string' } },
+  });
+  const config = loadConfig();
+  const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
+  if (positionals[0] === 'revoke') {
+    const jti = positionals[1];
+    if (!jti) throw new Error('usage: vesta token revoke <jti> [--until ISO-8601]');
+    const until = values.until ? new Date(values.until) : new Date(Date.now() + 86400_000);
+    if (Number.isNaN(until.getTime())) throw new Error('--until must be an ISO-8601 date-time');
+    const db = openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), dataDir: config.dataDir });
+    try {
+      await migrateLatest(db.knex);
+      await insertRevocation(db.knex, jti, until);
+    } finally {
+      await db.close();
+    }
+    process.stdout.write(`revoked ${jti} until ${until.toISOString()}; every node refuses it within AUTH_REVOCATION_REFRESH seconds\n`);
+    return 0;
+  }
+  if (positionals.length) throw new Error(`unexpected argument ${positionals[0]} (usage: vesta token --scope "<scopes>" ...)`);
+  const scope = values.scope?.trim();
+  if (!scope) throw new Error('--scope is required, e.g. --scope "system/*.cruds"');
+  const ttl = Number(values.ttl ?? 300);
+  if (!Number.isInteger(ttl) || ttl < 1 || ttl > 86400) throw new Error('--ttl must be 1 to 86400 seconds');
+  const patient = values.patient;
+  if (patient !== undefined && !/^[A-Za-z0-9\-.]{1,64}$/.test(patient)) throw new Error('--patient must be a FHIR id');
+  if (/(^|\s)patient\//.test(scope) && patient === undefined) process.stderr.write('vesta: warning: patient/ scopes grant nothing without --patient\n');
+  const fhirUser = values['fhir-user'];
+  if (fhirUser !== undefined && !/^(Practitioner|PractitionerRole|Patient|RelatedPerson|Person)\/[A-Za-z0-9\-.]{1,64}$/.test(fhirUser)) throw new Error('--fhir-user must be like Practitioner/123');
+  const clientId = values['client-id'] ?? 'vesta-cli';
+  const ring = await loadSigningRing(config, log);
+  const issued = await signAccessToken(ring, {
+    issuer: config.baseUrl,
+    audience: config.baseUrl,
+    subject: fhirUser ?? clientId,
+    clientId,
+    scope,
+    ttlSeconds: ttl,
+    ...(patient ? { patient } : {}),
+    ...(fhirUser ? { fhirUser } : {}),
+  });
+  process.stdout.write(`${issued.token}\n`);
+  process.stderr.write(`vesta: token ${issued.jti} for ${config.baseUrl}, expires ${issued.expiresAt.toISOString()}\n`);
+  return 0;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -69,6 +130,17 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'keys': {
       const [sub, file] = argv.slice(1);
+      if (sub === 'init-signing') {
+        process.stdout.write(JSON.stringify(await generateSigningRing(), null, 2) + '\n');
+        return 0;
+      }
+      if (sub === 'rotate-signing' && file) {
+        const next = await rotateSigningRing(checkSigningRing(JSON.parse(readFileSync(file, 'utf8'))));
+        writeFileSync(`${file}.tmp`, JSON.stringify(next, null, 2) + '\n', { mode: 0o600 });
+        renameSync(`${file}.tmp`, file);
+        process.stdout.write(`active signing key is now ${next.active}; ${next.keys.length} keys in the ring. Restart the servers to sign with it; tokens signed with the older keys keep verifying until you remove them.\n`);
+        return 0;
+      }
       if (sub === 'init') {
         process.stdout.write(JSON.stringify(generateKeyRing(), null, 2) + '\n');
         return 0;
@@ -106,12 +178,15 @@ async function main(argv: string[]): Promise<number> {
       process.stderr.write(`${USAGE}\n`);
       return 2;
     }
+    case 'token':
+      return token(argv.slice(1));
     case 'load': {
       const { values, positionals } = parseArgs({
         args: argv.slice(1),
         allowPositionals: true,
-        options: { url: { type: 'string' }, concurrency: { type: 'string' }, 'ndjson-batch': { type: 'string' } },
+        options: { url: { type: 'string' }, concurrency: { type: 'string' }, 'ndjson-batch': { type: 'string' }, token: { type: 'string' } },
       });
+      const bearer = values.token ?? process.env.VESTA_TOKEN;
       if (!positionals.length) {
         process.stderr.write(`${USAGE}\n`);
         return 2;
@@ -121,7 +196,7 @@ async function main(argv: string[]): Promise<number> {
       const ndjsonBatch = Number(values['ndjson-batch'] ?? 500);
       if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) throw new Error('--concurrency must be 1 to 64');
       if (!Number.isInteger(ndjsonBatch) || ndjsonBatch < 1) throw new Error('--ndjson-batch must be a positive integer');
-      const s = await load(positionals, { url, concurrency, ndjsonBatch, out: process.stdout });
+      const s = await load(positionals, { url, concurrency, ndjsonBatch, out: process.stdout, ...(bearer ? { headers: { Authorization: `Bearer ${bearer}` } } : {}) });
       process.stdout.write(
         `loaded ${s.bundles} bundles/requests from ${s.files} files: ${s.resources} resources in ${s.seconds.toFixed(1)}s ` +
           `(${(s.resources / Math.max(s.seconds, 0.001)).toFixed(0)} resources/s), ${s.failures.length} failures\n`,

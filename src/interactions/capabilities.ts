@@ -1,7 +1,7 @@
 // capabilities: GET [base]/metadata (https://hl7.org/fhir/R4/http.html#capabilities). Built from
 // the same tables the server runs on: the generated resource types, the interactions the router
 // serves, and the search parameters the search registry actually serves.
-import type { CapabilityStatement, CapabilityStatementRestResource } from 'fhir/r4.js';
+import type { CapabilityStatement, CapabilityStatementRestResource, CapabilityStatementRestSecurity } from 'fhir/r4.js';
 import { compartmentDefinitions, resourceTypeInfo } from '../fhir/definitions.js';
 import { paramsOf, supportedSearchParams } from '../search/registry.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
@@ -81,12 +81,32 @@ function build(svc: Services, ctx: RequestContext): CapabilityStatement {
           'Not served: _filter, _query, token :above/:below. Unknown or unsupported parameters are ignored and reported in ' +
           'an OperationOutcome entry (400 with Prefer: handling=strict). Transaction and batch Bundles are supported (PATCH entries as a JSON Patch Binary; no $operations inside Bundles). $validate checks against the base R4 definitions only (no named profiles). ' +
           'Conditional create/update/delete/patch criteria are serialized per criteria by a database lock.',
+        security: security(svc, ctx),
         resource: resources,
         interaction: SYSTEM_INTERACTIONS.map((code) => ({ code })),
         searchParam: systemParams.map((p) => ({ name: p.name, type: p.type as 'token', definition: p.definition, documentation: p.documentation })),
         compartment: compartmentDefinitions().map((c) => c.url),
       },
     ],
+  };
+}
+
+/** rest.security (https://hl7.org/fhir/R4/capabilitystatement-definitions.html#CapabilityStatement.rest.security). */
+function security(svc: Services, ctx: RequestContext): CapabilityStatementRestSecurity {
+  if (!svc.auth.enabled) {
+    return { cors: true, description: 'AUTH=off: NO SECURITY APPLIES. This server accepts every request without a token; it is running in a local development mode and must not hold real data.' };
+  }
+  return {
+    cors: true,
+    service: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/restful-security-service', code: 'SMART-on-FHIR' }], text: 'SMART on FHIR bearer tokens' }],
+    description:
+      'Every interaction except this CapabilityStatement needs Authorization: Bearer <JWT> (RFC 6750), signed by this server ' +
+      `(keys at ${ctx.baseUrl}/.well-known/jwks.json; issuer and audience ${ctx.baseUrl}) or by an issuer the operator trusts; RS256, RS384, ES256 or ES384. ` +
+      'SMART App Launch 2.x scopes are enforced on every interaction and on every entry of a transaction or batch: v2 patient|user|system/[type|*].[cruds] ' +
+      'with ?param=value constraints (search parameters of the type itself; no chains) and v1 .read/.write/.*. patient/ scopes confine the token to the Patient ' +
+      'compartment of its patient claim. A missing scope is a 403 naming it; a resource outside the token\'s reach answers as one that does not exist (404). ' +
+      `Discovery: ${ctx.baseUrl}/.well-known/smart-configuration. Vesta's own authorization server (authorize and token endpoints) is not built yet: ` +
+      'tokens come from `vesta token` or from a trusted external issuer.',
   };
 }
 

@@ -10,6 +10,7 @@ import { freePort } from '../support/backends.js';
 
 const root = findPackageRoot();
 const main = join(root, 'dist', 'src', 'main.js');
+const cli = join(root, 'dist', 'src', 'cli', 'vesta.js');
 const dirs: string[] = [];
 
 function run(env: Record<string, string>, args: string[] = [main]): { child: ChildProcess; out: () => string; err: () => string; exit: Promise<number | null> } {
@@ -61,9 +62,22 @@ describe('the server process', () => {
     const env = { PORT: String(port), HOST: '127.0.0.1', DATA_DIR: dataDir, LOG_LEVEL: 'info' };
     const p = run(env);
     await waitFor(`${base}/metadata`, 60000);
+    // The README's first steps: no token, 401; `vesta token` prints one signed with the key ring that
+    // the server generated in DATA_DIR on its first start; with it, the request succeeds.
+    const denied = await fetch(`${base}/Patient`);
+    expect(denied.status).toBe(401);
+    expect(denied.headers.get('www-authenticate')).toBe('Bearer');
+    const tok = run(env, [cli, 'token', '--scope', 'system/*.cruds', '--ttl', '600']);
+    expect(await tok.exit).toBe(0);
+    const token = tok.out().trim();
+    expect(token.split('.')).toHaveLength(3);
+    expect(tok.err()).toMatch(/expires/);
+    expect(existsSync(join(dataDir, 'auth-keys.json'))).toBe(true);
+    expect(statSync(join(dataDir, 'auth-keys.json')).mode & 0o077).toBe(0);
+    const auth = { Authorization: `Bearer ${token}` };
     const created = await fetch(`${base}/Patient`, {
       method: 'POST',
-      headers: { 'Content-Type': 'application/fhir+json' },
+      headers: { 'Content-Type': 'application/fhir+json', ...auth },
       body: JSON.stringify({ resourceType: 'Patient', name: [{ family: 'Quixotically' }], birthDate: '1961-07-04' }),
     });
     expect(created.status).toBe(201);
@@ -75,6 +89,7 @@ describe('the server process', () => {
     for (const l of logs) expect(() => JSON.parse(l)).not.toThrow();
     expect(p.out()).not.toContain('Quixotically');
     expect(p.out()).not.toContain('1961-07-04');
+    expect(p.out()).not.toContain(token);
     expect(p.out()).toContain('shutdown complete');
     expect(p.out()).toContain('generated a new PHI key ring');
     expect(existsSync(join(dataDir, 'phi-keys.json'))).toBe(true);
@@ -89,13 +104,13 @@ describe('the server process', () => {
 
     const again = run(env);
     await waitFor(`${base}/readyz`, 60000);
-    const read = await fetch(`${base}/Patient/${id}`);
+    // The key ring persists: the token from before the restart still verifies.
+    const read = await fetch(`${base}/Patient/${id}`, { headers: auth });
     expect(read.status).toBe(200);
+    expect(again.out()).not.toContain(token);
     again.child.kill('SIGTERM');
     expect(await again.exit).toBe(0);
   });
-
-  const cli = join(root, 'dist', 'src', 'cli', 'vesta.js');
 
   test('vesta worker needs REDIS_URL: without it, one line naming the variable', async () => {
     const p = run({ DATA_DIR: mkdtempSync(join(tmpdir(), 'vesta-worker-')) }, [cli, 'worker']);

@@ -85,7 +85,7 @@ describe.each(backends())('search differential on %s PostgreSQL', (backend) => {
   async function fetchJson(path: string, init: RequestInit = {}): Promise<{ status: number; body: any }> {
     const res = await fetch(path.startsWith('http') ? path : `${t.url}${path}`, {
       ...init,
-      headers: { Accept: FHIR, 'Content-Type': FHIR, Prefer: 'handling=strict', ...(init.headers as Record<string, string>) },
+      headers: { Accept: FHIR, 'Content-Type': FHIR, Prefer: 'handling=strict', Authorization: `Bearer ${t.token}`, ...(init.headers as Record<string, string>) },
     });
     return { status: res.status, body: await res.json() };
   }

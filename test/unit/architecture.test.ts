@@ -40,9 +40,9 @@ describe('architecture', () => {
     expect(bad).toEqual([]);
   });
 
-  test('storage, search, crypto and validation do not import interactions', () => {
+  test('storage, search, crypto, validation and auth do not import interactions', () => {
     const bad = all
-      .filter((f) => ['storage', 'search', 'crypto', 'validation', 'fhir', 'audit'].includes(f.area))
+      .filter((f) => ['storage', 'search', 'crypto', 'validation', 'fhir', 'audit', 'auth'].includes(f.area))
       .flatMap((f) => f.imports.filter((i) => /(^|\/)interactions\//.test(i)).map((i) => `${f.file} -> ${i}`));
     expect(bad).toEqual([]);
   });
