@@ -25,7 +25,7 @@ describe('vesta load', () => {
     const out = new PassThrough();
     let text = '';
     out.on('data', (d) => (text += d));
-    const s = await load([join(findPackageRoot(), 'test', 'fixtures', 'synthea')], { url: t.url, concurrency: 2, ndjsonBatch: 100, out });
+    const s = await load([join(findPackageRoot(), 'test', 'fixtures', 'synthea')], { url: t.url, concurrency: 2, ndjsonBatch: 100, out, headers: { Authorization: `Bearer ${t.token}` } });
     expect(s.failures).toEqual([]);
     expect(s.files).toBe(3);
     expect(s.bundles).toBe(3);
@@ -45,7 +45,7 @@ describe('vesta load', () => {
     );
     const out = new PassThrough();
     out.resume();
-    const s = await load([dir], { url: t.url, concurrency: 1, ndjsonBatch: 2, out });
+    const s = await load([dir], { url: t.url, concurrency: 1, ndjsonBatch: 2, out, headers: { Authorization: `Bearer ${t.token}` } });
     expect(s.bundles).toBe(4); // 3 NDJSON batches + 1 transaction
     expect(s.resources).toBe(6);
     const reasons = s.failures.map((f) => `${f.source.split('/').pop()}:${f.status}`).sort();

@@ -10,7 +10,7 @@ describe('graceful shutdown', () => {
     const body = JSON.stringify({ resourceType: 'Basic', code: { text: 'in flight' } });
     const status = new Promise<number>((resolve, reject) => {
       const req = httpRequest(
-        { host: url.hostname, port: url.port, path: '/Basic', method: 'POST', headers: { 'Content-Type': 'application/fhir+json', 'Content-Length': Buffer.byteLength(body) } },
+        { host: url.hostname, port: url.port, path: '/Basic', method: 'POST', headers: { 'Content-Type': 'application/fhir+json', 'Content-Length': Buffer.byteLength(body), Authorization: `Bearer ${t.token}` } },
         (res) => {
           res.resume();
           res.on('end', () => resolve(res.statusCode ?? 0));

@@ -4,10 +4,25 @@ import { ConfigError, loadConfig } from '../../src/config/config.js';
 describe('configuration', () => {
   test('PHI keys must be configured with DATABASE_URL (the embedded default generates them)', () => {
     expect(() => loadConfig({ DATABASE_URL: 'postgres://x@localhost/db' })).toThrow(/^PHI_KEYS_FILE:/);
-    expect(loadConfig({ DATABASE_URL: 'postgres://x@localhost/db', PHI_ENCRYPTION: 'off' }).phiEncryption).toBe(false);
+    expect(loadConfig({ DATABASE_URL: 'postgres://x@localhost/db', PHI_ENCRYPTION: 'off', AUTH_KEYS_FILE: '/etc/vesta/auth-keys.json' }).phiEncryption).toBe(false);
     expect(loadConfig({}).unknownExtensions).toBe('accept');
     expect(loadConfig({ VALIDATION_UNKNOWN_EXTENSIONS: 'REJECT' }).unknownExtensions).toBe('reject');
     expect(loadConfig({}).phiEncryption).toBe(true);
+  });
+
+  test('authorization is on by default; with DATABASE_URL the token-signing ring must be configured; issuers are checked', () => {
+    expect(loadConfig({}).auth).toBe(true);
+    expect(loadConfig({ AUTH: 'off' }).auth).toBe(false);
+    expect(() => loadConfig({ AUTH: 'maybe' })).toThrow(/^AUTH:/);
+    expect(() => loadConfig({ DATABASE_URL: 'postgres://x@localhost/db', PHI_ENCRYPTION: 'off' })).toThrow(/^AUTH_KEYS_FILE:/);
+    expect(loadConfig({ DATABASE_URL: 'postgres://x@localhost/db', PHI_ENCRYPTION: 'off', AUTH: 'off' }).auth).toBe(false);
+    expect(() => loadConfig({ AUTH_KEYS: '{nope' })).toThrow(/^AUTH_KEYS:/);
+    expect(loadConfig({ AUTH_ISSUERS: '[{"issuer":"https://idp.example.org","audience":"https://fhir.example.org"}]' }).authIssuers).toEqual([{ issuer: 'https://idp.example.org', audience: 'https://fhir.example.org' }]);
+    expect(() => loadConfig({ AUTH_ISSUERS: '[{"issuer":"http://idp.example.org","audience":"a"}]' })).toThrow(/^AUTH_ISSUERS: .*https/);
+    expect(() => loadConfig({ AUTH_ISSUERS: '[{"issuer":"https://idp.example.org"}]' })).toThrow(/^AUTH_ISSUERS:/);
+    expect(() => loadConfig({ AUTH_ISSUERS: '{}' })).toThrow(/^AUTH_ISSUERS:/);
+    expect(loadConfig({}).authClockSkewSeconds).toBe(30);
+    expect(() => loadConfig({ AUTH_CLOCK_SKEW: '61' })).toThrow(/^AUTH_CLOCK_SKEW:/);
   });
 
   test('defaults', () => {
