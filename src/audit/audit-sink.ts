@@ -47,20 +47,21 @@ export async function audited<T extends { status: number }>(
   subject: AuditSubject,
   run: () => Promise<T>,
 ): Promise<Audited<T>> {
-  const base = {
+  // Read when recording: the principal is known only once the token has been verified inside run().
+  const base = () => ({
     interaction: subject.interaction,
     ...(subject.resourceType ? { resourceType: subject.resourceType } : {}),
     requestId: subject.requestId,
     principal: subject.principal,
-  };
+  });
   let result: T;
   try {
     result = await run();
   } catch (e) {
     const status = typeof (e as { status?: unknown }).status === 'number' ? (e as { status: number }).status : 500;
-    await sink.record({ ...base, status, outcome: 'failure', recorded: subject.clock() });
+    await sink.record({ ...base(), status, outcome: 'failure', recorded: subject.clock() });
     throw e;
   }
-  await sink.record({ ...base, status: result.status, outcome: result.status < 400 ? 'success' : 'failure', recorded: subject.clock() });
+  await sink.record({ ...base(), status: result.status, outcome: result.status < 400 ? 'success' : 'failure', recorded: subject.clock() });
   return result as Audited<T>;
 }

@@ -38,6 +38,9 @@ export function invalidToken(reason: string): FhirError {
 }
 
 const MAX_JWKS_BYTES = 256 * 1024;
+/** Verified-token cache: entries and their longest life. */
+const CACHE_MAX = 10_000;
+const CACHE_MS = 60_000;
 const FETCH_TIMEOUT_MS = 5000;
 
 function isLoopback(u: URL): boolean {
@@ -122,8 +125,32 @@ export class TokenVerifier {
     for (const e of opts.external) this.remote.set(e.issuer, new RemoteKeys(e, (opts.unknownKidRefetchSeconds ?? 60) * 1000, () => this.clock().getTime()));
   }
 
+  /**
+   * Verified tokens, so that a client's next request skips the signature check (ES256/RS256 verify is
+   * the costliest step of authentication). An entry lives at most CACHE_MS and never past the token's
+   * exp; time (exp, with the skew) and revocation are checked again on every use.
+   */
+  private readonly cache = new Map<string, { principal: Principal; until: number }>();
+
   /** Verifies a compact JWT and returns the principal it carries; throws a 401 FhirError otherwise. */
   async verify(token: string): Promise<Principal> {
+    const now = this.clock().getTime();
+    const hit = this.cache.get(token);
+    if (hit) {
+      if (now < hit.until) {
+        if (hit.principal.tokenId && this.opts.revocations.has(hit.principal.tokenId)) throw invalidToken('the token has been revoked');
+        return hit.principal;
+      }
+      this.cache.delete(token);
+    }
+    const principal = await this.verifyUncached(token);
+    const exp = principal.expiresAt ? principal.expiresAt.getTime() + this.opts.skewSeconds * 1000 : now;
+    if (this.cache.size >= CACHE_MAX) this.cache.delete(this.cache.keys().next().value!);
+    this.cache.set(token, { principal, until: Math.min(exp, now + CACHE_MS) });
+    return principal;
+  }
+
+  private async verifyUncached(token: string): Promise<Principal> {
     let header: ReturnType<typeof decodeProtectedHeader>;
     let unverified: JWTPayload;
     try {

@@ -198,7 +198,16 @@ export function createApp(svc: Services): express.Express {
         const resourceType = params(req).type;
         const result = await audited(
           svc.audit,
-          { interaction, ...(resourceType ? { resourceType } : {}), requestId: ctx.requestId, principal: ctx.principal.clientId, clock: ctx.clock },
+          {
+            interaction,
+            ...(resourceType ? { resourceType } : {}),
+            requestId: ctx.requestId,
+            // The verified client, once run() has authenticated it ('anonymous' when it could not).
+            get principal() {
+              return ctx.principal.clientId;
+            },
+            clock: ctx.clock,
+          },
           async () => {
             const principal = opts.public ? ANONYMOUS : await svc.auth.authenticate(header(req, 'Authorization'));
             if (!opts.public && principal.kind === 'anonymous') {

@@ -8,7 +8,11 @@
 //   patient token (patient claim = P): an Observation is inside iff its subject is Patient/P and one of its
 //     category codings is observation-category|laboratory; a Condition likewise with
 //     condition-category|encounter-diagnosis; a Patient iff it is P (or links to P: none here).
+//   the same patient token with user/Patient.rs?_id=P in place of patient/Patient.rs: the same reach, so
+//     that everything else is still checked when the Patient rule alone goes wrong.
 //   user token: an Observation is inside iff one of its category codings is observation-category|laboratory.
+// And _has and chained parameters must be decided by resources inside the grant only (else the answer
+// tells the token about resources it may not read).
 // Nothing outside may come back, everything inside must; outside resources answer 404 (never 403),
 // included resources outside are left out with an OperationOutcome `suppressed`, and a type without a
 // scope is a 403 naming the scope that is missing. Versions are judged by their own content (as
@@ -157,6 +161,8 @@ describe.each(backends())('granular SMART scopes over Synthea on %s PostgreSQL',
   /** Every version (Type/id/_history/n) with its content, from the full-access system history. */
   const versions = new Map<string, Res>();
   let patientGrant: Grant;
+  /** The patient token with `user/Patient.rs?_id=P` in place of `patient/Patient.rs` (the same reach, by another rule). */
+  let altGrant: Grant;
   let userGrant: Grant;
   const moved: { noted: string; movedIn: string; movedOut: string } = { noted: '', movedIn: '', movedOut: '' };
 
@@ -284,6 +290,9 @@ describe.each(backends())('granular SMART scopes over Synthea on %s PostgreSQL',
         return false;
       },
     };
+    const altScope = `patient/Observation.rs?category=${LAB} patient/Condition.rs?category=${ENC_DX} user/Patient.rs?_id=${P}`;
+    const altToken = await tokenFor(t.url, { scope: altScope, patient: P });
+    altGrant = { ...patientGrant, name: `patient token with user/Patient.rs?_id=P, patient ${P}`, token: altToken, agent: authed(t, altToken) };
     const uScope = `user/Observation.rs?category=${LAB}`;
     const uToken = await tokenFor(t.url, { scope: uScope });
     userGrant = {
@@ -299,9 +308,10 @@ describe.each(backends())('granular SMART scopes over Synthea on %s PostgreSQL',
     await t?.close();
   });
 
-  const grants = () => [patientGrant, userGrant];
+  const grants = () => [patientGrant, altGrant, userGrant];
+  const patientGrants = () => [patientGrant, altGrant];
 
-  test('the data: both sides of every grant are populated, and subject is the whole Patient compartment here', () => {
+  test('the data: both sides of every grant are populated, and subject is the whole Patient compartment here', async () => {
     const rep = new Report();
     rep.ok(current.size > 200, `expected over 200 resources loaded, got ${current.size}`);
     for (const g of grants()) {
@@ -315,7 +325,11 @@ describe.each(backends())('granular SMART scopes over Synthea on %s PostgreSQL',
     // compartment parameters too, so make sure no resource here uses them to point at a Patient.
     const viaOther = currentOf().filter((r) => (r.performer ?? []).some((p) => /(^|\/)Patient\//.test(p.reference ?? '')) || /(^|\/)Patient\//.test(r.asserter?.reference ?? ''));
     rep.same('resources in a Patient compartment through performer/asserter', viaOther.map(key), []);
-    rep.ok(versions.get(`Observation/${moved.movedIn}/_history/1`) !== undefined && versions.get(`Observation/${moved.movedIn}/_history/2`) !== undefined, 'history probes present');
+    // The expected sets come from /_history; the full-access search must agree with it.
+    for (const type of ['Observation', 'Condition', 'Patient', 'Encounter']) {
+      rep.same(`GET /${type} [full-access token] vs the current versions from /_history`, matches(await fullWalk(`/${type}?_count=500`)), currentOf(type).map(key));
+    }
+    rep.ok(versions.has(`Observation/${moved.movedIn}/_history/2`) && versions.has(`Observation/${moved.movedOut}/_history/2`) && versions.has(`Observation/${moved.noted}/_history/2`), 'history probes present');
     rep.done();
   });
 
@@ -341,13 +355,13 @@ describe.each(backends())('granular SMART scopes over Synthea on %s PostgreSQL',
     }
     // Parameters narrow within the grant, never widen it: the answer is the full-access answer within the grant.
     const byParams: [Grant, string][] = [
-      [patientGrant, `/Observation?category=${enc(VITALS)}&_count=50`],
-      [patientGrant, `/Observation?subject=Patient/${others[0]}&_count=50`],
-      [patientGrant, `/Observation?category=${enc(LAB)}&_count=5`],
-      [patientGrant, `/Observation?_lastUpdated=gt2000-01-01&_sort=-_lastUpdated&_count=4`],
-      [patientGrant, `/Condition?category=${enc(`${COND_CAT}|problem-list-item`)}&_count=5`],
-      [patientGrant, `/Patient?_id=${others.join(',')}`],
-      [patientGrant, `/Patient?_id=${[P, ...others].join(',')}`],
+      ...patientGrants().map((g): [Grant, string] => [g, `/Observation?category=${enc(VITALS)}&_count=50`]),
+      ...patientGrants().map((g): [Grant, string] => [g, `/Observation?subject=Patient/${others[0]}&_count=50`]),
+      ...patientGrants().map((g): [Grant, string] => [g, `/Observation?category=${enc(LAB)}&_count=5`]),
+      ...patientGrants().map((g): [Grant, string] => [g, `/Observation?_lastUpdated=gt2000-01-01&_sort=-_lastUpdated&_count=4`]),
+      ...patientGrants().map((g): [Grant, string] => [g, `/Condition?category=${enc(`${COND_CAT}|problem-list-item`)}&_count=5`]),
+      ...patientGrants().map((g): [Grant, string] => [g, `/Patient?_id=${others.join(',')}`]),
+      ...patientGrants().map((g): [Grant, string] => [g, `/Patient?_id=${[P, ...others].join(',')}`]),
       [userGrant, `/Observation?subject=Patient/${others[0]}&_count=5`],
       [userGrant, `/Observation?category=${enc(VITALS)}`],
       [userGrant, `/Observation?_id=${[moved.movedIn, moved.movedOut, moved.noted].join(',')}`],
@@ -367,9 +381,11 @@ describe.each(backends())('granular SMART scopes over Synthea on %s PostgreSQL',
       const url = `/Patient?_has:Observation:subject:category=${enc(cat)}`;
       const fullSet = matches(await fullWalk(url));
       rep.ok(fullSet.includes(`Patient/${P}`), `GET ${url} with the full-access token: Patient/${P} expected`);
-      const want = insideKeys(patientGrant, 'Patient').filter((pk) => currentOf('Observation').some((o) => patientGrant.inside(o) && pred(o) && refTo(o.subject, 'Patient', pk.slice('Patient/'.length))));
-      const pages = await walk(patientGrant.agent, url, rep, patientGrant.name);
-      if (pages) rep.same(`GET ${url} [${patientGrant.name}] (only Observations inside the grant may decide)`, matches(pages), want);
+      for (const g of patientGrants()) {
+        const want = insideKeys(g, 'Patient').filter((pk) => currentOf('Observation').some((o) => g.inside(o) && pred(o) && refTo(o.subject, 'Patient', pk.slice('Patient/'.length))));
+        const pages = await walk(g.agent, url, rep, g.name);
+        if (pages) rep.same(`GET ${url} [${g.name}] (only Observations inside the grant may decide)`, matches(pages), want, { extra: 'wrongly matched', extraWhy: 'the match was decided by resources outside the grant', missingWhy: 'inside the grant, not returned' });
+      }
     }
     rep.done();
   });
@@ -422,7 +438,7 @@ describe.each(backends())('granular SMART scopes over Synthea on %s PostgreSQL',
         }
       });
       // The three probes are exercised on the patient token's own patient.
-      if (g === patientGrant) {
+      if (g !== userGrant) {
         rep.ok(g.inside(current.get(`Observation/${moved.movedIn}`)!) && !g.inside(versions.get(`Observation/${moved.movedIn}/_history/1`)!), 'movedIn probe shape');
         rep.ok(!g.inside(current.get(`Observation/${moved.movedOut}`)!) && g.inside(versions.get(`Observation/${moved.movedOut}/_history/1`)!), 'movedOut probe shape');
       }
@@ -488,11 +504,12 @@ describe.each(backends())('granular SMART scopes over Synthea on %s PostgreSQL',
     // Patient is granted to the patient token (its own Patient only), not to the user token.
     const url2 = '/Observation?_include=Observation:subject&_count=7';
     {
-      const pages = await walk(patientGrant.agent, url2, rep, patientGrant.name);
-      if (pages) {
-        rep.same(`GET ${url2} [${patientGrant.name}] matches`, matches(pages), insideKeys(patientGrant, 'Observation'));
-        rep.same(`GET ${url2} [${patientGrant.name}] included`, [...new Set(included(pages))], [`Patient/${P}`]);
-        pages.forEach((b, i) => rep.ok(included([b]).includes(`Patient/${P}`) && !outcomeCodes(b).includes('suppressed'), `GET ${url2} [${patientGrant.name}] page ${i + 1}: expected Patient/${P} included and nothing suppressed; included ${included([b]).join(',') || 'none'}, outcome codes ${outcomeCodes(b).join(',') || 'none'}`));
+      for (const g of patientGrants()) {
+        const pages = await walk(g.agent, url2, rep, g.name);
+        if (!pages) continue;
+        rep.same(`GET ${url2} [${g.name}] matches`, matches(pages), insideKeys(g, 'Observation'));
+        rep.same(`GET ${url2} [${g.name}] included`, [...new Set(included(pages))], [`Patient/${P}`]);
+        pages.forEach((b, i) => rep.ok(included([b]).includes(`Patient/${P}`) && !outcomeCodes(b).includes('suppressed'), `GET ${url2} [${g.name}] page ${i + 1}: expected Patient/${P} included and nothing suppressed; included ${included([b]).join(',') || 'none'}, outcome codes ${outcomeCodes(b).join(',') || 'none'}`));
       }
       const u = await walk(userGrant.agent, url2, rep, userGrant.name);
       if (u) {
@@ -503,12 +520,12 @@ describe.each(backends())('granular SMART scopes over Synthea on %s PostgreSQL',
 
     // Several includes from Condition: the subject (granted) stays, encounters (not granted) go.
     const url3 = '/Condition?_include=Condition:subject&_include=Condition:encounter';
-    {
-      const pages = await walk(patientGrant.agent, url3, rep, patientGrant.name);
+    for (const g of patientGrants()) {
+      const pages = await walk(g.agent, url3, rep, g.name);
       if (pages) {
-        rep.same(`GET ${url3} [${patientGrant.name}] matches`, matches(pages), insideKeys(patientGrant, 'Condition'));
-        rep.same(`GET ${url3} [${patientGrant.name}] included`, included(pages), [`Patient/${P}`]);
-        rep.ok(pages.some((b) => outcomeCodes(b).includes('suppressed')), `GET ${url3} [${patientGrant.name}]: no suppressed outcome`);
+        rep.same(`GET ${url3} [${g.name}] matches`, matches(pages), insideKeys(g, 'Condition'));
+        rep.same(`GET ${url3} [${g.name}] included`, included(pages), [`Patient/${P}`]);
+        rep.ok(pages.some((b) => outcomeCodes(b).includes('suppressed')), `GET ${url3} [${g.name}]: no suppressed outcome`);
       }
     }
 
@@ -517,8 +534,10 @@ describe.each(backends())('granular SMART scopes over Synthea on %s PostgreSQL',
     {
       const f = await fullWalk(url4);
       rep.ok(included(f).filter((k) => k.startsWith('Condition/')).length > insideOf(patientGrant, 'Condition', P).length, `GET ${url4} with the full-access token: expected more Conditions than the grant's`);
-      const pages = await walk(patientGrant.agent, url4, rep, patientGrant.name);
-      if (pages) rep.same(`GET ${url4} [${patientGrant.name}] included`, included(pages), [`Patient/${P}`, ...insideOf(patientGrant, 'Condition', P)]);
+      for (const g of patientGrants()) {
+        const pages = await walk(g.agent, url4, rep, g.name);
+        if (pages) rep.same(`GET ${url4} [${g.name}] included`, included(pages), [`Patient/${P}`, ...insideOf(g, 'Condition', P)]);
+      }
     }
     const url5 = `/Observation?_id=${moved.noted}&_include=Observation:encounter&_revinclude:iterate=Observation:encounter`;
     for (const g of grants()) {
@@ -535,23 +554,25 @@ describe.each(backends())('granular SMART scopes over Synthea on %s PostgreSQL',
     const url1 = '/Patient?_revinclude=Observation:subject&_revinclude=Condition:subject';
     const f = await fullWalk(url1);
     rep.ok(included(f).length > ofP(patientGrant, 'Observation').length + ofP(patientGrant, 'Condition').length, `GET ${url1} with the full-access token: expected more than the grant's`);
-    const pages = await walk(patientGrant.agent, url1, rep, patientGrant.name);
-    if (pages) {
-      rep.same(`GET ${url1} [${patientGrant.name}] matches`, matches(pages), [`Patient/${P}`]);
-      rep.same(`GET ${url1} [${patientGrant.name}] included`, included(pages), [...ofP(patientGrant, 'Observation'), ...ofP(patientGrant, 'Condition')]);
-      const codes = pages.flatMap(outcomeCodes);
-      rep.ok(codes.includes('suppressed') && !codes.includes('too-costly'), `GET ${url1} [${patientGrant.name}]: expected suppressed (X's other Observations are withheld) and not too-costly; outcome codes ${codes.join(',') || 'none'}`);
-    }
-    // Another patient: not reachable, so nothing to include from.
     const url2 = `/Patient?_id=${others[0]}&_revinclude=Observation:subject&_revinclude=Condition:subject`;
-    const p2 = await walk(patientGrant.agent, url2, rep, patientGrant.name);
-    if (p2) rep.same(`GET ${url2} [${patientGrant.name}]`, [...matches(p2), ...included(p2)], []);
-    // A reverse include of a type without a scope: withheld.
     const url3 = `/Patient?_revinclude=Encounter:subject&_revinclude=DiagnosticReport:subject`;
-    const p3 = await walk(patientGrant.agent, url3, rep, patientGrant.name);
-    if (p3) {
-      rep.same(`GET ${url3} [${patientGrant.name}]`, [...matches(p3), ...included(p3)], [`Patient/${P}`]);
-      rep.ok(p3.flatMap(outcomeCodes).includes('suppressed'), `GET ${url3} [${patientGrant.name}]: no suppressed outcome`);
+    for (const g of patientGrants()) {
+      const pages = await walk(g.agent, url1, rep, g.name);
+      if (pages) {
+        rep.same(`GET ${url1} [${g.name}] matches`, matches(pages), [`Patient/${P}`]);
+        rep.same(`GET ${url1} [${g.name}] included`, included(pages), [...ofP(g, 'Observation'), ...ofP(g, 'Condition')]);
+        const codes = pages.flatMap(outcomeCodes);
+        rep.ok(codes.includes('suppressed') && !codes.includes('too-costly'), `GET ${url1} [${g.name}]: expected suppressed (the patient's other Observations and Conditions are withheld) and not too-costly; outcome codes ${codes.join(',') || 'none'}`);
+      }
+      // Another patient: not reachable, so nothing to include from.
+      const p2 = await walk(g.agent, url2, rep, g.name);
+      if (p2) rep.same(`GET ${url2} [${g.name}]`, [...matches(p2), ...included(p2)], []);
+      // Reverse includes of types without a scope: withheld.
+      const p3 = await walk(g.agent, url3, rep, g.name);
+      if (p3) {
+        rep.same(`GET ${url3} [${g.name}]`, [...matches(p3), ...included(p3)], [`Patient/${P}`]);
+        rep.ok(p3.flatMap(outcomeCodes).includes('suppressed'), `GET ${url3} [${g.name}]: no suppressed outcome`);
+      }
     }
     rep.done();
   });

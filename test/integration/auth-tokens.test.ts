@@ -6,9 +6,14 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import express from 'express';
 import type { Server } from 'node:http';
 import { createServer } from 'node:http';
-import { exportJWK, exportSPKI, generateKeyPair, importJWK, SignJWT, type JWK } from 'jose';
+import { decodeProtectedHeader, exportJWK, exportSPKI, generateKeyPair, importJWK, SignJWT, type JWK } from 'jose';
+import { publicJwks, rotateSigningRing, signAccessToken } from '../../src/auth/signing-keys.js';
 import request from 'supertest';
 import { RevocationList } from '../../src/auth/revocations.js';
+import { OPEN } from '../../src/auth/principal.js';
+import { buildAuth } from '../../src/server.js';
+import { capabilities } from '../../src/interactions/capabilities.js';
+import { pino } from 'pino';
 import { TokenVerifier } from '../../src/auth/token-verifier.js';
 import { freePort, startTestServer, TEST_SIGNING_RING, tokenFor, type TestServer } from '../support/backends.js';
 
@@ -225,6 +230,36 @@ describe('bearer tokens', () => {
     await v.verify(await signWith(next.privateKey, 'ext-2'));
     expect(issuer.fetches() - before).toBe(3);
     issuer.keys = [ext.jwk];
+  });
+
+  test('after a signing-key rotation, tokens signed with the older key still verify; new ones use the new kid', async () => {
+    const rotated = await rotateSigningRing(TEST_SIGNING_RING);
+    const verifier = (ring: typeof rotated) => new TokenVerifier({ ownIssuer: t.url, ownAudience: t.url, ownKeys: publicJwks(ring), external: [], skewSeconds: 30, revocations: t.svc.auth.revocations });
+    expect(publicJwks(rotated).keys.map((k) => k.kid)).toEqual([TEST_SIGNING_RING.active, rotated.active]);
+    const old = await tokenFor(t.url);
+    expect((await verifier(rotated).verify(old)).scope).toBe('system/*.cruds');
+    const fresh = await signAccessToken(rotated, { issuer: t.url, audience: t.url, subject: 'ops', clientId: 'ops', scope: 'system/Patient.s', ttlSeconds: 60 });
+    expect(decodeProtectedHeader(fresh.token).kid).toBe(rotated.active);
+    expect((await verifier(rotated).verify(fresh.token)).scope).toBe('system/Patient.s');
+    // A ring without the old key (retired): its tokens no longer verify.
+    const retired = { active: rotated.active, keys: rotated.keys.filter((k) => k.kid === rotated.active) };
+    await expect(verifier(retired).verify(old)).rejects.toThrow(/no key/);
+  });
+
+  test('AUTH=off warns at start, lets every request through, and the CapabilityStatement says no security applies', async () => {
+    const lines: string[] = [];
+    const log = pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) });
+    const off = await buildAuth({ ...t.svc.config, auth: false }, log, t.svc.db);
+    try {
+      expect(lines.join('')).toMatch(/AUTH=off/);
+      expect((await off.authenticate(undefined)).kind).toBe('open');
+      const cap = await capabilities({ ...t.svc, auth: off }, { requestId: 'x', principal: OPEN, clock: () => new Date(), baseUrl: 'http://auth-off.invalid' });
+      const sec = (cap.body as unknown as { rest: { security: { description: string; service?: unknown } }[] }).rest[0].security;
+      expect(sec.description).toMatch(/NO SECURITY APPLIES/);
+      expect(sec.service).toBeUndefined();
+    } finally {
+      off.close();
+    }
   });
 
   test('a token made for this server by the test ring works with the scopes it carries', async () => {

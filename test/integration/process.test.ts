@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { findPackageRoot } from '../../src/fhir/package-root.js';
 import { freePort } from '../support/backends.js';
+import { Client } from 'fhir-kit-client';
 
 const root = findPackageRoot();
 const main = join(root, 'dist', 'src', 'main.js');
@@ -82,6 +83,15 @@ describe('the server process', () => {
     });
     expect(created.status).toBe(201);
     const { id } = (await created.json()) as { id: string };
+    // A real client with the token from `vesta token`: create, read, search, a transaction; without it, a 401 through its error path.
+    const client = new Client({ baseUrl: base, bearerToken: token });
+    const made = (await client.create({ resourceType: 'Observation', body: { resourceType: 'Observation', status: 'final', code: { text: 'cli' }, subject: { reference: `Patient/${id}` } } })) as unknown as { id: string };
+    expect(((await client.read({ resourceType: 'Observation', id: made.id })) as unknown as { id: string }).id).toBe(made.id);
+    expect(((await client.search({ resourceType: 'Observation', searchParams: { subject: `Patient/${id}` } })) as unknown as { total: number }).total).toBe(1);
+    const txr = (await client.transaction({ body: { resourceType: 'Bundle', type: 'transaction', entry: [{ request: { method: 'POST', url: 'Basic' }, resource: { resourceType: 'Basic', code: { text: 'tx' } } }] } })) as unknown as { type: string };
+    expect(txr.type).toBe('transaction-response');
+    const refused = (await new Client({ baseUrl: base }).read({ resourceType: 'Patient', id }).catch((e: unknown) => e)) as { response?: { status?: number } };
+    expect(refused.response?.status).toBe(401);
     p.child.kill('SIGTERM');
     expect(await p.exit).toBe(0);
     // Logs are structured JSON and carry no resource content.
