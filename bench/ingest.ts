@@ -1,6 +1,6 @@
-// Ingest workload: Synthea transaction Bundles through `vesta load` at several concurrencies,
-// against a bare pg loader that inserts the same resources as JSONB rows (one transaction per
-// bundle). Each run starts from an empty database.
+// Ingest workload: Synthea transaction Bundles through `vesta load` (with a bearer token, as its
+// --token sends it) at several concurrencies, against a bare pg loader that inserts the same
+// resources as JSONB rows (one transaction per bundle). Each run starts from an empty database.
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -55,10 +55,11 @@ export function syntheaFiles(dir: string): string[] {
   return readdirSync(dir).filter((f) => f.endsWith('.json')).sort().map((f) => join(dir, f));
 }
 
-export async function vestaLoad(url: string, files: string[], concurrency: number): Promise<{ rps: number; failures: number; resources: number; reasons: string[] }> {
+/** Posts the files through `vesta load`'s own code; `headers` carries the bearer token (as its --token does). */
+export async function vestaLoad(url: string, files: string[], concurrency: number, headers?: Record<string, string>): Promise<{ rps: number; failures: number; resources: number; reasons: string[] }> {
   const out = new PassThrough();
   out.resume();
-  const s = await load(files, { url, concurrency, ndjsonBatch: 500, out });
+  const s = await load(files, { url, concurrency, ndjsonBatch: 500, out, ...(headers ? { headers } : {}) });
   return { rps: s.resources / s.seconds, failures: s.failures.length, resources: s.resources, reasons: s.failures.map((f) => `${f.status ? `HTTP ${f.status}: ` : ''}${f.reason}`.slice(0, 300)) };
 }
 

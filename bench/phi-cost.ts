@@ -9,9 +9,10 @@ import { findPackageRoot } from '../src/fhir/package-root.js';
 
 interface RunResult {
   date: string;
-  ingest: { runs: { concurrency: number; vestaRps: number }[] };
-  readById: { vesta: { rps: number; p50: number; p99: number } };
-  crudCycle: { rps: number };
+  // Absent when BENCH_ONLY skipped the phase.
+  ingest?: { runs: { concurrency: number; vestaRps: number }[] };
+  readById?: { vesta: { rps: number; p50: number; p99: number } };
+  crudCycle?: { rps: number };
   searchMix?: { queries: { query: string; vesta: { p50: number; p95: number } }[] };
 }
 
@@ -41,9 +42,9 @@ export async function phiCost(): Promise<void> {
   const on = await runMode('on');
   const off = await runMode('off', { BENCH_VALIDATION: '0' }); // validation does not touch PHI: measured once
   const rows: [string, number, number][] = [
-    ...on.ingest.runs.map((r): [string, number, number] => [`Synthea ingest, concurrency ${r.concurrency}: resources/s`, r.vestaRps, off.ingest.runs.find((x) => x.concurrency === r.concurrency)?.vestaRps ?? NaN]),
-    ['read by id, 16 conn: req/s', on.readById.vesta.rps, off.readById.vesta.rps],
-    ['CRUD cycle, 8 conn: req/s', on.crudCycle.rps, off.crudCycle.rps],
+    ...(on.ingest?.runs ?? []).map((r): [string, number, number] => [`Synthea ingest, concurrency ${r.concurrency}: resources/s`, r.vestaRps, off.ingest?.runs.find((x) => x.concurrency === r.concurrency)?.vestaRps ?? NaN]),
+    ...(on.readById && off.readById ? [['read by id, 16 conn: req/s', on.readById.vesta.rps, off.readById.vesta.rps] as [string, number, number]] : []),
+    ...(on.crudCycle && off.crudCycle ? [['CRUD cycle, 8 conn: req/s', on.crudCycle.rps, off.crudCycle.rps] as [string, number, number]] : []),
   ];
   const lines = [
     '',
@@ -52,7 +53,7 @@ export async function phiCost(): Promise<void> {
     '| workload | PHI on | PHI off | ratio on/off |',
     '|---|---|---|---|',
     ...rows.map(([k, a, b]) => `| ${k} | ${a} | ${b} | ${ratio(a, b)} |`),
-    `| read by id: p50 / p99 ms | ${on.readById.vesta.p50} / ${on.readById.vesta.p99} | ${off.readById.vesta.p50} / ${off.readById.vesta.p99} | |`,
+    ...(on.readById && off.readById ? [`| read by id: p50 / p99 ms | ${on.readById.vesta.p50} / ${on.readById.vesta.p99} | ${off.readById.vesta.p50} / ${off.readById.vesta.p99} | |`] : []),
   ];
   for (const q of on.searchMix?.queries ?? []) {
     const o = off.searchMix?.queries.find((x) => x.query === q.query);

@@ -4,6 +4,18 @@
 //   BENCH_SECONDS    seconds per round (default 5); BENCH_ROUNDS rounds per workload (default 3)
 //   BENCH_SEARCH_RESOURCES  resources loaded (multiplied Synthea) for the search mix (default 100000; 0 skips)
 //   BENCH_VALIDATION  0 skips the in-process validation throughput (bench/validation.ts); default on
+//   BENCH_ONLY       comma-separated phases to run, of validation, ingest, cold, read, crud, search
+//                    (default all; e.g. BENCH_ONLY=read,search with a small BENCH_SEARCH_RESOURCES for a
+//                    quick look at the cost of authorization)
+// Authorization: every Vesta started here has AUTH on with a key ring generated for the run (AUTH_KEYS)
+// and BASE_URL http://127.0.0.1:<port>; every request to it (seed, read, CRUD, search, and the ingest
+// through `vesta load`'s code) carries a system/*.cruds token signed with that ring. The bare
+// Express+pg ceiling needs none. A second Vesta with AUTH=off on the same database runs beside it: read
+// by id and the search mix alternate rounds over Vesta (AUTH=on), Vesta (AUTH=off) and the ceiling
+// (after an unmeasured WARM_SECONDS warm-up of each, as the AUTH=off process starts cold), and
+// the cost of authorization is reported as ratios (req/s on/off for read by id, p95 off/on for each
+// search; the issue's target is >= 0.9), in the table and in the results JSON (authCost). The search
+// mix also times a patient/Observation.rs token (with a patient claim) against the system token.
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { Agent } from 'node:http';
@@ -13,12 +25,13 @@ import pg from 'pg';
 import { findPackageRoot } from '../src/fhir/package-root.js';
 import { closedLoop, httpCall, median, percentile } from './load.js';
 import { generateKeyRing } from '../src/crypto/key-ring.js';
+import { generateSigningRing, signAccessToken } from '../src/auth/signing-keys.js';
 import { loadConfig } from '../src/config/config.js';
 import { createLogger } from '../src/log/logger.js';
 import { phiIndexModeOf } from '../src/search/blind.js';
 import { buildCodec } from '../src/server.js';
 import { bareLoad, syntheaFiles, verifyCounts, vestaLoad, type IngestRun } from './ingest.js';
-import { searchMix, type MixResult } from './search-mix.js';
+import { searchMix, type MixResult, type PatientScopeResult } from './search-mix.js';
 import { phiCost } from './phi-cost.js';
 import type { ValidationBench } from './validation.js';
 
@@ -27,9 +40,18 @@ const ADMIN = process.env.BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SEED = 2000;
+/** Unmeasured warm-up per server before the alternating rounds of read by id and of each search. */
+const WARM_SECONDS = 1;
 /** PHI_ENCRYPTION for the Vesta under test (BENCH_PHI=on|off; unset: both, see bench/phi-cost.ts). */
 const PHI = process.env.BENCH_PHI === 'off' ? 'off' : 'on';
 const KEYS = JSON.stringify(generateKeyRing());
+/** The token-signing key ring of every Vesta of the run (AUTH_KEYS). */
+const SIGNING_RING = await generateSigningRing();
+const SYSTEM_SCOPE = 'system/*.cruds';
+const PHASES = ['validation', 'ingest', 'cold', 'read', 'crud', 'search'];
+const ONLY = process.env.BENCH_ONLY?.trim() ? new Set(process.env.BENCH_ONLY.split(',').map((x) => x.trim()).filter(Boolean)) : undefined;
+for (const p of ONLY ?? []) if (!PHASES.includes(p)) throw new Error(`BENCH_ONLY: unknown phase ${p} (phases: ${PHASES.join(', ')})`);
+const phase = (p: string) => !ONLY || ONLY.has(p);
 const SYNTHEA = process.env.BENCH_SYNTHEA ?? join(root, '..', 'shared', 'testdata', 'synthea');
 const ops = ['create', 'read', 'update', 'delete'];
 /** Resources loaded for the search mix (0 skips it). */
@@ -74,13 +96,22 @@ async function waitReady(url: string, timeoutMs: number): Promise<number> {
   }
 }
 
+const baseUrlOf = (port: number) => `http://127.0.0.1:${port}`;
+
+/** AUTH on unless env says AUTH=off; BASE_URL is the token issuer and audience the server expects. */
 function startVesta(port: number, env: Record<string, string>): { child: ChildProcess; started: number } {
   const started = Date.now();
   const child = spawn(process.execPath, [join(root, 'dist/src/main.js')], {
-    env: { PATH: process.env.PATH ?? '', PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'info', NODE_ENV: 'production', PAGE_TOKEN_SECRET: 'bench-secret-bench-secret-bench-secret', PHI_ENCRYPTION: PHI, PHI_KEYS: KEYS, ...env },
+    env: { PATH: process.env.PATH ?? '', PORT: String(port), HOST: '127.0.0.1', BASE_URL: baseUrlOf(port), LOG_LEVEL: 'info', NODE_ENV: 'production', PAGE_TOKEN_SECRET: 'bench-secret-bench-secret-bench-secret', PHI_ENCRYPTION: PHI, PHI_KEYS: KEYS, AUTH: 'on', AUTH_KEYS: JSON.stringify(SIGNING_RING), ...env },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   return { child, started };
+}
+
+/** Authorization header with a token for the Vesta on `port` (valid for the whole run). */
+async function bearer(port: number, scope = SYSTEM_SCOPE, patient?: string): Promise<Record<string, string>> {
+  const t = await signAccessToken(SIGNING_RING, { issuer: baseUrlOf(port), audience: baseUrlOf(port), subject: 'vesta-bench', clientId: 'vesta-bench', scope, ttlSeconds: 86400, ...(patient ? { patient } : {}) });
+  return { Authorization: `Bearer ${t.token}` };
 }
 
 async function stop(child: ChildProcess): Promise<void> {
@@ -106,183 +137,230 @@ async function main(): Promise<void> {
   const results: Record<string, unknown> = {
     date: new Date().toISOString(),
     machine: { nproc: cpus().length, cpu: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 1024 ** 3), node: process.version },
-    settings: { seconds: SECONDS, rounds: ROUNDS, database: 'PostgreSQL (DATABASE_URL)', phiEncryption: PHI },
+    settings: { seconds: SECONDS, rounds: ROUNDS, database: 'PostgreSQL (DATABASE_URL)', phiEncryption: PHI, auth: `on (${SYSTEM_SCOPE} token); AUTH=off beside it for authCost`, phases: ONLY ? [...ONLY] : 'all' },
   };
   const children: ChildProcess[] = [];
-  if (process.env.BENCH_VALIDATION !== '0') {
+  if (phase('validation') && process.env.BENCH_VALIDATION !== '0') {
     // In a child process, before any server runs: one core, nothing else competing. Not in this
     // process, so the validator's compiled schemas and the 188 MB package do not stay on the load
     // generator's heap for the later workloads.
     results.validation = await validationInChild(ROUNDS);
   }
   try {
-    // Ingest: Synthea bundles through vesta load at concurrency 1, 2, 4, each into an empty database.
-    const files = syntheaFiles(join(SYNTHEA, 'bundles'));
-    const ingest: IngestRun[] = [];
-    let verification: unknown;
-    for (const conc of [1, 2, 4]) {
-      process.stderr.write(`bench: ingest at concurrency ${conc}\n`);
-      const name = `${dbName}_ingest${conc}`;
-      await admin(`create database ${name}`);
-      const iu = new URL(ADMIN);
-      iu.pathname = `/${name}`;
-      try {
-        const v = startVesta(18304, { DATABASE_URL: iu.toString(), DATABASE_POOL_MAX: '10' });
-        children.push(v.child);
-        await waitReady('http://127.0.0.1:18304/readyz', 60000);
-        const vr = await vestaLoad('http://127.0.0.1:18304', files, conc);
-        await stop(v.child);
-        if (conc === 4) verification = await verifyCounts(iu.toString(), join(SYNTHEA, 'manifest.json'));
-        const ceilingRps = await bareLoad(iu.toString(), files, conc);
-        ingest.push({ concurrency: conc, vestaRps: round1(vr.rps), ceilingRps: round1(ceilingRps), ratio: Math.round((vr.rps / ceilingRps) * 1000) / 1000, failures: vr.failures });
-      } finally {
-        await admin(`drop database if exists ${name} with (force)`);
-      }
-    }
-    results.ingest = { bundles: files.length, runs: ingest, verification };
-
-    // Cold start: process start to first successful GET /metadata (migrations already applied after the first).
-    const cold: number[] = [];
-    for (let r = 0; r < ROUNDS + 1; r++) {
-      const v = startVesta(18301, { DATABASE_URL: databaseUrl });
-      const ms = await waitReady('http://127.0.0.1:18301/metadata', 60000);
-      if (r > 0) cold.push(ms); // the first start also applies migrations
-      await stop(v.child);
-    }
-    results.coldStartMs = { median: median(cold), samples: cold };
-
-    const vesta = startVesta(18302, { DATABASE_URL: databaseUrl, DATABASE_POOL_MAX: '10' });
-    children.push(vesta.child);
-    await waitReady('http://127.0.0.1:18302/readyz', 60000);
-    const vBase = new URL('http://127.0.0.1:18302');
-    const agent = new Agent({ keepAlive: true, maxSockets: 64 });
-
-    // Seed
-    const ids: string[] = [];
-    const seedStart = Date.now();
-    await Promise.all(
-      Array.from({ length: 8 }, async (_, w) => {
-        for (let i = w; i < SEED; i += 8) {
-          const r = await httpCall(agent, vBase, 'POST', '/Patient', patient(i), { Prefer: 'return=minimal' });
-          if (r.status !== 201) throw new Error(`seed failed: ${r.status}`);
-          ids.push('');
+    if (phase('ingest')) {
+      // Ingest: Synthea bundles through vesta load at concurrency 1, 2, 4, each into an empty database.
+      const files = syntheaFiles(join(SYNTHEA, 'bundles'));
+      const ingest: IngestRun[] = [];
+      let verification: unknown;
+      for (const conc of [1, 2, 4]) {
+        process.stderr.write(`bench: ingest at concurrency ${conc}\n`);
+        const name = `${dbName}_ingest${conc}`;
+        await admin(`create database ${name}`);
+        const iu = new URL(ADMIN);
+        iu.pathname = `/${name}`;
+        try {
+          const v = startVesta(18304, { DATABASE_URL: iu.toString(), DATABASE_POOL_MAX: '10' });
+          children.push(v.child);
+          await waitReady('http://127.0.0.1:18304/readyz', 60000);
+          const vr = await vestaLoad('http://127.0.0.1:18304', files, conc, await bearer(18304));
+          await stop(v.child);
+          if (conc === 4) verification = await verifyCounts(iu.toString(), join(SYNTHEA, 'manifest.json'));
+          const ceilingRps = await bareLoad(iu.toString(), files, conc);
+          ingest.push({ concurrency: conc, vestaRps: round1(vr.rps), ceilingRps: round1(ceilingRps), ratio: Math.round((vr.rps / ceilingRps) * 1000) / 1000, failures: vr.failures });
+        } finally {
+          await admin(`drop database if exists ${name} with (force)`);
         }
-      }),
-    );
-    results.seed = { patients: SEED, seconds: (Date.now() - seedStart) / 1000 };
-    const idRows = await (async () => {
-      const c = new pg.Client({ connectionString: databaseUrl });
-      await c.connect();
-      try {
-        return (await c.query<{ id: string }>("select id from resource where resource_type = 'Patient'")).rows.map((r) => r.id);
-      } finally {
-        await c.end();
       }
-    })();
-
-    const ceiling = fork(join(root, 'dist/bench/ceiling-server.js'), [], { env: { PATH: process.env.PATH ?? '', DATABASE_URL: databaseUrl, PORT: '18303', DATABASE_POOL_MAX: '10' }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
-    children.push(ceiling);
-    await new Promise<void>((resolve) => ceiling.once('message', () => resolve()));
-    const cBase = new URL('http://127.0.0.1:18303');
-
-    // Read by id, 16 connections, alternating Vesta and ceiling rounds so noise hits both.
-    const readV: { rps: number; p50: number; p99: number }[] = [];
-    const readC: { rps: number; p50: number; p99: number }[] = [];
-    const pick = () => idRows[Math.floor(Math.random() * idRows.length)];
-    for (let r = 0; r < ROUNDS; r++) {
-      for (const [base, out] of [[vBase, readV], [cBase, readC]] as const) {
-        const res = await closedLoop(16, SECONDS, () => httpCall(agent, base, 'GET', `/Patient/${pick()}`));
-        if (res.errors) throw new Error(`read errors: ${res.errors}`);
-        out.push({ rps: res.rps, p50: percentile(res.lat, 50), p99: percentile(res.lat, 99) });
-      }
+      results.ingest = { bundles: files.length, runs: ingest, verification };
     }
-    const summarise = (xs: { rps: number; p50: number; p99: number }[]) => ({ rps: round1(median(xs.map((x) => x.rps))), p50: round1(median(xs.map((x) => x.p50))), p99: round1(median(xs.map((x) => x.p99))) });
-    const rv = summarise(readV);
-    const rc = summarise(readC);
-    results.readById = { connections: 16, vesta: rv, ceiling: rc, ratio: Math.round((rv.rps / rc.rps) * 1000) / 1000 };
 
-    // CRUD cycle over several types, 8 connections: create, read, update, delete.
-    const types = [
-      { type: 'Patient', make: (i: number) => patient(i) },
-      { type: 'Observation', make: (i: number) => ({ resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] }, valueQuantity: { value: 60 + (i % 40), unit: '/min' } }) },
-      { type: 'Basic', make: (i: number) => ({ resourceType: 'Basic', code: { text: `b${i}` } }) },
-    ];
-    const crudRounds: { rps: number; perOp: Record<string, number[]> }[] = [];
-    for (let r = 0; r < ROUNDS; r++) {
-      const perOp: Record<string, number[]> = { create: [], read: [], update: [], delete: [] };
-      let calls = 0;
-      let errors = 0;
-      const t0 = Date.now();
-      const until = t0 + SECONDS * 1000;
+    if (phase('cold')) {
+      // Cold start: process start to first successful GET /metadata (migrations already applied after the first).
+      const cold: number[] = [];
+      for (let r = 0; r < ROUNDS + 1; r++) {
+        const v = startVesta(18301, { DATABASE_URL: databaseUrl });
+        const ms = await waitReady('http://127.0.0.1:18301/metadata', 60000);
+        if (r > 0) cold.push(ms); // the first start also applies migrations
+        await stop(v.child);
+      }
+      results.coldStartMs = { median: median(cold), samples: cold };
+    }
+
+    if (phase('read') || phase('crud') || phase('search')) {
+      const vesta = startVesta(18302, { DATABASE_URL: databaseUrl, DATABASE_POOL_MAX: '10' });
+      children.push(vesta.child);
+      await waitReady('http://127.0.0.1:18302/readyz', 60000);
+      const vBase = new URL(baseUrlOf(18302));
+      const vH = await bearer(18302);
+      const agent = new Agent({ keepAlive: true, maxSockets: 64 });
+      // The cost of authorization: the same server with AUTH=off on the same database (started after
+      // the first, which applied the migrations), measured in the same rounds; sent no token.
+      let offBase: URL | undefined;
+      if (phase('read') || phase('search')) {
+        const off = startVesta(18305, { DATABASE_URL: databaseUrl, DATABASE_POOL_MAX: '10', AUTH: 'off' });
+        children.push(off.child);
+        await waitReady('http://127.0.0.1:18305/readyz', 60000);
+        offBase = new URL(baseUrlOf(18305));
+      }
+      const authCost: Record<string, unknown> = {};
+
+      // Seed
+      const ids: string[] = [];
+      const seedStart = Date.now();
       await Promise.all(
         Array.from({ length: 8 }, async (_, w) => {
-          let i = 0;
-          while (Date.now() < until) {
-            const t = types[(w + i++) % types.length];
-            const c = await httpCall(agent, vBase, 'POST', `/${t.type}`, t.make(i));
-            const id = (JSON.parse(c.body) as { id: string }).id;
-            const rd = await httpCall(agent, vBase, 'GET', `/${t.type}/${id}`);
-            const up = await httpCall(agent, vBase, 'PUT', `/${t.type}/${id}`, { ...t.make(i + 1), id }, { 'If-Match': 'W/"1"' });
-            const dl = await httpCall(agent, vBase, 'DELETE', `/${t.type}/${id}`);
-            for (const [k, x] of [['create', c], ['read', rd], ['update', up], ['delete', dl]] as const) {
-              perOp[k].push(x.ms);
-              if (x.status >= 400) errors++;
-            }
-            calls += 4;
+          for (let i = w; i < SEED; i += 8) {
+            const r = await httpCall(agent, vBase, 'POST', '/Patient', patient(i), { Prefer: 'return=minimal', ...vH });
+            if (r.status !== 201) throw new Error(`seed failed: ${r.status} ${r.body.slice(0, 300)}`);
+            ids.push('');
           }
         }),
       );
-      if (errors) throw new Error(`CRUD errors: ${errors}`);
-      for (const k of Object.keys(perOp)) perOp[k].sort((a, b) => a - b);
-      crudRounds.push({ rps: calls / ((Date.now() - t0) / 1000), perOp });
-    }
+      results.seed = { patients: SEED, seconds: (Date.now() - seedStart) / 1000 };
 
-    results.crudCycle = {
-      connections: 8,
-      types: types.map((t) => t.type),
-      rps: round1(median(crudRounds.map((c) => c.rps))),
-      p50: Object.fromEntries(ops.map((o) => [o, round1(median(crudRounds.map((c) => percentile(c.perOp[o], 50))))])),
-      p99: Object.fromEntries(ops.map((o) => [o, round1(median(crudRounds.map((c) => percentile(c.perOp[o], 99))))])),
-    };
+      if (phase('read')) {
+        const idRows = await (async () => {
+          const c = new pg.Client({ connectionString: databaseUrl });
+          await c.connect();
+          try {
+            return (await c.query<{ id: string }>("select id from resource where resource_type = 'Patient'")).rows.map((r) => r.id);
+          } finally {
+            await c.end();
+          }
+        })();
 
-    if (SEARCH_RESOURCES > 0) {
-      results.searchMix = await searchMix({
-        vestaUrl: vBase.toString().replace(/\/$/, ''),
-        databaseUrl,
-        syntheaDir: SYNTHEA,
-        resources: SEARCH_RESOURCES,
-        seconds: Math.max(2, Math.round(SECONDS / 2)),
-        rounds: ROUNDS,
-        agent,
-        // The PHI index mode the server under test derives from the same settings, by the same code.
-        phi: phiIndexModeOf(await buildCodec(loadConfig({ PHI_ENCRYPTION: PHI, PHI_KEYS: KEYS, DATABASE_URL: databaseUrl }), createLogger('silent'))),
-        log: (m) => process.stderr.write(m),
-      });
+        const ceiling = fork(join(root, 'dist/bench/ceiling-server.js'), [], { env: { PATH: process.env.PATH ?? '', DATABASE_URL: databaseUrl, PORT: '18303', DATABASE_POOL_MAX: '10' }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+        children.push(ceiling);
+        await new Promise<void>((resolve) => ceiling.once('message', () => resolve()));
+        const cBase = new URL('http://127.0.0.1:18303');
+
+        // Read by id, 16 connections, alternating Vesta (AUTH=on), Vesta (AUTH=off) and ceiling rounds so noise hits all.
+        type ReadFig = { rps: number; p50: number; p99: number };
+        const readV: ReadFig[] = [];
+        const readOff: ReadFig[] = [];
+        const readC: ReadFig[] = [];
+        const pick = () => idRows[Math.floor(Math.random() * idRows.length)];
+        const legs: [URL, Record<string, string>, ReadFig[]][] = [[vBase, vH, readV], ...(offBase ? [[offBase, {}, readOff] as [URL, Record<string, string>, ReadFig[]]] : []), [cBase, {}, readC]];
+        // Unmeasured warm-up of each server (JIT, pools): the AUTH=off Vesta has served nothing yet.
+        for (const [base, headers] of legs) await closedLoop(16, WARM_SECONDS, () => httpCall(agent, base, 'GET', `/Patient/${pick()}`, undefined, headers));
+        for (let r = 0; r < ROUNDS; r++) {
+          for (const [base, headers, out] of legs) {
+            const res = await closedLoop(16, SECONDS, () => httpCall(agent, base, 'GET', `/Patient/${pick()}`, undefined, headers));
+            if (res.errors) throw new Error(`read errors: ${res.errors} (${base.port})`);
+            out.push({ rps: res.rps, p50: percentile(res.lat, 50), p99: percentile(res.lat, 99) });
+          }
+        }
+        const summarise = (xs: ReadFig[]) => ({ rps: round1(median(xs.map((x) => x.rps))), p50: round1(median(xs.map((x) => x.p50))), p99: round1(median(xs.map((x) => x.p99))) });
+        const rv = summarise(readV);
+        const rc = summarise(readC);
+        results.readById = { connections: 16, vesta: rv, ceiling: rc, ratio: Math.round((rv.rps / rc.rps) * 1000) / 1000 };
+        if (readOff.length) {
+          const ro = summarise(readOff);
+          // Ratio of the medians, and the median of the per-round ratios (on and off adjacent in time).
+          authCost.readById = { on: rv, off: ro, ratio: Math.round((rv.rps / ro.rps) * 1000) / 1000, perRoundRatios: readV.map((x, i) => Math.round((x.rps / readOff[i].rps) * 1000) / 1000) };
+        }
+      }
+
+      if (phase('crud')) {
+        // CRUD cycle over several types, 8 connections: create, read, update, delete.
+        const types = [
+          { type: 'Patient', make: (i: number) => patient(i) },
+          { type: 'Observation', make: (i: number) => ({ resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] }, valueQuantity: { value: 60 + (i % 40), unit: '/min' } }) },
+          { type: 'Basic', make: (i: number) => ({ resourceType: 'Basic', code: { text: `b${i}` } }) },
+        ];
+        const crudRounds: { rps: number; perOp: Record<string, number[]> }[] = [];
+        for (let r = 0; r < ROUNDS; r++) {
+          const perOp: Record<string, number[]> = { create: [], read: [], update: [], delete: [] };
+          let calls = 0;
+          let errors = 0;
+          const t0 = Date.now();
+          const until = t0 + SECONDS * 1000;
+          await Promise.all(
+            Array.from({ length: 8 }, async (_, w) => {
+              let i = 0;
+              while (Date.now() < until) {
+                const t = types[(w + i++) % types.length];
+                const c = await httpCall(agent, vBase, 'POST', `/${t.type}`, t.make(i), vH);
+                if (c.status !== 201) throw new Error(`CRUD create: ${c.status} ${c.body.slice(0, 300)}`);
+                const id = (JSON.parse(c.body) as { id: string }).id;
+                const rd = await httpCall(agent, vBase, 'GET', `/${t.type}/${id}`, undefined, vH);
+                const up = await httpCall(agent, vBase, 'PUT', `/${t.type}/${id}`, { ...t.make(i + 1), id }, { 'If-Match': 'W/"1"', ...vH });
+                const dl = await httpCall(agent, vBase, 'DELETE', `/${t.type}/${id}`, undefined, vH);
+                for (const [k, x] of [['create', c], ['read', rd], ['update', up], ['delete', dl]] as const) {
+                  perOp[k].push(x.ms);
+                  if (x.status >= 400) errors++;
+                }
+                calls += 4;
+              }
+            }),
+          );
+          if (errors) throw new Error(`CRUD errors: ${errors}`);
+          for (const k of Object.keys(perOp)) perOp[k].sort((a, b) => a - b);
+          crudRounds.push({ rps: calls / ((Date.now() - t0) / 1000), perOp });
+        }
+
+        results.crudCycle = {
+          connections: 8,
+          types: types.map((t) => t.type),
+          rps: round1(median(crudRounds.map((c) => c.rps))),
+          p50: Object.fromEntries(ops.map((o) => [o, round1(median(crudRounds.map((c) => percentile(c.perOp[o], 50))))])),
+          p99: Object.fromEntries(ops.map((o) => [o, round1(median(crudRounds.map((c) => percentile(c.perOp[o], 99))))])),
+        };
+      }
+
+      if (phase('search') && SEARCH_RESOURCES > 0) {
+        const mix = await searchMix({
+          vestaUrl: vBase.toString().replace(/\/$/, ''),
+          databaseUrl,
+          syntheaDir: SYNTHEA,
+          resources: SEARCH_RESOURCES,
+          seconds: Math.max(2, Math.round(SECONDS / 2)),
+          warmSeconds: WARM_SECONDS,
+          rounds: ROUNDS,
+          agent,
+          // The PHI index mode the server under test derives from the same settings, by the same code.
+          phi: phiIndexModeOf(await buildCodec(loadConfig({ PHI_ENCRYPTION: PHI, PHI_KEYS: KEYS, DATABASE_URL: databaseUrl, AUTH: 'off' }), createLogger('silent'))),
+          log: (m) => process.stderr.write(m),
+          headers: vH,
+          ...(offBase ? { authOffUrl: offBase.toString().replace(/\/$/, '') } : {}),
+          patientHeaders: (id) => bearer(18302, 'patient/Observation.rs', id),
+        });
+        results.searchMix = mix;
+        authCost.search = mix.queries.filter((q) => q.authOff).map((q) => ({ query: q.query, onP95: q.vesta.p95, offP95: q.authOff!.p95, ratio: q.authRatio }));
+        if (mix.patientScope) authCost.patientScope = mix.patientScope;
+      }
+      if (Object.keys(authCost).length) results.authCost = { target: 0.9, readRatio: 'req/s AUTH=on over AUTH=off', searchRatio: 'p95 AUTH=off over AUTH=on', ...authCost };
+      agent.destroy();
     }
-    agent.destroy();
   } finally {
     for (const c of children) await stop(c);
     await admin(`drop database if exists ${dbName} with (force)`);
   }
 
-  const r = results as { readById: { vesta: { rps: number; p50: number; p99: number }; ceiling: { rps: number; p50: number; p99: number }; ratio: number }; crudCycle: { rps: number; p50: Record<string, number>; p99: Record<string, number> }; coldStartMs: { median: number } };
+  type ReadById = { vesta: { rps: number; p50: number; p99: number }; ceiling: { rps: number; p50: number; p99: number }; ratio: number };
+  const r = results as { readById?: ReadById; crudCycle?: { rps: number; p50: Record<string, number>; p99: Record<string, number> }; coldStartMs?: { median: number } };
+  const ingestRes = results.ingest as { runs: IngestRun[]; verification: { countsMatch: boolean; urnLeft: number; references: number; unresolved: number } } | undefined;
   const lines = [
-    `Vesta bench ${results.date as string}  (PHI_ENCRYPTION=${PHI}; ${cpus().length} cores, ${Math.round(totalmem() / 1024 **3)} GiB, ${process.version}; ${ROUNDS} rounds x ${SECONDS}s, medians)`,
+    `Vesta bench ${results.date as string}  (PHI_ENCRYPTION=${PHI}; AUTH=on, ${SYSTEM_SCOPE} token; ${cpus().length} cores, ${Math.round(totalmem() / 1024 ** 3)} GiB, ${process.version}; ${ROUNDS} rounds x ${SECONDS}s, medians${ONLY ? `; phases ${[...ONLY].join(',')}` : ''})`,
     '',
     '| workload | Vesta | ceiling | ratio |',
     '|---|---|---|---|',
-    `| read by id, 16 conn: req/s | ${r.readById.vesta.rps} | ${r.readById.ceiling.rps} (bare Express+pg) | ${r.readById.ratio} |`,
-    `| read by id: p50 / p99 ms | ${r.readById.vesta.p50} / ${r.readById.vesta.p99} | ${r.readById.ceiling.p50} / ${r.readById.ceiling.p99} | |`,
-    `| CRUD cycle, 8 conn: req/s | ${r.crudCycle.rps} | | |`,
-    `| CRUD p99 ms (create/read/update/delete) | ${ops.map((o) => r.crudCycle.p99[o]).join(' / ')} | | |`,
-    `| cold start to first GET /metadata, ms | ${r.coldStartMs.median} | | |`,
-    ...(results.ingest as { runs: IngestRun[] }).runs.map(
-      (x) => `| Synthea ingest, concurrency ${x.concurrency}: resources/s | ${x.vestaRps} | ${x.ceilingRps} (bare pg loader) | ${x.ratio} |`,
-    ),
-    (() => {
-      const v = (results.ingest as { verification: { countsMatch: boolean; urnLeft: number; references: number; unresolved: number } }).verification;
-      return `| Synthea ingest check (concurrency 4): counts equal manifest / urn:uuid left / references unresolved | ${v.countsMatch} / ${v.urnLeft} / ${v.unresolved} of ${v.references} | | |`;
-    })(),
+    ...(r.readById
+      ? [
+          `| read by id, 16 conn: req/s | ${r.readById.vesta.rps} | ${r.readById.ceiling.rps} (bare Express+pg) | ${r.readById.ratio} |`,
+          `| read by id: p50 / p99 ms | ${r.readById.vesta.p50} / ${r.readById.vesta.p99} | ${r.readById.ceiling.p50} / ${r.readById.ceiling.p99} | |`,
+        ]
+      : []),
+    ...(r.crudCycle
+      ? [`| CRUD cycle, 8 conn: req/s | ${r.crudCycle.rps} | | |`, `| CRUD p99 ms (create/read/update/delete) | ${ops.map((o) => r.crudCycle!.p99[o]).join(' / ')} | | |`]
+      : []),
+    ...(r.coldStartMs ? [`| cold start to first GET /metadata, ms | ${r.coldStartMs.median} | | |`] : []),
+    ...(ingestRes
+      ? [
+          ...ingestRes.runs.map((x) => `| Synthea ingest, concurrency ${x.concurrency}: resources/s | ${x.vestaRps} | ${x.ceilingRps} (bare pg loader) | ${x.ratio} |`),
+          `| Synthea ingest check (concurrency 4): counts equal manifest / urn:uuid left / references unresolved | ${ingestRes.verification.countsMatch} / ${ingestRes.verification.urnLeft} / ${ingestRes.verification.unresolved} of ${ingestRes.verification.references} | | |`,
+        ]
+      : []),
   ];
   const val = results.validation as ValidationBench | undefined;
   if (val) {
@@ -310,6 +388,30 @@ async function main(): Promise<void> {
       '|---|---|---|---|---|---|---|',
       ...mix.queries.map((q) => `| ${q.query} | ${q.vesta.p50} / ${q.vesta.p95} | ${q.ceiling.p50} / ${q.ceiling.p95} | ${q.ratio} | ${q.sampleTotal ?? ''} | ${(mix.seqScans[q.query] ?? []).join(', ') || 'none'} | ${q.notServed.join('; ')} |`),
     );
+  }
+  const auth = results.authCost as { readById?: { on: ReadById['vesta']; off: ReadById['vesta']; ratio: number }; search?: { query: string; onP95: number; offP95: number; ratio: number }[]; patientScope?: PatientScopeResult } | undefined;
+  if (auth) {
+    lines.push(
+      '',
+      `Cost of authorization: Vesta AUTH=on (${SYSTEM_SCOPE} bearer token) and AUTH=off on the same database, alternating rounds in this run (target ratio >= 0.9):`,
+      '',
+      '| workload | AUTH=on | AUTH=off | ratio |',
+      '|---|---|---|---|',
+      ...(auth.readById
+        ? [
+            `| read by id, 16 conn: req/s (ratio on/off) | ${auth.readById.on.rps} | ${auth.readById.off.rps} | ${auth.readById.ratio} |`,
+            `| read by id: p50 / p99 ms | ${auth.readById.on.p50} / ${auth.readById.on.p99} | ${auth.readById.off.p50} / ${auth.readById.off.p99} | |`,
+          ]
+        : []),
+      ...(auth.search ?? []).map((q) => `| search ${q.query}: p95 ms (ratio off/on) | ${q.onP95} | ${q.offP95} | ${q.ratio} |`),
+    );
+    const ps = auth.patientScope;
+    if (ps) {
+      lines.push(
+        '',
+        `Patient-scoped token (${ps.scope} + patient claim), ${ps.query}: p50 / p95 ${ps.patientToken.p50} / ${ps.patientToken.p95} ms (sample total ${ps.patientToken.sampleTotal}); ${SYSTEM_SCOPE} token with &patient=<id> (same matches) ${ps.systemSamePatient.p50} / ${ps.systemSamePatient.p95} ms (sample total ${ps.systemSamePatient.sampleTotal}), p95 ratio system/patient ${ps.ratio}; without &patient (every patient's) ${ps.systemAllPatients.p50} / ${ps.systemAllPatients.p95} ms (sample total ${ps.systemAllPatients.sampleTotal}).`,
+      );
+    }
   }
   process.stdout.write(lines.join('\n') + '\n');
   const dir = join(root, 'bench', 'results');

@@ -2,7 +2,10 @@
 // least BENCH_SEARCH_RESOURCES resources, then measures p50/p95 of each query of the mix through
 // Vesta's HTTP API against the same query written by hand in SQL on Vesta's own schema, both in the
 // same run, alternating rounds so noise hits both. Also records whether PostgreSQL's chosen plan for
-// Vesta's SQL uses only index access on the large tables.
+// Vesta's SQL uses only index access on the large tables. Every request to Vesta carries the caller's
+// headers (its system/*.cruds bearer token); given a second Vesta with AUTH=off on the same database
+// (authOffUrl), each round also runs the query there, for the cost of authorization (p95 off/on); given
+// patientHeaders, one more measure compares a patient-scoped token's search with the system token's.
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import type { Agent } from 'node:http';
 import { spawn } from 'node:child_process';
@@ -28,6 +31,24 @@ export interface MixResult {
   sampleTotal: number | null;
   /** Parameters Vesta reported as not served in this mode (then the figure is not comparable). */
   notServed: string[];
+  /** The same query on the Vesta with AUTH=off (same database, rounds alternating with the others). */
+  authOff?: { p50: number; p95: number; rps: number };
+  /** Cost of authorization: AUTH=off p95 over AUTH=on p95 (1 = free; the issue's target is >= 0.9). */
+  authRatio?: number;
+}
+
+/** A patient-scoped token's search against the system token's, on the same code (one per run). */
+export interface PatientScopeResult {
+  query: string;
+  scope: string;
+  /** patient/Observation.rs with the patient claim: Observation?code=<code> (the compartment is added by Vesta). */
+  patientToken: { p50: number; p95: number; rps: number; sampleTotal: number | null };
+  /** system/*.cruds: Observation?code=<code>&patient=<id>, the same matches asked for explicitly. */
+  systemSamePatient: { p50: number; p95: number; rps: number; sampleTotal: number | null };
+  /** system/*.cruds: Observation?code=<code>, every patient's matches. */
+  systemAllPatients: { p50: number; p95: number; rps: number; sampleTotal: number | null };
+  /** systemSamePatient p95 over patientToken p95 (1 = the patient scope costs nothing more). */
+  ratio: number;
 }
 
 interface Sample {
@@ -213,6 +234,14 @@ export interface SearchMixOptions {
    */
   phi: PhiIndexMode;
   log: (s: string) => void;
+  /** Unmeasured seconds of each query on each Vesta before its rounds (default 0). */
+  warmSeconds?: number;
+  /** Headers of every request to vestaUrl (Authorization: Bearer <system/*.cruds token>). */
+  headers?: Record<string, string>;
+  /** A second Vesta with AUTH=off on the same database (no token sent): measured in the same rounds. */
+  authOffUrl?: string;
+  /** Headers carrying a patient/Observation.rs token for the patient (for vestaUrl): measures the patient scope. */
+  patientHeaders?: (patientId: string) => Promise<Record<string, string>>;
 }
 
 /**
@@ -237,13 +266,13 @@ async function generateInChild(syntheaDir: string, target: number, out: string):
 }
 
 /** Loads the data and runs the mix; the caller owns the server and the database. */
-export async function searchMix(o: SearchMixOptions): Promise<{ resources: number; loadRps: number; loadFailures: string[]; queries: MixResult[]; seqScans: Record<string, string[]> }> {
+export async function searchMix(o: SearchMixOptions): Promise<{ resources: number; loadRps: number; loadFailures: string[]; queries: MixResult[]; seqScans: Record<string, string[]>; patientScope?: PatientScopeResult }> {
   const dir = mkdtempSync(join(tmpdir(), 'vesta-mix-'));
   try {
     const gen = await generateInChild(o.syntheaDir, o.resources, dir);
     o.log(`bench: search mix: loading ${gen.resources} resources (${gen.bundles} bundles)\n`);
     const files = readdirSync(dir).filter((f) => f.startsWith('b')).sort().map((f) => join(dir, f));
-    const loaded = await vestaLoad(o.vestaUrl, files, 4);
+    const loaded = await vestaLoad(o.vestaUrl, files, 4, o.headers);
     // The mix only needs the data loaded: a failed Bundle is reported with the figures (and counted
     // out of the resources), not fatal. More than 1% failed means something is wrong: stop.
     if (loaded.failures > Math.max(1, files.length / 100)) throw new Error(`search mix load: ${loaded.failures} bundles failed: ${loaded.reasons.join(' / ')}`);
@@ -257,20 +286,38 @@ export async function searchMix(o: SearchMixOptions): Promise<{ resources: numbe
       const sample = await samples(o.databaseUrl, dir, 400);
       if (!sample.length) throw new Error('search mix: no samples');
       const base = new URL(o.vestaUrl);
+      const h = o.headers ?? {};
+      const offBase = o.authOffUrl ? new URL(o.authOffUrl) : undefined;
       const blind: BlindIndexer | undefined = o.phi.blind?.indexer;
       const queries: MixResult[] = [];
       for (const q of MIX) {
         o.log(`bench: search mix: ${q.name}\n`);
-        const first = await httpCall(o.agent, base, 'GET', q.path(sample[0]));
+        const first = await httpCall(o.agent, base, 'GET', q.path(sample[0]), undefined, h);
         if (first.status !== 200) throw new Error(`search mix: ${q.name} answered ${first.status}`);
         const body = JSON.parse(first.body) as { total?: number; entry?: { search?: { mode?: string }; resource?: { issue?: { diagnostics?: string }[] } }[] };
         const notServed = (body.entry ?? []).filter((e) => e.search?.mode === 'outcome').flatMap((e) => (e.resource?.issue ?? []).map((i) => String(i.diagnostics)));
-        const vr: { p50: number; p95: number; rps: number }[] = [];
-        const cr: { p50: number; p95: number; rps: number }[] = [];
+        if (offBase) {
+          // The system token must see what AUTH=off sees: same status, same total.
+          const off = await httpCall(o.agent, offBase, 'GET', q.path(sample[0]));
+          const offTotal = off.status === 200 ? (JSON.parse(off.body) as { total?: number }).total : undefined;
+          if (off.status !== 200 || offTotal !== body.total) throw new Error(`search mix: ${q.name}: AUTH=off answered ${off.status} with total ${offTotal}, AUTH=on 200 with total ${body.total}`);
+        }
+        if (o.warmSeconds) {
+          await closedLoop(4, o.warmSeconds, (w, i) => httpCall(o.agent, base, 'GET', q.path(sample[(w * 97 + i) % sample.length]), undefined, h));
+          if (offBase) await closedLoop(4, o.warmSeconds, (w, i) => httpCall(o.agent, offBase, 'GET', q.path(sample[(w * 97 + i) % sample.length])));
+        }
+        const vr: Fig[] = [];
+        const cr: Fig[] = [];
+        const or: Fig[] = [];
         for (let r = 0; r < o.rounds; r++) {
-          const v = await closedLoop(4, o.seconds, (w, i) => httpCall(o.agent, base, 'GET', q.path(sample[(w * 97 + i) % sample.length])));
+          const v = await closedLoop(4, o.seconds, (w, i) => httpCall(o.agent, base, 'GET', q.path(sample[(w * 97 + i) % sample.length]), undefined, h));
           if (v.errors) throw new Error(`search mix: ${q.name}: ${v.errors} errors`);
-          vr.push({ p50: percentile(v.lat, 50), p95: percentile(v.lat, 95), rps: v.rps });
+          vr.push(fig(v));
+          if (offBase) {
+            const f = await closedLoop(4, o.seconds, (w, i) => httpCall(o.agent, offBase, 'GET', q.path(sample[(w * 97 + i) % sample.length])));
+            if (f.errors) throw new Error(`search mix: ${q.name} (AUTH=off): ${f.errors} errors`);
+            or.push(fig(f));
+          }
           const c = await closedLoop(4, o.seconds, async (w, i) => {
             const t0 = process.hrtime.bigint();
             const s = q.sql(sample[(w * 97 + i) % sample.length], blind);
@@ -279,11 +326,12 @@ export async function searchMix(o: SearchMixOptions): Promise<{ resources: numbe
           });
           cr.push({ p50: percentile(c.lat, 50), p95: percentile(c.lat, 95), rps: c.rps });
         }
-        const med = (xs: { p50: number; p95: number; rps: number }[]) => ({ p50: r2(median(xs.map((x) => x.p50))), p95: r2(median(xs.map((x) => x.p95))), rps: Math.round(median(xs.map((x) => x.rps))) });
         const vm = med(vr);
         const cm = med(cr);
-        queries.push({ query: q.name, vesta: vm, ceiling: cm, ratio: r2(vm.p95 / cm.p95), sampleTotal: body.total ?? null, notServed });
+        const om = or.length ? med(or) : undefined;
+        queries.push({ query: q.name, vesta: vm, ceiling: cm, ratio: r2(vm.p95 / cm.p95), sampleTotal: body.total ?? null, notServed, ...(om ? { authOff: om, authRatio: Math.round((om.p95 / vm.p95) * 1000) / 1000 } : {}) });
       }
+      const patientScope = o.patientHeaders ? await measurePatientScope(o, base, sample) : undefined;
       // What the planner picks for Vesta's own SQL at this size: sequential scans on big tables, if any.
       const seqScans: Record<string, string[]> = {};
       for (const q of MIX) {
@@ -291,7 +339,7 @@ export async function searchMix(o: SearchMixOptions): Promise<{ resources: numbe
         const plan = (await pool.query(`explain (format json) ${sql.text}`, sql.values)).rows[0]['QUERY PLAN'] as { Plan: Record<string, unknown> }[];
         seqScans[q.name] = planScans(plan[0].Plan).filter((n) => n.node === 'Seq Scan' && n.rel).map((n) => n.rel as string);
       }
-      return { resources: loaded.resources, loadRps: Math.round(loaded.rps), loadFailures: loaded.reasons, queries, seqScans };
+      return { resources: loaded.resources, loadRps: Math.round(loaded.rps), loadFailures: loaded.reasons, queries, seqScans, ...(patientScope ? { patientScope } : {}) };
     } finally {
       await pool.end();
     }
@@ -301,6 +349,50 @@ export async function searchMix(o: SearchMixOptions): Promise<{ resources: numbe
 }
 
 const r2 = (x: number) => Math.round(x * 100) / 100;
+
+type Fig = { p50: number; p95: number; rps: number };
+const fig = (v: { lat: number[]; rps: number }): Fig => ({ p50: percentile(v.lat, 50), p95: percentile(v.lat, 95), rps: v.rps });
+const med = (xs: Fig[]): Fig => ({ p50: r2(median(xs.map((x) => x.p50))), p95: r2(median(xs.map((x) => x.p95))), rps: Math.round(median(xs.map((x) => x.rps))) });
+
+/**
+ * Observation?code=<code> with a patient/Observation.rs token (patient claim: the sample's patient),
+ * against the system token asking for the same matches with &patient=<id>, and for every patient's;
+ * rounds alternate the three. Tokens are signed before the clock starts (one per sample patient).
+ */
+async function measurePatientScope(o: SearchMixOptions, base: URL, sample: Sample[]): Promise<PatientScopeResult> {
+  o.log('bench: search mix: patient-scoped token, Observation?code=<code>\n');
+  const h = o.headers ?? {};
+  const ph = new Map<string, Record<string, string>>();
+  for (const s of sample) if (!ph.has(s.patientId)) ph.set(s.patientId, await o.patientHeaders!(s.patientId));
+  const code = (s: Sample) => `/Observation?code=${encodeURIComponent(`${s.code.system}|${s.code.code}`)}`;
+  const legs: [keyof Omit<PatientScopeResult, 'query' | 'scope' | 'ratio'>, (s: Sample) => [string, Record<string, string>]][] = [
+    ['patientToken', (s) => [code(s), ph.get(s.patientId)!]],
+    ['systemSamePatient', (s) => [`${code(s)}&patient=${s.patientId}`, h]],
+    ['systemAllPatients', (s) => [code(s), h]],
+  ];
+  const totals: Record<string, number | null> = {};
+  for (const [name, req] of legs) {
+    const [path, headers] = req(sample[0]);
+    const r = await httpCall(o.agent, base, 'GET', path, undefined, headers);
+    if (r.status !== 200) throw new Error(`patient scope: ${name} answered ${r.status}: ${r.body.slice(0, 300)}`);
+    totals[name] = (JSON.parse(r.body) as { total?: number }).total ?? null;
+  }
+  const rounds: Record<string, Fig[]> = { patientToken: [], systemSamePatient: [], systemAllPatients: [] };
+  for (let r = -1; r < o.rounds; r++) {
+    if (r < 0 && !o.warmSeconds) continue;
+    for (const [name, req] of legs) {
+      // Round -1 is the unmeasured warm-up.
+      const v = await closedLoop(4, r < 0 ? o.warmSeconds! : o.seconds, (w, i) => {
+        const [path, headers] = req(sample[(w * 97 + i) % sample.length]);
+        return httpCall(o.agent, base, 'GET', path, undefined, headers);
+      });
+      if (v.errors) throw new Error(`patient scope: ${name}: ${v.errors} errors`);
+      if (r >= 0) rounds[name].push(fig(v));
+    }
+  }
+  const out = Object.fromEntries(legs.map(([name]) => [name, { ...med(rounds[name]), sampleTotal: totals[name] }])) as Pick<PatientScopeResult, 'patientToken' | 'systemSamePatient' | 'systemAllPatients'>;
+  return { query: 'Observation?code=<system>|<code>', scope: 'patient/Observation.rs', ...out, ratio: Math.round((out.systemSamePatient.p95 / out.patientToken.p95) * 1000) / 1000 };
+}
 
 /** The SQL Vesta runs for a search path (its page query, or its count for _summary=count), with $n placeholders. */
 export function vestaSql(path: string, phi: PhiIndexMode, baseUrl: string): { text: string; values: unknown[] } {
