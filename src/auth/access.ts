@@ -74,7 +74,9 @@ function grantCondition(g: Grant, p: Principal, type: string, opts: AccessOption
   let out: SqlFragment | null;
   try {
     const parts: SqlFragment[] = [];
-    if (g.context === 'patient') parts.push(compartmentCondition('Patient', p.patient!, type));
+    // The patient in context is itself reachable (the R4 CompartmentDefinition lists Patient only by
+    // `link`, which describes /Patient/[id]/Patient, not the patient's own record).
+    if (g.context === 'patient') parts.push(type === 'Patient' ? or([frag('r.id = ?', p.patient!), compartmentCondition('Patient', p.patient!, type)]) : compartmentCondition('Patient', p.patient!, type));
     if (g.constraint) {
       const req = parseSearch(type, g.constraint, { strict: true, phi: opts.phi, baseUrl: opts.baseUrl });
       const plain = req.clauses.every((c) => c.path.length === 0 && !isBlindParam(type, c.code, opts.phi));

@@ -5,11 +5,14 @@
 import type { Queryable } from '../storage/db.js';
 import { insertRevocation, pruneRevocations, revocationsSince } from '../storage/revocation-store.js';
 
+const PRUNE_EVERY_MS = 3600_000;
+
 export class RevocationList {
   private readonly revoked = new Map<string, number>();
   private lastRead: Date | undefined;
   private timer: NodeJS.Timeout | undefined;
   private refreshing: Promise<void> | undefined;
+  private lastPrune = 0;
 
   constructor(
     private readonly q: Queryable,
@@ -41,6 +44,11 @@ export class RevocationList {
         const since = this.lastRead ? new Date(this.lastRead.getTime() - 60_000) : undefined;
         for (const r of await revocationsSince(this.q, since, now)) this.revoked.set(r.jti, r.expiresAt.getTime());
         for (const [jti, exp] of this.revoked) if (exp < now.getTime()) this.revoked.delete(jti);
+        // Rows of tokens that have expired anyway are removed now and then (any node may do it).
+        if (now.getTime() - this.lastPrune > PRUNE_EVERY_MS) {
+          this.lastPrune = now.getTime();
+          await this.prune();
+        }
         this.lastRead = now;
       } finally {
         this.refreshing = undefined;

@@ -32,7 +32,8 @@ const USAGE = `usage: vesta <command>
             print an access token signed with this server's own key ring (configuration from
             the environment, as for serve; --ttl default 300, at most 86400)
   token revoke <jti> [--until ISO-8601]
-            revoke a token id on every node (until the token would expire; default 24 hours)
+            revoke a token id on every node (until the token would expire; default 24 hours;
+            embedded database: only while the server is stopped, it reads revocations at start)
   keys init-signing                  print a new token-signing key ring (JSON)
   keys rotate-signing <ring file>    add a new active signing key (older keys keep verifying)
   keys rotate-blind <ring file>
@@ -78,7 +79,11 @@ async function token(args: string[]): Promise<number> {
     } finally {
       await db.close();
     }
-    process.stdout.write(`revoked ${jti} until ${until.toISOString()}; every node refuses it within AUTH_REVOCATION_REFRESH seconds\n`);
+    process.stdout.write(
+      config.databaseUrl
+        ? `revoked ${jti} until ${until.toISOString()}; every node refuses it within AUTH_REVOCATION_REFRESH seconds\n`
+        : `revoked ${jti} until ${until.toISOString()} in the embedded database at ${config.dataDir}; a server reads it at its next start (the embedded database is opened by one process at a time: run this while the server is stopped)\n`,
+    );
     return 0;
   }
   if (positionals.length) throw new Error(`unexpected argument ${positionals[0]} (usage: vesta token --scope "<scopes>" ...)`);

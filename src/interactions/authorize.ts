@@ -27,9 +27,46 @@ export function allow(ctx: RequestContext, type: string, letter: Letter, what: s
   requireGrants(ctx.principal, type, letter, what);
 }
 
+/**
+ * The types among `types` whose resources the token may search and can reach at least in part (a
+ * patient/* grant names every type, but reaches none outside the Patient compartment). For searches
+ * over every type (system search without _type, compartment `*`, system history).
+ */
+export function searchableTypes(svc: Services, ctx: RequestContext, types: readonly string[]): string[] {
+  return types.filter((t) => {
+    try {
+      reachOf(ctx.principal, t, ['s'], 'search', accessOptions(svc, ctx));
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
 /** Question 2: the condition narrowing a search over `types`, undefined when the token reaches all of them. */
 export function narrowing(svc: Services, ctx: RequestContext, types: readonly string[], what: string): SqlFragment | undefined {
   return searchCondition(ctx.principal, types, what, accessOptions(svc, ctx));
+}
+
+/**
+ * The narrowing of the resources a chain or _has hop passes through (search/plan.ts PlanOptions.hopScope):
+ * the same reach as the token's searches of that type, so that results never depend on what it may
+ * not see. A type it may not search at all reaches nothing (the caller has refused such hops already).
+ */
+export function hopScope(svc: Services, ctx: RequestContext): (type: string) => SqlFragment | undefined {
+  const memo = new Map<string, SqlFragment | undefined>();
+  return (type) => {
+    if (!memo.has(type)) {
+      let cond: SqlFragment | undefined;
+      try {
+        cond = narrowing(svc, ctx, [type], 'a chain or _has');
+      } catch {
+        cond = { sql: 'false', bindings: [] };
+      }
+      memo.set(type, cond);
+    }
+    return memo.get(type);
+  };
 }
 
 /** Whether the principal's grants for `type` and `letters` reach every resource of it (no check per resource needed). */
@@ -65,6 +102,17 @@ export async function checkTarget(svc: Services, ctx: RequestContext, q: Queryab
     throw new FhirError('forbidden', `${type}/${id} is outside what this token may ${letter === 'd' ? 'delete' : 'update'} (the compartment or constraints of its ${type} scopes)`);
   }
   return 'hidden';
+}
+
+/**
+ * The head of a write's target as this token may know it: undefined when the target is hidden from it
+ * (outside its reach and unreadable to it), or deleted while the token does not reach every resource of
+ * the type (a deletion marker has no content to check); a 403 when it may read but not write it.
+ */
+export async function visibleHead<H extends { deleted: boolean; lastUpdated: Date }>(svc: Services, ctx: RequestContext, q: Queryable, letter: Letter, type: string, id: string, head: H | undefined): Promise<H | undefined> {
+  if (!head) return undefined;
+  if (head.deleted) return reachesAll(svc, ctx, type, [letter]) ? head : undefined;
+  return (await checkTarget(svc, ctx, q, letter, type, id, head.lastUpdated)) === 'hidden' ? undefined : head;
 }
 
 /** The letters a new version's content must be within reach for: c for a create, u (and c when it creates) for update and patch. */

@@ -9,16 +9,23 @@ import type { Tx } from '../storage/db.js';
 import { lockKey } from './common.js';
 import type { SqlFragment } from '../search/sql.js';
 import type { RequestContext, Services } from './context.js';
-import { allow, narrowing } from './authorize.js';
+import { allow, hopScope, narrowing } from './authorize.js';
 
 /**
  * What the criteria of a conditional interaction may match: only what the token may search
  * (it needs "s" on the type), so that criteria cannot probe resources outside its reach. Undefined
  * when the token searches every resource of the type.
  */
-export function matchScope(svc: Services, ctx: RequestContext, type: string, what: string): SqlFragment | undefined {
+export function matchScope(svc: Services, ctx: RequestContext, type: string, what: string): MatchScope {
   allow(ctx, type, 's', `${what} (its criteria are a search)`);
-  return narrowing(svc, ctx, [type], what);
+  const where = narrowing(svc, ctx, [type], what);
+  return { ...(where ? { where } : {}), hops: hopScope(svc, ctx) };
+}
+
+/** What conditional criteria may match (conditions on `r`) and the narrowing of their chain and _has hops. */
+export interface MatchScope {
+  where?: SqlFragment;
+  hops: (type: string) => SqlFragment | undefined;
 }
 
 /**
@@ -26,8 +33,8 @@ export function matchScope(svc: Services, ctx: RequestContext, type: string, wha
  * is how the store keeps PHI (criteria on sealed PHI match through its blind index; without it they
  * are refused).
  */
-export async function lockAndMatch(tx: Tx, type: string, criteria: string, phi?: PhiIndexMode, scope?: SqlFragment): Promise<string[]> {
+export async function lockAndMatch(tx: Tx, type: string, criteria: string, phi?: PhiIndexMode, scope?: MatchScope): Promise<string[]> {
   const req = parseCriteria(type, criteria, phi ? { phi } : {});
   await lockCriteria(tx, lockKey(canonicalCriteria(req)));
-  return searchIds(tx, planWhere(req, scope ? { extra: [scope] } : {}), { limit: 2 });
+  return searchIds(tx, planWhere(req, { ...(scope?.where ? { extra: [scope.where] } : {}), ...(scope ? { hopScope: scope.hops } : {}) }), { limit: 2 });
 }

@@ -7,7 +7,7 @@ import { etag, requireId, requireType } from './common.js';
 import { lockAndMatch, matchScope } from './conditional.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { checkIfMatch, writeNext } from './write.js';
-import { allow, checkTarget } from './authorize.js';
+import { allow, visibleHead } from './authorize.js';
 
 /** The answer to a delete: 204 (or 200 with an OperationOutcome when asked), ETag when a version exists. */
 export function deleted(ctx: RequestContext, message: string, versionId?: number): InteractionResult {
@@ -17,12 +17,12 @@ export function deleted(ctx: RequestContext, message: string, versionId?: number
 }
 
 async function deleteIn(svc: Services, ctx: RequestContext, tx: Tx, type: string, id: string, ifMatch: number | undefined): Promise<InteractionResult> {
-  const head = await svc.store.lockCurrent(tx, type, id);
+  // Outside the token's reach and unreadable to it: the same answers as for an id that does not exist
+  // (If-Match included), so that neither its existence nor its version shows.
+  const head = await visibleHead(svc, ctx, tx, 'd', type, id, await svc.store.lockCurrent(tx, type, id));
   checkIfMatch(type, id, head, ifMatch);
   if (!head) return deleted(ctx, `${type}/${id} does not exist; nothing to delete`);
   if (head.deleted) return deleted(ctx, `${type}/${id} was already deleted`, head.versionId);
-  // Outside the token's reach and unreadable to it: the same answer as for an id that does not exist.
-  if ((await checkTarget(svc, ctx, tx, 'd', type, id, head.lastUpdated)) === 'hidden') return deleted(ctx, `${type}/${id} does not exist; nothing to delete`);
   const v = await writeNext(svc, ctx, tx, head, 'DELETE', type, id, undefined);
   return deleted(ctx, `deleted ${type}/${id}`, v.versionId);
 }

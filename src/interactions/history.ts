@@ -8,8 +8,7 @@ import { parseShaping, parseSummary, shapeResource, type Shaping } from '../sear
 import type { StoredVersion } from '../storage/resource-store.js';
 import { etag, requireId, requireType } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
-import { allow, currentWithinReach, reachesAll, visible } from './authorize.js';
-import { usableTypes } from '../auth/access.js';
+import { allow, currentWithinReach, reachesAll, searchableTypes, visible } from './authorize.js';
 import { resourceTypeInfo } from '../fhir/definitions.js';
 import { parseDateRange, parseInstant } from './dates.js';
 
@@ -43,7 +42,7 @@ export async function history(svc: Services, ctx: RequestContext, input: History
   // filtered to the token's reach, each version by its own content.
   const letter = input.id ? 'r' : 's';
   if (input.type) allow(ctx, input.type, letter, input.id ? 'instance history' : 'type history');
-  else if (!usableTypes(ctx.principal, resourceTypeInfo().map((t) => t.type), 's').length) allow(ctx, '*', 's', 'system history');
+  else if (!searchableTypes(svc, ctx, resourceTypeInfo().map((t) => t.type)).length) allow(ctx, '*', 's', 'system history');
   const narrowed = input.type ? !reachesAll(svc, ctx, input.type, [letter]) : !resourceTypeInfo().every((t) => reachesAll(svc, ctx, t.type, ['s']));
   if (input.id && narrowed) {
     // The instance must be within reach now (a deleted one only for a token reaching every resource of the type).

@@ -9,7 +9,7 @@ import { requireId, requireType, writeResult } from './common.js';
 import { lockAndMatch, matchScope } from './conditional.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { checkIfMatch, writeNext } from './write.js';
-import { allow, checkTarget } from './authorize.js';
+import { allow, visibleHead } from './authorize.js';
 
 type Operation = jsonpatch.Operation;
 
@@ -56,10 +56,9 @@ function applyTo(current: Resource, ops: Operation[]): unknown {
 }
 
 async function patchIn(svc: Services, ctx: RequestContext, tx: Tx, type: string, id: string, ops: Operation[], ifMatch: number | undefined): Promise<InteractionResult> {
-  const head = await svc.store.lockCurrent(tx, type, id);
+  const head = await visibleHead(svc, ctx, tx, 'u', type, id, await svc.store.lockCurrent(tx, type, id));
   if (!head) throw new FhirError('not-found', `${type}/${id} is not known`);
   if (head.deleted) throw new FhirError('gone', `${type}/${id} was deleted`);
-  if ((await checkTarget(svc, ctx, tx, 'u', type, id, head.lastUpdated)) === 'hidden') throw new FhirError('not-found', `${type}/${id} is not known`);
   checkIfMatch(type, id, head, ifMatch);
   const current = await svc.store.readCurrent(tx, type, id);
   if (!current?.resource) throw new FhirError('conflict', 'the resource changed during the request');

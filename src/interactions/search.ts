@@ -19,8 +19,7 @@ import type { StoredVersion } from '../storage/resource-store.js';
 import { countMatches, estimateMatches, referencedTargets, referringSources, searchPage, type PageCursor, type PageRow } from '../storage/search-store.js';
 import { requireType } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
-import { allow, narrowing, visible } from './authorize.js';
-import { usableTypes } from '../auth/access.js';
+import { allow, hopScope, narrowing, searchableTypes, visible } from './authorize.js';
 
 /** Where a search looks: one type, several (system search) or a compartment. */
 interface Scope {
@@ -171,7 +170,7 @@ async function run(svc: Services, ctx: RequestContext, scope: Scope, query: [str
   const narrowed = narrowing(svc, ctx, scope.types, 'search');
   const extra = scope.membership ? [scope.membership] : scope.compartment ? [compartmentCondition(scope.compartment.type, scope.compartment.id, scope.types[0])] : [];
   if (narrowed) extra.push(narrowed);
-  const plan = planSearch(req, { types: scope.allTypes ? [] : scope.types, extra });
+  const plan = planSearch(req, { types: scope.allTypes ? [] : scope.types, extra, hopScope: hopScope(svc, ctx) });
   const scopeKey = `search:${scope.path}|${scope.types.join(',')}|${canonicalCriteria(req)}&_count=${count}&_sort=${c._sort ?? ''}`;
   const cursor = c._page !== undefined ? svc.pageTokens.verify(scopeKey, c._page) : undefined;
 
@@ -236,7 +235,7 @@ export async function searchSystem(svc: Services, ctx: RequestContext, input: { 
   if (!typeParams.length) {
     // Without _type: every type the token may search (all of them for a wildcard grant).
     const all = resourceTypeInfo().map((t) => t.type);
-    const permitted = usableTypes(ctx.principal, all, 's');
+    const permitted = searchableTypes(svc, ctx, all);
     if (!permitted.length) allow(ctx, '*', 's', 'system search');
     if (permitted.length === all.length) return run(svc, ctx, { types: all, allTypes: true, path: '', keep: [] }, query);
     return run(svc, ctx, { types: permitted, allTypes: false, path: '', keep: [] }, query);
@@ -255,7 +254,7 @@ export async function searchCompartment(svc: Services, ctx: RequestContext, inpu
   if (input.type === '*') {
     // Every member type: the compartment condition differs per type, so each type is a branch.
     // Every member type the token may search (a 403 when it may search none of them).
-    const members = usableTypes(ctx.principal, compartmentMembers(input.compartment).map((m) => m.type), 's');
+    const members = searchableTypes(svc, ctx, compartmentMembers(input.compartment).map((m) => m.type));
     if (!members.length) allow(ctx, input.compartment, 's', 'compartment search');
     return runCompartmentAll(svc, ctx, input.compartment, input.id, members, path, input.query);
   }

@@ -11,7 +11,7 @@ import type { InteractionResult, RequestContext, Services } from './context.js';
 import { deleted } from './delete.js';
 import { checkUpdate, updateResult } from './update.js';
 import { checkIfMatch, prepareNext } from './write.js';
-import { allow, checkTarget, requireNewVersions, writeLetters } from './authorize.js';
+import { allow, checkTarget, requireNewVersions, visibleHead, writeLetters } from './authorize.js';
 import { FhirError } from '../fhir/errors.js';
 import type { Letter } from '../auth/scopes.js';
 
@@ -52,14 +52,17 @@ export async function writeKeyedEntries(
   );
   // Targets outside the token's reach (interactions/authorize.ts): a PUT is refused, a DELETE answers
   // as for an id that does not exist. Checked in processing order, like everything else here.
-  const hidden = new Set<number>();
   for (const [k, e] of entries.entries()) {
     const head = 'error' in checked[k] ? undefined : heads.get(`${e.type}/${e.id}`);
-    if (!head || head.deleted) continue;
+    if (!head) continue;
     try {
-      if ((await checkTarget(svc, ctx, tx, e.method === 'PUT' ? 'u' : 'd', e.type, e.id!, head.lastUpdated)) === 'hidden') {
-        if (e.method === 'PUT') throw new FhirError('forbidden', `${e.type}/${e.id} cannot be written with this token (the id is not available to it)`);
-        hidden.add(e.index);
+      if (e.method === 'PUT') {
+        if (!head.deleted && (await checkTarget(svc, ctx, tx, 'u', e.type, e.id!, head.lastUpdated)) === 'hidden') {
+          throw new FhirError('forbidden', `${e.type}/${e.id} cannot be written with this token (the id is not available to it)`);
+        }
+      } else if (!(await visibleHead(svc, ctx, tx, 'd', e.type, e.id!, head))) {
+        // Hidden from the token: answered (If-Match included) as an id that does not exist.
+        heads.delete(`${e.type}/${e.id}`);
       }
     } catch (err) {
       throw fail(err, e);
@@ -83,7 +86,7 @@ export async function writeKeyedEntries(
         versions.push(version);
         reach.push({ version, letters: writeLetters('PUT', creates), label: `entry ${e.index}` });
         out.set(e.index, updateResult(ctx, head, stored));
-      } else if (!head || hidden.has(e.index)) {
+      } else if (!head) {
         out.set(e.index, deleted(ctx, `${type}/${id} does not exist; nothing to delete`));
       } else if (head.deleted) {
         out.set(e.index, deleted(ctx, `${type}/${id} was already deleted`, head.versionId));

@@ -24,7 +24,7 @@ import { search } from './search.js';
 import { conditionalUpdate, update } from './update.js';
 import { vread } from './vread.js';
 import { isKeyedWrite, writeKeyedEntries } from './transaction-writes.js';
-import { allow, narrowing, requireNewVersions } from './authorize.js';
+import { allow, hopScope, narrowing, requireNewVersions } from './authorize.js';
 import { matchScope } from './conditional.js';
 import type { Letter } from '../auth/scopes.js';
 
@@ -211,8 +211,8 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
   // What each entry's criteria may match: only what the token may search.
   const scopes = new Map<string, ReturnType<typeof matchScope>>();
   const scopeOf = (type: string, what: string) => {
-    if (!scopes.has(type)) scopes.set(type, type === '' ? undefined : matchScope(svc, ctx, type, what));
-    return scopes.get(type);
+    if (!scopes.has(type)) scopes.set(type, matchScope(svc, ctx, type, what));
+    return scopes.get(type)!;
   };
   const parsed = entries;
   // Reference rewrites of an attempt that is retried (serialization failure, deadlock, id collision)
@@ -299,7 +299,8 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
         const type = ref.slice(0, q);
         try {
           if (!isResourceType(type)) throw new FhirError('invalid-request', 'a conditional reference names an unknown resource type');
-          const m = await lockAndMatch(tx, type, ref.slice(q + 1), svc.store.phiIndexMode, narrowing(svc, ctx, [type], 'conditional reference'));
+          const where = narrowing(svc, ctx, [type], 'conditional reference');
+          const m = await lockAndMatch(tx, type, ref.slice(q + 1), svc.store.phiIndexMode, { ...(where ? { where } : {}), hops: hopScope(svc, ctx) });
           if (m.length === 0) throw new FhirError('not-found', `the conditional reference to ${type} matches no resource`);
           if (m.length > 1) throw new FhirError('multiple-matches', `the conditional reference to ${type} matches more than one resource`);
           map.set(ref, `${type}/${m[0]}`);

@@ -36,6 +36,19 @@ interface Ctx {
   /** How PHI is kept (sealed PHI parameters match on their blind index), and the types searched. */
   phi?: PhiIndexMode;
   scope: readonly string[];
+  /** Conditions (on `r`) a resource reached through a chain or _has hop must satisfy (authorization). */
+  hopScope?: (type: string) => SqlFragment | undefined;
+}
+
+/**
+ * The hop scope of `type` applied to the resource `id` (an SQL expression): an EXISTS over its row
+ * under the alias `r`, which the scope's conditions are written on (the inner alias shadows any outer
+ * `r` within this sub-query only). Empty when the hop is not narrowed.
+ */
+function hopCondition(ctx: Ctx, type: string, id: string): SqlFragment[] {
+  const cond = ctx.hopScope?.(type);
+  if (!cond) return [];
+  return [frag(`exists (select 1 from resource r where r.resource_type = ? and r.id = ${id} and (${cond.sql}))`, type, ...cond.bindings)];
 }
 
 /** The index rows of `owner` for `param` in table `kind`, with `cond` on them (alias `a`). */
@@ -200,7 +213,7 @@ function chainInner(ctx: Ctx, clause: ParamClause, hop: number, link: ChainLink,
     return [frag(`exists (select 1 from resource ${z} where ${z}.resource_type = ? and ${z}.id = ${a}.target_id and ${z}.deleted = false)`, t)];
   };
   const inner = or(
-    link.targets.map((t) => and([frag(`${a}.target_type = ?`, t), ...exists(t), pathCondition(ctx, { type: frag('?', t), id: `${a}.target_id` }, clause, hop + 1, t)])),
+    link.targets.map((t) => and([frag(`${a}.target_type = ?`, t), ...exists(t), ...hopCondition(ctx, t, `${a}.target_id`), pathCondition(ctx, { type: frag('?', t), id: `${a}.target_id` }, clause, hop + 1, t)])),
   );
   return frag(`${a}.target_id is not null and (${inner.sql})`, ...inner.bindings);
 }
@@ -216,7 +229,7 @@ function chainHop(ctx: Ctx, owner: Owner, clause: ParamClause, hop: number, link
 }
 
 function hasHop(ctx: Ctx, owner: Owner, clause: ParamClause, hop: number, link: HasLink, a: string): SqlFragment {
-  const inner = pathCondition(ctx, { type: frag('?', link.type), id: `${a}.resource_id` }, clause, hop + 1, link.type);
+  const inner = and([...hopCondition(ctx, link.type, `${a}.resource_id`), pathCondition(ctx, { type: frag('?', link.type), id: `${a}.resource_id` }, clause, hop + 1, link.type)]);
   return frag(
     `exists (select 1 from idx_reference ${a} where ${a}.resource_type = ? and ${a}.param = ? and ${a}.target_type = ${owner.type.sql} and ${a}.target_id = ${owner.id} and (${inner.sql}))`,
     link.type,
@@ -232,10 +245,16 @@ export interface PlanOptions {
   types?: readonly string[];
   /** Further conditions on `r`, ANDed (e.g. compartment membership). */
   extra?: SqlFragment[];
+  /**
+   * Conditions (on `r`) that a resource reached through a chain or _has hop must satisfy, per type:
+   * authorization narrows hops as it narrows matches, so that results never depend on resources
+   * outside the token's reach. Undefined (or a function returning undefined) leaves hops open.
+   */
+  hopScope?: (type: string) => SqlFragment | undefined;
 }
 
 function newCtx(req: SearchRequest, opts: PlanOptions): Ctx {
-  return { aliases: new Aliases(), now: opts.now ?? Date.now(), baseUrl: req.baseUrl, ...(req.phi ? { phi: req.phi } : {}), scope: opts.types ?? [req.resourceType] };
+  return { aliases: new Aliases(), now: opts.now ?? Date.now(), baseUrl: req.baseUrl, ...(req.phi ? { phi: req.phi } : {}), scope: opts.types ?? [req.resourceType], ...(opts.hopScope ? { hopScope: opts.hopScope } : {}) };
 }
 
 /** WHERE conditions on `r` (the resource table) for the request's clauses. */
@@ -298,7 +317,7 @@ function clauseSource(ctx: Ctx, clause: ParamClause, type: string): SqlFragment 
   const first = clause.path[0];
   if (first?.kind === 'has') {
     const a = ctx.aliases.next('h');
-    const inner = pathCondition(ctx, { type: frag('?', first.type), id: `${a}.resource_id` }, clause, 1, first.type);
+    const inner = and([...hopCondition(ctx, first.type, `${a}.resource_id`), pathCondition(ctx, { type: frag('?', first.type), id: `${a}.resource_id` }, clause, 1, first.type)]);
     return frag(
       `select ${a}.target_id as id from idx_reference ${a} where ${a}.resource_type = ? and ${a}.param = ? and ${a}.target_type = ? and ${a}.target_id is not null and (${inner.sql})`,
       first.type,

@@ -119,6 +119,36 @@ describe.each(backends())('authorization of Bundles and a real client on %s Post
     expect(ref2.body.issue[0].diagnostics).toMatch(/^entry 0: .*"s" \(search\) on Patient/);
   });
 
+  test('a resource outside reach shows neither its existence nor its version: patch, delete, If-Match, deleted ones', async () => {
+    const tokenP = await tokenFor(t.url, { scope: 'patient/Observation.cruds', patient: P });
+    const asP = authed(t, tokenP);
+    const hidden = (await authed(t).post('/Observation').set('Content-Type', FHIR).send(obs(Q, randomUUID())).expect(201)).body.id as string;
+    const never = `never-${randomUUID()}`;
+    // DELETE with a wrong If-Match: the answer of an id that does not exist (412 without a version), not "current version W/1".
+    const d1 = await asP.delete(`/Observation/${hidden}`).set('If-Match', 'W/"7"');
+    const d2 = await asP.delete(`/Observation/${never}`).set('If-Match', 'W/"7"');
+    expect([d1.status, d1.body.issue[0].diagnostics.replace(hidden, 'X')]).toEqual([d2.status, d2.body.issue[0].diagnostics.replace(never, 'X')]);
+    expect(JSON.stringify(d1.body)).not.toContain('W/\\"1\\"');
+    // DELETE without If-Match: 204 "nothing to delete", no ETag, and the resource stays.
+    const d3 = await asP.delete(`/Observation/${hidden}`).expect(204);
+    expect(d3.headers.etag).toBeUndefined();
+    await authed(t).get(`/Observation/${hidden}`).expect(200);
+    // PATCH: 404 as for an unknown id.
+    await asP.patch(`/Observation/${hidden}`).set('Content-Type', 'application/json-patch+json').send([{ op: 'replace', path: '/status', value: 'amended' }]).expect(404);
+    // Once deleted (by an unrestricted token), it stays unknown to P's token: no 410, no ETag.
+    await authed(t).delete(`/Observation/${hidden}`).expect(204);
+    await asP.get(`/Observation/${hidden}`).expect(404);
+    await asP.patch(`/Observation/${hidden}`).set('Content-Type', 'application/json-patch+json').send([{ op: 'replace', path: '/status', value: 'amended' }]).expect(404);
+    const d4 = await asP.delete(`/Observation/${hidden}`).expect(204);
+    expect(d4.headers.etag).toBeUndefined();
+    // The same answers in a transaction's keyed DELETE.
+    const tx = await asP.post('/').set('Content-Type', FHIR).send(bundle('transaction', [{ request: { method: 'DELETE', url: `Observation/${hidden}` } }])).expect(200);
+    expect(tx.body.entry[0].response.etag).toBeUndefined();
+    const tx2 = await asP.post('/').set('Content-Type', FHIR).send(bundle('transaction', [{ request: { method: 'DELETE', url: `Observation/${hidden}`, ifMatch: 'W/"9"' } }]));
+    expect(tx2.status).toBe(412);
+    expect(JSON.stringify(tx2.body)).not.toMatch(/W\/\\"2\\"/);
+  });
+
   test('fhir-kit-client: create, read, search and a transaction with a bearer token; 401 through its error path without', async () => {
     const client = new Client({ baseUrl: t.url, bearerToken: await tokenFor(t.url, { scope: 'system/*.cruds' }) });
     const created = (await client.create({ resourceType: 'Patient', body: { resourceType: 'Patient', active: true, gender: 'other' } })) as unknown as { id: string };
