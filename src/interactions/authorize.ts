@@ -2,13 +2,14 @@
 // store's PHI mode (design.md "The interaction chokepoint"). Every interaction, every Bundle entry
 // and every job goes through these, never around them.
 //
-// 403 or 404 (documented in docs/architecture.md, "Authorization"): a token without a scope for the
-// interaction on the type gets a 403 naming the missing scope. A resource that exists but lies outside
-// the token's reach (another patient's compartment, another category) answers exactly as a resource
-// that does not exist: 404 on read, vread, instance history and patch, "nothing to delete" on delete,
-// so that a token never learns that something it may not read exists. A write whose content would
-// fall outside the token's reach is a 403 naming the scope rule, as is an update (PUT) of an id taken
-// by a resource outside reach (PUT would otherwise create it; refusing is the only safe answer).
+// 403 or 404 (docs/authorization.md, "403 or 404"): a token without a scope for the interaction on
+// the type gets a 403 naming the missing scope. A resource that exists but lies outside the token's
+// reach (another patient's compartment, another category), or a deleted one while the token is
+// narrowed, answers exactly as a resource that does not exist: 404 on read, vread, instance history
+// and patch, "nothing to delete" on delete, If-Match judged as for an absent id, so that a token never
+// learns that something it may not read exists. A write whose content would fall outside the token's
+// reach is a 403 naming the scope rule, as is an update (PUT) of an id taken by a resource outside
+// reach (PUT would otherwise create it; refusing is the only safe answer).
 import type { Resource } from 'fhir/r4.js';
 import { filterReach, reachOf, requireGrants, searchCondition, type AccessOptions, type ReachCandidate } from '../auth/access.js';
 import type { Letter } from '../auth/scopes.js';
