@@ -312,7 +312,8 @@ describe.each([backends()[backends().length - 1]])('authorization matrix on %s P
     }
     expect(wrong).toEqual([]);
     expect(cells).toHaveLength(INTERACTIONS.length * FORMS.length);
-  });
+    // 270 cells of a few requests each in one test: 15-40 s here; bounded generously for a loaded machine.
+  }, 240_000);
 
   test('no token and an expired token are 401 on every protected interaction (never 403 or 2xx)', async () => {
     const id = await seed();
