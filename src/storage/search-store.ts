@@ -37,6 +37,32 @@ export interface IndexWrite {
   replace: boolean;
 }
 
+/**
+ * The rows of one index table for some resources, as json_to_recordset records ({t, i, p, g, columns}),
+ * after the PHI seam: a PHI parameter's value is kept only as protectIndexValue (protectTextRow) returns it.
+ * Shared by the index writes and by authorization's matching of unstored versions, so both see the same rows.
+ */
+function indexRecords(kind: IndexKind, owners: { resourceType: string; id: string; rows?: IndexRows }[], mode: PhiIndexMode): Record<string, unknown>[] {
+  const cols = COLUMNS[kind];
+  const records: Record<string, unknown>[] = [];
+  for (const w of owners) {
+    for (const row of (w.rows?.[kind] ?? []) as unknown as Record<string, unknown>[]) {
+      const kept: Record<string, unknown> | undefined =
+        kind === 'text' ? protectTextRow(w.resourceType, row as unknown as TextRow, mode) : protectIndexValue(w.resourceType, row.param as string, row, mode);
+      if (kept === undefined) continue;
+      const rec: Record<string, unknown> = { t: w.resourceType, i: w.id, p: kept.param, g: kept.grp ?? null };
+      for (const [col, , key] of cols) rec[col] = kept[key] ?? null;
+      records.push(rec);
+    }
+  }
+  return records;
+}
+
+/** `json_to_recordset(?::json) as x(...)` typed for the records of `kind`. */
+function recordset(kind: IndexKind): string {
+  return `json_to_recordset(?::json) as x(t text, i text, p text, g smallint, ${COLUMNS[kind].map((c) => `${c[0]} ${c[1]}`).join(', ')})`;
+}
+
 /** Resources per statement: keeps each JSON parameter to a few megabytes. */
 const WRITE_CHUNK = 250;
 
@@ -63,25 +89,11 @@ async function writeChunk(q: Queryable, writes: IndexWrite[], mode: PhiIndexMode
   }
   for (const kind of KINDS) {
     const cols = COLUMNS[kind];
-    const records: Record<string, unknown>[] = [];
-    for (const w of writes) {
-      for (const row of (w.rows?.[kind] ?? []) as unknown as Record<string, unknown>[]) {
-        // The PHI seam: a PHI parameter's value is stored only as protectIndexValue (protectTextRow) returns it.
-        const kept: Record<string, unknown> | undefined =
-          kind === 'text' ? protectTextRow(w.resourceType, row as unknown as TextRow, mode) : protectIndexValue(w.resourceType, row.param as string, row, mode);
-        if (kept === undefined) continue;
-        const rec: Record<string, unknown> = { t: w.resourceType, i: w.id, p: kept.param, g: kept.grp ?? null };
-        for (const [col, , key] of cols) rec[col] = kept[key] ?? null;
-        records.push(rec);
-      }
-    }
+    const records = indexRecords(kind, writes, mode);
     if (!records.length) continue;
     const names = cols.map((c) => c[0]).join(', ');
     const values = cols.map((c) => c[3] ?? c[0]).join(', ');
-    ctes.push(
-      `i_${kind} as (insert into ${INDEX_TABLES[kind]} (resource_type, resource_id, param, grp, ${names}) select t, i, p, g, ${values} ` +
-        `from json_to_recordset(?::json) as x(t text, i text, p text, g smallint, ${cols.map((c) => `${c[0]} ${c[1]}`).join(', ')}))`,
-    );
+    ctes.push(`i_${kind} as (insert into ${INDEX_TABLES[kind]} (resource_type, resource_id, param, grp, ${names}) select t, i, p, g, ${values} from ${recordset(kind)})`);
     bindings.push(JSON.stringify(records));
   }
   // Sealed PHI parameters: their keyed-HMAC rows go to idx_blind in the same statement.
@@ -321,21 +333,8 @@ export async function matchCandidates(q: Queryable, candidates: MatchCandidate[]
     bindings.push(JSON.stringify(round.map(({ c, k }) => ({ resource_type: c.resourceType, id: c.id, last_updated: c.lastUpdated.toISOString(), k }))));
     for (const kind of KINDS) {
       const cols = COLUMNS[kind];
-      const records: Record<string, unknown>[] = [];
-      for (const { c } of round) {
-        for (const row of (c.rows[kind] ?? []) as unknown as Record<string, unknown>[]) {
-          const kept: Record<string, unknown> | undefined =
-            kind === 'text' ? protectTextRow(c.resourceType, row as unknown as TextRow, mode) : protectIndexValue(c.resourceType, row.param as string, row, mode);
-          if (kept === undefined) continue;
-          const rec: Record<string, unknown> = { t: c.resourceType, i: c.id, p: kept.param, g: kept.grp ?? null };
-          for (const [col, , key] of cols) rec[col] = kept[key] ?? null;
-          records.push(rec);
-        }
-      }
-      ctes.push(
-        `${INDEX_TABLES[kind]} as (select t as resource_type, i as resource_id, p as param, g as grp, ${cols.map((c) => `${c[3] ?? c[0]} as ${c[0]}`).join(', ')} ` +
-          `from json_to_recordset(?::json) as x(t text, i text, p text, g smallint, ${cols.map((c) => `${c[0]} ${c[1]}`).join(', ')}))`,
-      );
+      const records = indexRecords(kind, round.map(({ c }) => c), mode);
+      ctes.push(`${INDEX_TABLES[kind]} as (select t as resource_type, i as resource_id, p as param, g as grp, ${cols.map((c) => `${c[3] ?? c[0]} as ${c[0]}`).join(', ')} from ${recordset(kind)})`);
       bindings.push(JSON.stringify(records));
     }
     const types = [...new Set(round.map(({ c }) => c.resourceType))];
