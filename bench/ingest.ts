@@ -52,7 +52,14 @@ export async function bareLoad(databaseUrl: string, files: string[], concurrency
 }
 
 export function syntheaFiles(dir: string): string[] {
-  return readdirSync(dir).filter((f) => f.endsWith('.json')).sort().map((f) => join(dir, f));
+  return readdirSync(dir).filter((f) => f.endsWith('.json') && f !== 'manifest.json').sort().map((f) => join(dir, f));
+}
+
+/** Resources per type in the bundles: counted from the files, so any set (fixtures or larger) can be checked. */
+export function resourceCounts(files: string[]): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const f of files) for (const e of (JSON.parse(readFileSync(f, 'utf8')) as { entry: { resource: { resourceType: string } }[] }).entry) counts[e.resource.resourceType] = (counts[e.resource.resourceType] ?? 0) + 1;
+  return counts;
 }
 
 /** Posts the files through `vesta load`'s own code; `headers` carries the bearer token (as its --token does). */
@@ -63,9 +70,8 @@ export async function vestaLoad(url: string, files: string[], concurrency: numbe
   return { rps: s.resources / s.seconds, failures: s.failures.length, resources: s.resources, reasons: s.failures.map((f) => `${f.status ? `HTTP ${f.status}: ` : ''}${f.reason}`.slice(0, 300)) };
 }
 
-/** Compares per-type counts in Vesta's database with the manifest, and looks for unresolved urn:uuid references. */
-export async function verifyCounts(databaseUrl: string, manifestPath: string): Promise<{ countsMatch: boolean; mismatches: string[]; urnLeft: number; references: number; unresolved: number }> {
-  const expected = (JSON.parse(readFileSync(manifestPath, 'utf8')) as { resourceCounts: Record<string, number> }).resourceCounts;
+/** Compares per-type counts in Vesta's database with the expected ones, and looks for unresolved urn:uuid references. */
+export async function verifyCounts(databaseUrl: string, expected: Record<string, number>): Promise<{ countsMatch: boolean; mismatches: string[]; urnLeft: number; references: number; unresolved: number }> {
   const c = new pg.Client({ connectionString: databaseUrl });
   c.on('error', () => undefined);
   await c.connect();
@@ -91,4 +97,47 @@ export async function verifyCounts(databaseUrl: string, manifestPath: string): P
   } finally {
     await c.end();
   }
+}
+
+export interface FreshQuery {
+  query: string;
+  status: number;
+  ms: number;
+  total?: number;
+}
+
+/**
+ * The chain, _has, _sort and compartment searches of issue 14, each timed once right after a load into
+ * a fresh database (before autovacuum; the server's own ANALYZE after writes may or may not have run).
+ */
+export async function freshLoadQueries(url: string, databaseUrl: string, headers: Record<string, string> = {}): Promise<FreshQuery[]> {
+  const c = new pg.Client({ connectionString: databaseUrl });
+  c.on('error', () => undefined);
+  await c.connect();
+  let patient: string | undefined;
+  try {
+    patient = (await c.query<{ id: string }>("select id from resource where resource_type = 'Patient' and not deleted order by id limit 1")).rows[0]?.id;
+  } finally {
+    await c.end();
+  }
+  const loinc = encodeURIComponent('http://loinc.org|8302-2');
+  const paths = [
+    `/Patient?_has:Encounter:patient:_has:Observation:encounter:code=${loinc}`,
+    `/Patient?_has:Observation:patient:code=${loinc}&_has:Encounter:patient:status=finished`,
+    '/Observation?encounter.service-provider.name=COOLEY',
+    '/Observation?_sort=date,code,-value-quantity,status,_id&_count=20',
+    ...(patient ? [`/Patient/${patient}/*`] : []),
+  ];
+  const out: FreshQuery[] = [];
+  for (const p of paths) {
+    const t0 = process.hrtime.bigint();
+    try {
+      const r = await fetch(`${url}${p}`, { headers: { Accept: 'application/fhir+json', ...headers }, signal: AbortSignal.timeout(180_000) });
+      const body = (await r.json()) as { total?: number };
+      out.push({ query: p.replace(patient ?? '\0', '<id>'), status: r.status, ms: Math.round(Number(process.hrtime.bigint() - t0) / 1e5) / 10, ...(body.total !== undefined ? { total: body.total } : {}) });
+    } catch {
+      out.push({ query: p.replace(patient ?? '\0', '<id>'), status: 0, ms: Math.round(Number(process.hrtime.bigint() - t0) / 1e5) / 10 });
+    }
+  }
+  return out;
 }

@@ -4,7 +4,7 @@
 //   BENCH_SECONDS    seconds per round (default 5); BENCH_ROUNDS rounds per workload (default 3)
 //   BENCH_SEARCH_RESOURCES  resources loaded (multiplied Synthea) for the search mix (default 100000; 0 skips)
 //   BENCH_VALIDATION  0 skips the in-process validation throughput (bench/validation.ts); default on
-//   BENCH_ONLY       comma-separated phases to run, of validation, ingest, cold, read, crud, search
+//   BENCH_ONLY       comma-separated phases to run, of validation, ingest, cold, stall, read, crud, search
 //                    (default all; e.g. BENCH_ONLY=read,search with a small BENCH_SEARCH_RESOURCES for a
 //                    quick look at the cost of authorization)
 // Authorization: every Vesta started here has AUTH on with a key ring generated for the run (AUTH_KEYS)
@@ -30,10 +30,12 @@ import { loadConfig } from '../src/config/config.js';
 import { createLogger } from '../src/log/logger.js';
 import { phiIndexModeOf } from '../src/search/blind.js';
 import { buildCodec } from '../src/server.js';
-import { bareLoad, syntheaFiles, verifyCounts, vestaLoad, type IngestRun } from './ingest.js';
+import { bareLoad, freshLoadQueries, resourceCounts, syntheaFiles, verifyCounts, vestaLoad, type FreshQuery, type IngestRun } from './ingest.js';
 import { searchMix, type MixResult, type PatientScopeResult } from './search-mix.js';
 import { phiCost } from './phi-cost.js';
 import type { ValidationBench } from './validation.js';
+import { stallProbe, type StallResult } from './stall.js';
+import { bundleDir, FIXTURE_SYNTHEA } from './generate-data.js';
 
 const root = findPackageRoot();
 const ADMIN = process.env.BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -52,7 +54,8 @@ const PHASES = ['validation', 'ingest', 'cold', 'read', 'crud', 'search'];
 const ONLY = process.env.BENCH_ONLY?.trim() ? new Set(process.env.BENCH_ONLY.split(',').map((x) => x.trim()).filter(Boolean)) : undefined;
 for (const p of ONLY ?? []) if (!PHASES.includes(p)) throw new Error(`BENCH_ONLY: unknown phase ${p} (phases: ${PHASES.join(', ')})`);
 const phase = (p: string) => !ONLY || ONLY.has(p);
-const SYNTHEA = process.env.BENCH_SYNTHEA ?? join(root, '..', 'shared', 'testdata', 'synthea');
+// The repository's Synthea fixtures unless BENCH_SYNTHEA names a larger set (flat, or bundles/ + manifest.json).
+const SYNTHEA = process.env.BENCH_SYNTHEA ?? FIXTURE_SYNTHEA;
 const ops = ['create', 'read', 'update', 'delete'];
 /** Resources loaded for the search mix (0 skips it). */
 const SEARCH_RESOURCES = Number(process.env.BENCH_SEARCH_RESOURCES ?? 100000);
@@ -149,9 +152,10 @@ async function main(): Promise<void> {
   try {
     if (phase('ingest')) {
       // Ingest: Synthea bundles through vesta load at concurrency 1, 2, 4, each into an empty database.
-      const files = syntheaFiles(join(SYNTHEA, 'bundles'));
+      const files = syntheaFiles(bundleDir(SYNTHEA));
       const ingest: IngestRun[] = [];
       let verification: unknown;
+      let freshQueries: FreshQuery[] | undefined;
       for (const conc of [1, 2, 4]) {
         process.stderr.write(`bench: ingest at concurrency ${conc}\n`);
         const name = `${dbName}_ingest${conc}`;
@@ -163,15 +167,17 @@ async function main(): Promise<void> {
           children.push(v.child);
           await waitReady('http://127.0.0.1:18304/readyz', 60000);
           const vr = await vestaLoad('http://127.0.0.1:18304', files, conc, await bearer(18304));
+          // Issue 14: the searches whose plans collapsed right after a bulk load, timed at once.
+          if (conc === 4) freshQueries = await freshLoadQueries('http://127.0.0.1:18304', iu.toString(), await bearer(18304));
           await stop(v.child);
-          if (conc === 4) verification = await verifyCounts(iu.toString(), join(SYNTHEA, 'manifest.json'));
+          if (conc === 4) verification = await verifyCounts(iu.toString(), resourceCounts(files));
           const ceilingRps = await bareLoad(iu.toString(), files, conc);
           ingest.push({ concurrency: conc, vestaRps: round1(vr.rps), ceilingRps: round1(ceilingRps), ratio: Math.round((vr.rps / ceilingRps) * 1000) / 1000, failures: vr.failures });
         } finally {
           await admin(`drop database if exists ${name} with (force)`);
         }
       }
-      results.ingest = { bundles: files.length, runs: ingest, verification };
+      results.ingest = { bundles: files.length, runs: ingest, verification, freshQueries };
     }
 
     if (phase('cold')) {
@@ -184,6 +190,15 @@ async function main(): Promise<void> {
         await stop(v.child);
       }
       results.coldStartMs = { median: median(cold), samples: cold };
+    }
+
+    if (phase('stall')) {
+      // Event-loop stalls: the slowest /healthz answer while each hostile or large body runs (bench/stall.ts).
+      const sv = startVesta(18306, { DATABASE_URL: databaseUrl });
+      children.push(sv.child);
+      await waitReady('http://127.0.0.1:18306/readyz', 60000);
+      results.stall = await stallProbe(baseUrlOf(18306), await bearer(18306));
+      await stop(sv.child);
     }
 
     if (phase('read') || phase('crud') || phase('search')) {
@@ -339,7 +354,7 @@ async function main(): Promise<void> {
 
   type ReadById = { vesta: { rps: number; p50: number; p99: number }; ceiling: { rps: number; p50: number; p99: number }; ratio: number };
   const r = results as { readById?: ReadById; crudCycle?: { rps: number; p50: Record<string, number>; p99: Record<string, number> }; coldStartMs?: { median: number } };
-  const ingestRes = results.ingest as { runs: IngestRun[]; verification: { countsMatch: boolean; urnLeft: number; references: number; unresolved: number } } | undefined;
+  const ingestRes = results.ingest as { runs: IngestRun[]; verification: { countsMatch: boolean; urnLeft: number; references: number; unresolved: number }; freshQueries?: FreshQuery[] } | undefined;
   const lines = [
     `Vesta bench ${results.date as string}  (PHI_ENCRYPTION=${PHI}; AUTH=on, ${SYSTEM_SCOPE} token; ${cpus().length} cores, ${Math.round(totalmem() / 1024 ** 3)} GiB, ${process.version}; ${ROUNDS} rounds x ${SECONDS}s, medians${ONLY ? `; phases ${[...ONLY].join(',')}` : ''})`,
     '',
@@ -362,6 +377,16 @@ async function main(): Promise<void> {
         ]
       : []),
   ];
+  if (ingestRes?.freshQueries) {
+    lines.push(
+      '',
+      `Right after the ingest at concurrency 4 into a fresh database (${SYNTHEA}; no autovacuum yet), each search once:`,
+      '',
+      '| query | status | ms | total |',
+      '|---|---|---|---|',
+      ...ingestRes.freshQueries.map((q) => `| ${q.query} | ${q.status} | ${q.ms} | ${q.total ?? ''} |`),
+    );
+  }
   const val = results.validation as ValidationBench | undefined;
   if (val) {
     const row = (name: string, f: ValidationBench['examples']) =>
@@ -376,6 +401,13 @@ async function main(): Promise<void> {
       row('official examples, whole package', val.wholePackage),
       '',
       `Hostile primitives: the slowest judgement of a ${val.hostile.length.toLocaleString('en')}-character value (7 backtracking-prone shapes, best of 3 tries) is ${val.hostile.worstMs} ms (${val.hostile.worstType}); per type: ${Object.entries(val.hostile.worstMsByType).map(([k, ms]) => `${k} ${ms}`).join(', ')}.`,
+    );
+  }
+  const stall = results.stall as StallResult | undefined;
+  if (stall) {
+    lines.push(
+      '',
+      `Worst event-loop stall: /healthz waited ${stall.worstMs} ms (${stall.worstBody}); per body: ${stall.cases.map((c) => `${c.body} (${(c.bytes / 1e6).toFixed(1)} MB) ${c.status} in ${c.requestMs} ms, /healthz ${c.healthzMs} ms`).join('; ')}.`,
     );
   }
   const mix = results.searchMix as { resources: number; loadRps: number; loadFailures?: string[]; queries: MixResult[]; seqScans: Record<string, string[]> } | undefined;

@@ -4,6 +4,8 @@ import { createLogger } from './log/logger.js';
 import { buildServices, startServer } from './server.js';
 import { PhiMaintenance } from './jobs/phi-maintenance.js';
 import { stopOnSignals } from './shutdown.js';
+import { DataDirLockedError } from './storage/data-dir-lock.js';
+import { primeValidators, warmUpValidators } from './validation/validator.js';
 
 export async function serve(): Promise<void> {
   let config;
@@ -18,8 +20,18 @@ export async function serve(): Promise<void> {
   }
   const log = createLogger(config.logLevel);
   const svc = await buildServices(config, log);
+  // The shared part of the validators' compile is too long to run beside requests: before listening.
+  if (config.validatorWarmUp) primeValidators();
   const running = await startServer(svc);
   log.info({ port: config.port, baseUrl: config.baseUrl, database: svc.db.kind }, 'Vesta FHIR R4 server listening');
+  // The validators of every type are compiled in the background (validation/validator.ts), so no
+  // request pays a type's first compile as one long stall of the event loop (issue 14).
+  if (config.validatorWarmUp) {
+    warmUpValidators().then(
+      (w) => log.info(w, 'validators compiled for every resource type'),
+      (e: unknown) => log.error({ err: { message: (e as Error)?.message } }, 'validator warm-up failed'),
+    );
+  }
   // After a key rotation, versions on older keys are re-sealed, and resources without blind index rows
   // on the active blind key are re-indexed, in the background: on BullMQ workers with REDIS_URL,
   // in-process without (jobs/phi-maintenance.ts; both jobs are idempotent and share rows via SKIP LOCKED).
@@ -39,6 +51,6 @@ const invokedDirectly = process.argv[1] && /main\.(js|ts)$/.test(process.argv[1]
 if (invokedDirectly) {
   serve().catch((e: unknown) => {
     process.stderr.write(`vesta: failed to start: ${(e as Error)?.message ?? String(e)}\n`);
-    process.exit(1);
+    process.exit(e instanceof DataDirLockedError ? e.exitCode : 1);
   });
 }

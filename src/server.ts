@@ -11,11 +11,13 @@ import { loadPhiPolicy } from './crypto/phi-policy.js';
 import { resourceTypeInfo } from './fhir/definitions.js';
 import { join } from 'node:path';
 import { createApp } from './http/app.js';
+import { answerClientErrors } from './http/client-error.js';
 import type { Services } from './interactions/context.js';
 import { createLogger, type Logger } from './log/logger.js';
 import { PageTokens } from './search/page-token.js';
 import { openDatabase, type Database } from './storage/db.js';
 import { migrateLatest } from './storage/migrate.js';
+import { analyzeTables, PlannerStats, SEARCHED_TABLES } from './storage/planner-stats.js';
 import { R4Validator } from './validation/validator.js';
 import { ResourceStore } from './storage/resource-store.js';
 import { AuthService } from './auth/authenticator.js';
@@ -70,9 +72,14 @@ export async function buildCodec(config: Readonly<Config>, log: Logger): Promise
 
 /** Opens the database, runs migrations and builds the services. */
 export async function buildServices(config: Readonly<Config>, log: Logger = createLogger(config.logLevel), db?: Database): Promise<Services> {
-  const database = db ?? openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), poolMax: config.databasePoolMax, dataDir: config.dataDir });
+  const database =
+    db ?? openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), poolMax: config.databasePoolMax, dataDir: config.dataDir, statementTimeoutMs: config.databaseStatementTimeoutMs });
   const applied = await migrateLatest(database.knex);
-  if (applied.length) log.info({ migrations: applied }, 'migrations applied');
+  if (applied.length) {
+    log.info({ migrations: applied }, 'migrations applied');
+    // Migrations may rebuild index tables; plans should not wait for autovacuum to see them.
+    await analyzeTables(database.knex, SEARCHED_TABLES).catch((e: unknown) => log.warn({ err: { message: (e as Error)?.message } }, 'ANALYZE after migrations failed'));
+  }
   if (!config.pageTokenSecret) log.warn('PAGE_TOKEN_SECRET is not set: paging links are signed with a per-process key and stop working on restart or on another node');
   return {
     config,
@@ -80,7 +87,7 @@ export async function buildServices(config: Readonly<Config>, log: Logger = crea
     store: new ResourceStore(await buildCodec(config, log)),
     audit: new LogAuditSink(log),
     pageTokens: new PageTokens(config.pageTokenSecret),
-    validator: new R4Validator({ unknownExtensions: config.unknownExtensions }),
+    validator: new R4Validator({ unknownExtensions: config.unknownExtensions, maxIssues: config.validationMaxIssues }),
     auth: await buildAuth(config, log, database),
     log,
   };
@@ -89,6 +96,8 @@ export async function buildServices(config: Readonly<Config>, log: Logger = crea
 export interface Running {
   server: Server;
   url: string;
+  /** Background ANALYZE after large writes (storage/planner-stats.ts). */
+  stats: PlannerStats;
   close(): Promise<void>;
 }
 
@@ -96,6 +105,22 @@ export interface Running {
 export async function startServer(svc: Services): Promise<Running> {
   const app = createApp(svc);
   const server = createServer(app);
+  answerClientErrors(server, svc.log);
+  const stats = new PlannerStats(svc.db.knex, {
+    kind: svc.db.kind,
+    threshold: svc.config.plannerAnalyzeThreshold,
+    debounceMs: svc.config.plannerAnalyzeDelayMs,
+    maxWaitMs: Math.max(10000, svc.config.plannerAnalyzeDelayMs),
+    log: svc.log,
+  });
+  // Every successful write may have been a large one (a Bundle, a step of `vesta load`); the check
+  // itself is one catalogue query after writes pause, so counting entries here is not needed.
+  server.on('request', (req, res) => {
+    if (req.method === 'GET' || req.method === 'HEAD' || req.method === 'OPTIONS') return;
+    res.once('finish', () => {
+      if (res.statusCode < 300) stats.poke();
+    });
+  });
   // Idle keep-alive sockets outlive a load balancer's (commonly 60 s). headersTimeout must exceed
   // keepAliveTimeout: otherwise Node may close a reused socket while a client is sending its next
   // request ("other side closed"; seen in npm run bench while loading 699 Bundles over 4 sockets).
@@ -118,9 +143,10 @@ export async function startServer(svc: Services): Promise<Running> {
       clearInterval(sweep);
       clearTimeout(timer);
       svc.auth.close();
+      await stats.close();
       await svc.db.close();
     })();
     return closing;
   };
-  return { server, url: `http://127.0.0.1:${addr.port}`, close };
+  return { server, url: `http://127.0.0.1:${addr.port}`, stats, close };
 }

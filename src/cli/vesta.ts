@@ -14,6 +14,8 @@ import { checkSigningRing, generateSigningRing, rotateSigningRing, signAccessTok
 import { insertRevocation } from '../storage/revocation-store.js';
 import { createLogger } from '../log/logger.js';
 import { openDatabase } from '../storage/db.js';
+import { DataDirLockedError } from '../storage/data-dir-lock.js';
+import { analyzeTables, SEARCHED_TABLES } from '../storage/planner-stats.js';
 import { migrateLatest } from '../storage/migrate.js';
 
 const USAGE = `usage: vesta <command>
@@ -127,6 +129,8 @@ async function main(argv: string[]): Promise<number> {
       const db = openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), dataDir: config.dataDir });
       try {
         const applied = await migrateLatest(db.knex);
+        // Migrations may rebuild index tables: give the planner statistics now, not when autovacuum gets to it.
+        if (applied.length) await analyzeTables(db.knex, SEARCHED_TABLES);
         process.stdout.write(applied.length ? `applied: ${applied.join(', ')}\n` : 'database is up to date\n');
       } finally {
         await db.close();
@@ -222,6 +226,6 @@ main(process.argv.slice(2)).then(
   (e: unknown) => {
     if (e instanceof ConfigError) process.stderr.write(`vesta: configuration error: ${e.message}\n`);
     else process.stderr.write(`vesta: ${(e as Error)?.message ?? String(e)}\n`);
-    process.exit(e instanceof ConfigError ? 2 : 1);
+    process.exit(e instanceof ConfigError ? 2 : e instanceof DataDirLockedError ? e.exitCode : 1);
   },
 );

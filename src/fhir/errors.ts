@@ -17,6 +17,8 @@ export const ERROR_CATALOGUE = {
   'invalid-request': { status: 400, issue: 'invalid' },
   'invalid-search': { status: 400, issue: 'invalid' },
   'unsupported-search': { status: 400, issue: 'not-supported' },
+  /** A search or history request over one of its budgets (search/budget.ts). */
+  'too-costly': { status: 400, issue: 'too-costly' },
   unauthorized: { status: 401, issue: 'login' },
   forbidden: { status: 403, issue: 'forbidden' },
   'unknown-type': { status: 404, issue: 'not-supported' },
@@ -32,6 +34,10 @@ export const ERROR_CATALOGUE = {
   'version-mismatch': { status: 412, issue: 'conflict' },
   'multiple-matches': { status: 412, issue: 'multiple-matches' },
   'too-large': { status: 413, issue: 'too-costly' },
+  /** Refused by the HTTP parser before routing (http/client-error.ts). */
+  'uri-too-long': { status: 414, issue: 'too-long' },
+  'headers-too-large': { status: 431, issue: 'too-long' },
+  'request-timeout': { status: 408, issue: 'timeout' },
   'unsupported-media-type': { status: 415, issue: 'not-supported' },
   unprocessable: { status: 422, issue: 'processing' },
   'validation-failed': { status: 422, issue: 'invalid' },

@@ -2,11 +2,34 @@
 import type { OperationOutcome } from 'fhir/r4.js';
 import type { Issue } from './errors.js';
 
+/**
+ * Statuses that common clients read back from OperationOutcome.id alone (@medplum/core's getStatus,
+ * isNotFound, isGone, ...): an error with one of these statuses carries that client's id, so the
+ * status they derive is the status Vesta sent. Every other error's id is its catalogue code.
+ * Documented in docs/interactions.md ("OperationOutcome ids").
+ */
+const ID_BY_STATUS: Record<number, string> = {
+  401: 'unauthorized',
+  403: 'forbidden',
+  404: 'not-found',
+  409: 'conflict',
+  410: 'gone',
+  412: 'precondition-failed',
+  429: 'too-many-requests',
+};
+
+/** The stable OperationOutcome.id of an error with this catalogue code and status. */
+export function outcomeId(code: string, status: number): string {
+  if (code === 'multiple-matches') return 'multiple-matches';
+  return ID_BY_STATUS[status] ?? code;
+}
+
 /** Builds an OperationOutcome from issues; an empty list yields one informational "ok" issue. */
-export function operationOutcome(issues: Issue[]): OperationOutcome {
+export function operationOutcome(issues: Issue[], id?: string): OperationOutcome {
   const list = issues.length ? issues : [{ severity: 'information' as const, code: 'informational', diagnostics: 'All OK' }];
   return {
     resourceType: 'OperationOutcome',
+    ...(id ? { id } : {}),
     issue: list.map((i) => ({
       severity: i.severity,
       code: i.code as OperationOutcome['issue'][number]['code'],

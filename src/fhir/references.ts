@@ -1,6 +1,8 @@
 // Reference rewriting for transaction Bundles (https://hl7.org/fhir/R4/bundle.html#references):
 // every Reference.reference naming a Bundle entry's fullUrl becomes the id the server assigned,
 // including references nested in extensions and contained resources, and narrative links.
+// Both walks use an explicit stack and visit each JSON value once, so their cost is linear in the
+// body and no nesting or array length can overflow the call stack.
 
 /** Replaces references in place; returns how many were rewritten. */
 export function rewriteReferences(root: unknown, map: ReadonlyMap<string, string>, undo?: [Record<string, unknown>, string, unknown][]): number {
@@ -44,7 +46,8 @@ export function conditionalReferences(root: unknown): string[] {
     const v = stack.pop();
     if (v === null || typeof v !== 'object') continue;
     if (Array.isArray(v)) {
-      stack.push(...v);
+      // item by item: spreading a 200,000-item array into push() overflows the call stack
+      for (const x of v) if (x !== null && typeof x === 'object') stack.push(x);
       continue;
     }
     for (const [k, x] of Object.entries(v as Record<string, unknown>)) {

@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { audited } from '../audit/audit-sink.js';
 import { FhirError } from '../fhir/errors.js';
 import { capabilities } from '../interactions/capabilities.js';
-import { onlyOnce, parseVersionEtag } from '../interactions/common.js';
+import { onlyOnce, parseIfMatch } from '../interactions/common.js';
 import type { InteractionResult, PreferReturn, RequestContext, Services } from '../interactions/context.js';
 import { create } from '../interactions/create.js';
 import { conditionalDelete, remove } from '../interactions/delete.js';
@@ -19,12 +19,15 @@ import { transactionOrBatch } from '../interactions/transaction.js';
 import { validateOperation } from '../operations/validate/validate.js';
 import { ANONYMOUS, type Principal } from '../auth/principal.js';
 import { smartConfiguration } from '../auth/smart-configuration.js';
-import { bodyKind, parseJson, type BodyKind } from './body.js';
+import { bodyKind, parseForm, parseJson, parseJsonPaced, type BodyKind } from './body.js';
 import { toErrorResponse } from './errors.js';
+import { requestDeadline } from './deadline.js';
 import { negotiate, type Format } from './format.js';
 import { respond, respondError } from './respond.js';
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,64}$/;
+/** Bodies from this size on are parsed paced, ahead of the route (smaller ones parse in a few ms). */
+const PACED_PARSE_BYTES = 1024 * 1024;
 
 interface Locals {
   requestId: string;
@@ -60,7 +63,7 @@ function parsePrefer(header: string | undefined): { ret?: PreferReturn; handling
 }
 
 function corsMiddleware(origins: '*' | string[]): RequestHandler {
-  const exposed = 'ETag, Location, Last-Modified, Content-Location, X-Request-Id, WWW-Authenticate';
+  const exposed = 'ETag, Location, Last-Modified, Content-Location, X-Request-Id, WWW-Authenticate, Retry-After';
   const allowedHeaders = 'Authorization, Content-Type, Accept, If-Match, If-None-Match, If-None-Exist, If-Modified-Since, Prefer, X-Request-Id';
   return (req, res, next) => {
     const origin = req.headers.origin;
@@ -85,6 +88,8 @@ function corsMiddleware(origins: '*' | string[]): RequestHandler {
 
 export function createApp(svc: Services): express.Express {
   const { config, log } = svc;
+  // Bodies parsed ahead by the paced parser (below), until the route asks for them.
+  const preParsed = new WeakMap<Request, { value: unknown } | { error: unknown }>();
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
@@ -138,7 +143,8 @@ export function createApp(svc: Services): express.Express {
   });
   // Bodies are read raw (bounded) and parsed per route, so error messages never echo content.
   fhir.use(express.raw({ type: () => true, limit: config.maxBodyBytes }));
-
+  // After the body is read, so the rest of the request runs in the deadline's async context.
+  fhir.use(requestDeadline(config.requestTimeoutMs));
   const context = (req: Request, res: Response, principal: Principal): RequestContext => {
     const prefer = parsePrefer(typeof req.headers.prefer === 'string' ? req.headers.prefer : undefined);
     return {
@@ -151,12 +157,33 @@ export function createApp(svc: Services): express.Express {
     };
   };
 
+  /**
+   * Parses a large JSON body ahead of the route, giving the event loop back between decoding, parsing
+   * and checking (http/body.ts parseJsonPaced; each step takes a few hundred ms on 30 MB). Called once
+   * the client is authenticated, so an anonymous request costs no parsing; the outcome, error
+   * included, waits for the route's body() so errors are answered as before.
+   */
+  const preParse = async (req: Request): Promise<void> => {
+    const buf = req.body as unknown;
+    const ct = String(req.headers['content-type'] ?? '').toLowerCase();
+    if (!Buffer.isBuffer(buf) || buf.length < PACED_PARSE_BYTES || !/^application\/(fhir\+json|json\+fhir|json|json-patch\+json)\s*(;|$)/.test(ct)) return;
+    try {
+      preParsed.set(req, { value: await parseJsonPaced(buf, config.maxBodyValues) });
+    } catch (error) {
+      preParsed.set(req, { error });
+    }
+  };
   const body = (req: Request, accepts: BodyKind[]): { kind: BodyKind; value: unknown } => {
     const buf = Buffer.isBuffer(req.body) ? (req.body as Buffer) : Buffer.alloc(0);
     if (buf.length === 0 && !req.headers['content-type']) return { kind: 'none', value: undefined };
     const kind = bodyKind(req.headers['content-type'], accepts);
-    if (kind === 'form') return { kind, value: [...new URLSearchParams(buf.toString('utf8'))] };
-    return { kind, value: parseJson(buf) };
+    if (kind === 'form') return { kind, value: parseForm(buf) };
+    const pre = preParsed.get(req);
+    if (pre) {
+      if ('error' in pre) throw pre.error;
+      return { kind, value: pre.value };
+    }
+    return { kind, value: parseJson(buf, config.maxBodyValues) };
   };
   const resourceBody = (req: Request): unknown => {
     const b = body(req, ['fhir-json']);
@@ -165,7 +192,7 @@ export function createApp(svc: Services): express.Express {
   };
   const patchBody = (req: Request): unknown => {
     const ct = String(req.headers['content-type'] ?? '').toLowerCase();
-    if (ct.startsWith('application/fhir+json')) {
+    if (ct.startsWith('application/fhir+json') || ct.startsWith('application/json+fhir')) {
       throw new FhirError('unsupported-media-type', 'FHIRPath Patch is not supported yet; send a JSON Patch (application/json-patch+json)');
     }
     const b = body(req, ['json-patch']);
@@ -176,7 +203,7 @@ export function createApp(svc: Services): express.Express {
     const v = req.headers[name.toLowerCase()];
     return typeof v === 'string' ? v : undefined;
   };
-  const ifMatch = (req: Request) => parseVersionEtag(header(req, 'If-Match'));
+  const ifMatch = (req: Request) => parseIfMatch(header(req, 'If-Match'));
   const criteriaOf = (res: Response): string => {
     const pairs = locals(res).pairs.filter(([k]) => k !== '_format' && k !== '_pretty');
     if (!pairs.length) throw new FhirError('method-not-allowed', 'this method on a type needs search criteria (conditional interaction)');
@@ -214,6 +241,7 @@ export function createApp(svc: Services): express.Express {
               throw new FhirError('unauthorized', 'this request needs a bearer token (Authorization: Bearer <token>)', { headers: { 'WWW-Authenticate': 'Bearer' } });
             }
             ctx = context(req, res, principal);
+            await preParse(req);
             return run(ctx, req, res);
           },
         );

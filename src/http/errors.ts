@@ -3,8 +3,8 @@
 import type { OperationOutcome } from 'fhir/r4.js';
 import type { Logger } from 'pino';
 import { ERROR_CATALOGUE, FhirError, isFhirError } from '../fhir/errors.js';
-import { operationOutcome } from '../fhir/outcome.js';
-import { RetryExhausted, pgCode } from '../storage/db.js';
+import { operationOutcome, outcomeId } from '../fhir/outcome.js';
+import { RequestAborted, RetryExhausted, databaseUnavailable, isStatementTimeout, pgCode } from '../storage/db.js';
 import { PhiIntegrityError } from '../crypto/jwe-codec.js';
 
 export interface ErrorResponse {
@@ -38,7 +38,12 @@ export function toErrorResponse(e: unknown, log: Logger, requestId: string): Err
     );
     err = new FhirError('integrity', `the stored protected data of this resource failed its integrity check and was not returned (request ${requestId})`);
   }
-  if (!err && pgCode(e) === '57014') err = new FhirError('unavailable', 'the database cancelled the statement (timeout)');
+  // The deadline's or the disconnect's own error (http/deadline.ts), not the cancelled statement's.
+  if (!err && e instanceof RequestAborted && isFhirError(e.reason)) err = e.reason;
+  if (!err && isStatementTimeout(e)) err = new FhirError('unavailable', 'the request exceeded the database statement timeout (DATABASE_STATEMENT_TIMEOUT_MS) and was cancelled; narrow the search');
+  if (!err && pgCode(e) === '57014') err = new FhirError('unavailable', 'the database cancelled the statement');
+  // An outage, a lost connection or an exhausted pool: the same request may succeed shortly.
+  if (!err && databaseUnavailable(e)) err = new FhirError('unavailable', 'the database is unavailable; retry later', { headers: { 'Retry-After': '5' } });
   if (!err) {
     const x = e as { message?: string; stack?: string; code?: string; name?: string };
     // pg puts row values in `detail`; only the message, code and stack are logged.
@@ -51,5 +56,5 @@ export function toErrorResponse(e: unknown, log: Logger, requestId: string): Err
   const issues = [{ severity: 'error' as const, code: entry.issue, diagnostics: err.message }, ...err.issues];
   const headers = { ...err.headers };
   if (err.code === 'method-not-allowed' && err.headers.Allow) headers.Allow = err.headers.Allow;
-  return { status: entry.status, body: operationOutcome(issues), headers };
+  return { status: entry.status, body: operationOutcome(issues, outcomeId(err.code, entry.status)), headers };
 }

@@ -30,6 +30,15 @@ export function parseVersionEtag(header: string | undefined, name = 'If-Match'):
   return Number(m[1]);
 }
 
+/** An If-Match precondition: a version, or `*` (any current representation, RFC 9110 §13.1.1). */
+export type IfMatch = number | '*';
+
+/** Parses If-Match: `*`, W/"n" or "n" (https://hl7.org/fhir/R4/http.html#concurrency). */
+export function parseIfMatch(header: string | undefined): IfMatch | undefined {
+  if (header !== undefined && header.trim() === '*') return '*';
+  return parseVersionEtag(header, 'If-Match');
+}
+
 export function etag(versionId: number): string {
   return `W/"${versionId}"`;
 }

@@ -3,7 +3,7 @@
 import { FhirError } from '../fhir/errors.js';
 import { info } from '../fhir/outcome.js';
 import { withTransaction, type Tx } from '../storage/db.js';
-import { etag, requireId, requireType } from './common.js';
+import { etag, requireId, requireType, type IfMatch } from './common.js';
 import { lockAndMatch, matchScope } from './conditional.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { checkIfMatch, writeNext } from './write.js';
@@ -16,7 +16,7 @@ export function deleted(ctx: RequestContext, message: string, versionId?: number
   return { status: 204, headers };
 }
 
-async function deleteIn(svc: Services, ctx: RequestContext, tx: Tx, type: string, id: string, ifMatch: number | undefined): Promise<InteractionResult> {
+async function deleteIn(svc: Services, ctx: RequestContext, tx: Tx, type: string, id: string, ifMatch: IfMatch | undefined): Promise<InteractionResult> {
   // Outside the token's reach and unreadable to it: the same answers as for an id that does not exist
   // (If-Match included), so that neither its existence nor its version shows.
   const head = await visibleHead(svc, ctx, tx, 'd', type, id, await svc.store.lockCurrent(tx, type, id));
@@ -27,14 +27,14 @@ async function deleteIn(svc: Services, ctx: RequestContext, tx: Tx, type: string
   return deleted(ctx, `deleted ${type}/${id}`, v.versionId);
 }
 
-export async function remove(svc: Services, ctx: RequestContext, input: { type: string; id: string; ifMatch?: number }): Promise<InteractionResult> {
+export async function remove(svc: Services, ctx: RequestContext, input: { type: string; id: string; ifMatch?: IfMatch }): Promise<InteractionResult> {
   requireType(input.type);
   requireId(input.id);
   allow(ctx, input.type, 'd', 'delete');
   return withTransaction(svc.db.knex, (tx) => deleteIn(svc, ctx, tx, input.type, input.id, input.ifMatch));
 }
 
-export async function conditionalDelete(svc: Services, ctx: RequestContext, input: { type: string; criteria: string; ifMatch?: number }): Promise<InteractionResult> {
+export async function conditionalDelete(svc: Services, ctx: RequestContext, input: { type: string; criteria: string; ifMatch?: IfMatch }): Promise<InteractionResult> {
   requireType(input.type);
   allow(ctx, input.type, 'd', 'conditional delete');
   const scope = matchScope(svc, ctx, input.type, 'conditional delete');

@@ -5,6 +5,7 @@
 import type { Bundle, BundleEntry, BundleLink } from 'fhir/r4.js';
 import { FhirError } from '../fhir/errors.js';
 import { parseShaping, parseSummary, shapeResource, type Shaping } from '../search/shape.js';
+import { checkHistoryBudget } from '../search/budget.js';
 import type { StoredVersion } from '../storage/resource-store.js';
 import { etag, requireId, requireType } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
@@ -36,6 +37,7 @@ function entry(ctx: RequestContext, v: StoredVersion, shaping: Shaping): BundleE
 }
 
 export async function history(svc: Services, ctx: RequestContext, input: HistoryInput): Promise<InteractionResult> {
+  checkHistoryBudget(input.query, svc.config.searchBudgets);
   if (input.type) requireType(input.type);
   if (input.id) requireId(input.id);
   // Instance history is a read (r); type and system history are searches (s). Entries are then

@@ -10,6 +10,7 @@ import { operationOutcome } from '../fhir/outcome.js';
 import { compartmentCondition, compartmentMembers } from '../search/compartment.js';
 import { parseIncludes, resolveIncludes, type IncludeSource } from '../search/include.js';
 import { canonicalCriteria, parseSearch, type SearchRequest } from '../search/parse.js';
+import { checkSearchBudget } from '../search/budget.js';
 import { planSearch, type SearchPlan } from '../search/plan.js';
 import { confirmBlindMatches } from '../search/blind.js';
 import { parseShaping, parseSummary, shapeResource } from '../search/shape.js';
@@ -138,6 +139,7 @@ function parseAcross(scope: Scope, pairs: [string, string][], opts: Parameters<t
 }
 
 async function run(svc: Services, ctx: RequestContext, scope: Scope, query: [string, string][]): Promise<InteractionResult> {
+  checkSearchBudget(query, svc.config.searchBudgets);
   const strict = ctx.preferHandling === 'strict';
   const phi = svc.store.phiIndexMode;
   const opts = { strict, phi, baseUrl: ctx.baseUrl };
@@ -191,10 +193,12 @@ async function run(svc: Services, ctx: RequestContext, scope: Scope, query: [str
   const shape = (r: Resource | undefined): Resource | undefined => r && shapeResource(r, shaping);
   const entry: BundleEntry[] = found.map((v) => ({ fullUrl: `${ctx.baseUrl}/${v.resourceType}/${v.id}`, resource: shape(v.resource), search: { mode: 'match' } }));
   let incomplete = false;
+  let depthCut = false;
   let withheld = false;
   if (found.length && includes.list.length) {
-    const inc = await resolveIncludes(includeSource(svc), found.map((v) => ({ type: v.resourceType, id: v.id })), includes.list);
+    const inc = await resolveIncludes(includeSource(svc), found.map((v) => ({ type: v.resourceType, id: v.id })), includes.list, { iterateDepth: svc.config.searchIncludeIterateDepth });
     incomplete = inc.truncated;
+    depthCut = inc.depthCut;
     // Included resources the token may not see are left out (and the Bundle says so, without naming them).
     const seen = await visible(svc, ctx, svc.db.knex, ['r', 's'], inc.resources.map((v) => ({ resourceType: v.resourceType, id: v.id, resource: v.resource, lastUpdated: v.lastUpdated, current: true })));
     withheld = seen.size < inc.resources.length;
@@ -205,6 +209,10 @@ async function run(svc: Services, ctx: RequestContext, scope: Scope, query: [str
   const issues = req.ignored.map((i) => ({ severity: 'warning' as const, code: 'not-supported', diagnostics: `ignored ${i.name.slice(0, 64)}: ${i.reason}` }));
   if (withheld) issues.push({ severity: 'warning', code: 'suppressed', diagnostics: "included resources outside this token's scopes were left out" });
   if (incomplete) issues.push({ severity: 'warning', code: 'too-costly', diagnostics: 'the included resources were cut at the include limit; the Bundle is incomplete' });
+  if (depthCut) {
+    const rounds = svc.config.searchIncludeIterateDepth;
+    issues.push({ severity: 'warning', code: 'too-costly', diagnostics: `:iterate stopped after ${rounds} rounds (SEARCH_INCLUDE_ITERATE_DEPTH) with more to include; the Bundle is incomplete` });
+  }
   if (issues.length) entry.push({ resource: operationOutcome(issues), search: { mode: 'outcome' } });
 
   const keep = linkQuery(scope, req, count);

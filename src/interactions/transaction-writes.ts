@@ -6,13 +6,14 @@ import type { Resource } from 'fhir/r4.js';
 import type { Tx } from '../storage/db.js';
 import type { NewVersion } from '../storage/resource-store.js';
 import type { ParsedEntry } from './bundle-entry.js';
-import { parseVersionEtag, requireId, requireType } from './common.js';
+import { parseIfMatch, requireId, requireType, type IfMatch } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { deleted } from './delete.js';
 import { checkUpdate, updateResult } from './update.js';
 import { checkIfMatch, prepareNext } from './write.js';
 import { allow, checkTarget, requireNewVersions, visibleHead, writeLetters } from './authorize.js';
 import { FhirError } from '../fhir/errors.js';
+import { pace } from '../fhir/pacer.js';
 import type { Letter } from '../auth/scopes.js';
 
 /** Whether the entry goes through the batched path (conditional entries and PATCH do not). */
@@ -20,7 +21,7 @@ export function isKeyedWrite(e: ParsedEntry): boolean {
   return (e.method === 'PUT' || e.method === 'DELETE') && e.id !== undefined;
 }
 
-type Checked = { ifMatch: number | undefined; resource?: Resource } | { error: unknown };
+type Checked = { ifMatch: IfMatch | undefined; resource?: Resource } | { error: unknown };
 
 /**
  * Runs keyed PUT and DELETE entries (given in processing order, each resource at most once) as one
@@ -35,17 +36,21 @@ export async function writeKeyedEntries(
   fail: (err: unknown, e: ParsedEntry) => unknown,
 ): Promise<Map<number, InteractionResult>> {
   // The checks that need no database, in the order update() and remove() make them.
-  const checked: Checked[] = entries.map((e) => {
+  const checked: Checked[] = [];
+  for (const e of entries) {
+    await pace();
     try {
-      const ifMatch = parseVersionEtag(e.ifMatch);
-      if (e.method === 'PUT') return { ifMatch, resource: checkUpdate({ type: e.type, id: e.id!, body: e.resource }) };
-      requireType(e.type);
-      requireId(e.id!);
-      return { ifMatch };
+      const ifMatch = parseIfMatch(e.ifMatch);
+      if (e.method === 'PUT') checked.push({ ifMatch, resource: checkUpdate({ type: e.type, id: e.id!, body: e.resource }) });
+      else {
+        requireType(e.type);
+        requireId(e.id!);
+        checked.push({ ifMatch });
+      }
     } catch (error) {
-      return { error };
+      checked.push({ error });
     }
-  });
+  }
   const heads = await svc.store.lockCurrentMany(
     tx,
     entries.filter((_e, k) => !('error' in checked[k])).map((e) => ({ resourceType: e.type, id: e.id! })),
@@ -71,7 +76,7 @@ export async function writeKeyedEntries(
   const out = new Map<number, InteractionResult>();
   const versions: NewVersion[] = [];
   const reach: { version: NewVersion; letters: Letter[]; label: string }[] = [];
-  entries.forEach((e, k) => {
+  for (const [k, e] of entries.entries()) {
     const type = e.type;
     const id = e.id!;
     try {
@@ -82,7 +87,7 @@ export async function writeKeyedEntries(
       if (e.method === 'PUT') {
         const creates = !head || head.deleted;
         if (creates) allow(ctx, type, 'c', 'update as create');
-        const { version, stored } = prepareNext(svc, ctx, head, 'PUT', type, id, c.resource);
+        const { version, stored } = await prepareNext(svc, ctx, head, 'PUT', type, id, c.resource);
         versions.push(version);
         reach.push({ version, letters: writeLetters('PUT', creates), label: `entry ${e.index}` });
         out.set(e.index, updateResult(ctx, head, stored));
@@ -91,14 +96,14 @@ export async function writeKeyedEntries(
       } else if (head.deleted) {
         out.set(e.index, deleted(ctx, `${type}/${id} was already deleted`, head.versionId));
       } else {
-        const { version } = prepareNext(svc, ctx, head, 'DELETE', type, id, undefined);
+        const { version } = await prepareNext(svc, ctx, head, 'DELETE', type, id, undefined);
         versions.push(version);
         out.set(e.index, deleted(ctx, `deleted ${type}/${id}`, version.versionId));
       }
     } catch (err) {
       throw fail(err, e);
     }
-  });
+  }
   await requireNewVersions(svc, ctx, tx, reach);
   await svc.store.writeVersions(tx, versions);
   return out;

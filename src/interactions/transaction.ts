@@ -4,12 +4,13 @@
 import { randomUUID } from 'node:crypto';
 import type { Bundle, BundleEntry, OperationOutcome, Resource } from 'fhir/r4.js';
 import { FhirError, isFhirError } from '../fhir/errors.js';
-import { operationOutcome } from '../fhir/outcome.js';
+import { operationOutcome, outcomeId } from '../fhir/outcome.js';
+import { due, pace, pause } from '../fhir/pacer.js';
 import { conditionalReferences, rewriteReferences } from '../fhir/references.js';
 import { isResourceType } from '../fhir/definitions.js';
 import { advisoryXactLocks, withTransaction } from '../storage/db.js';
 import { parseEntry, statusText, type ParsedEntry } from './bundle-entry.js';
-import { lockKey, onlyOnce, parseVersionEtag, writeResult } from './common.js';
+import { lockKey, onlyOnce, parseIfMatch, writeResult } from './common.js';
 import { checkResourceShape } from '../validation/shape.js';
 import { prepareNew } from './write.js';
 import type { NewVersion } from '../storage/resource-store.js';
@@ -85,7 +86,7 @@ function patchOps(e: ParsedEntry): unknown {
 
 /** Runs one entry as the matching interaction. `svc` may be bound to an open transaction. */
 async function runEntry(svc: Services, ctx: RequestContext, e: ParsedEntry, assignedId?: string): Promise<InteractionResult> {
-  const ifMatch = parseVersionEtag(e.ifMatch);
+  const ifMatch = parseIfMatch(e.ifMatch);
   const opt = ifMatch === undefined ? {} : { ifMatch };
   const pairs = (q?: string): [string, string][] => (q ? [...new URLSearchParams(q)] : []);
   switch (e.method) {
@@ -171,6 +172,7 @@ export async function transactionOrBatch(svc: Services, ctx: RequestContext, bod
 async function batch(svc: Services, ctx: RequestContext, raw: unknown[]): Promise<InteractionResult> {
   const out: BundleEntry[] = [];
   for (let i = 0; i < raw.length; i++) {
+    await pace();
     try {
       const e = parseEntry(raw[i], i, ctx.baseUrl);
       if (!isResourceType(e.type)) throw new FhirError('unknown-type', `entry ${i}: unknown resource type`);
@@ -183,7 +185,7 @@ async function batch(svc: Services, ctx: RequestContext, raw: unknown[]): Promis
     } catch (err) {
       const fe = isFhirError(err) ? err : new FhirError('internal', `entry ${i}: internal error (request ${ctx.requestId})`);
       if (!isFhirError(err)) svc.log.error({ requestId: ctx.requestId, entry: i, err: { message: (err as Error)?.message } }, 'batch entry failed');
-      out.push({ response: { status: statusText(fe.status), outcome: operationOutcome([{ severity: 'error', code: 'processing', diagnostics: fe.message }, ...fe.issues]) } });
+      out.push({ response: { status: statusText(fe.status), outcome: operationOutcome([{ severity: 'error', code: 'processing', diagnostics: fe.message }, ...fe.issues], outcomeId(fe.code, fe.status)) } });
     }
   }
   const response: Bundle = { resourceType: 'Bundle', type: 'batch-response', entry: out };
@@ -191,7 +193,13 @@ async function batch(svc: Services, ctx: RequestContext, raw: unknown[]): Promis
 }
 
 async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): Promise<InteractionResult> {
-  const entries = raw.map((r, i) => parseEntry(r, i, ctx.baseUrl));
+  // Every per-entry loop below paces itself (fhir/pacer.ts): a Bundle of thousands of entries must not
+  // hold the event loop for the whole of one step.
+  const entries: ParsedEntry[] = [];
+  for (let i = 0; i < raw.length; i++) {
+    if (due()) await pause();
+    entries.push(parseEntry(raw[i], i, ctx.baseUrl));
+  }
   const seenFullUrls = new Set<string>();
   for (const e of entries) {
     if (!isResourceType(e.type)) throw new FhirError('unknown-type', `entry ${e.index}: unknown resource type`);
@@ -202,6 +210,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
   }
   // Every entry is authorized before anything is written: one forbidden entry refuses the Bundle.
   for (const e of entries) {
+    if (due()) await pause();
     try {
       authorizeEntry(ctx, e);
     } catch (err) {
@@ -293,6 +302,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
     // 2. Conditional references (Type?criteria) resolve through search: exactly one match.
     for (const e of entries) {
       if (!e.resource) continue;
+      if (due()) await pause();
       for (const ref of conditionalReferences(e.resource)) {
         if (map.has(ref)) continue;
         const q = ref.indexOf('?');
@@ -310,7 +320,13 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
       }
     }
     // 3. Rewrite references everywhere in the Bundle's resources.
-    if (map.size) for (const e of entries) if (e.resource) rewriteReferences(e.resource, map, undo);
+    if (map.size) {
+      for (const e of entries) {
+        if (!e.resource) continue;
+        if (due()) await pause();
+        rewriteReferences(e.resource, map, undo);
+      }
+    }
     // Lock every resource this transaction writes, in one global order, before writing any:
     // concurrent transactions over the same resources then queue instead of deadlocking.
     await advisoryXactLocks(tx, [...lockTargets].sort().map((ref) => lockKey(`resource:${ref}`)));
@@ -325,7 +341,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
       if (e.method !== 'POST' || e.id !== undefined || preExisting.has(e.index)) continue;
       try {
         const body = checkResourceShape(e.resource, e.type);
-        const { version, stored } = prepareNew(txSvc, ctx, e.type, assigned.get(e.index)!, body);
+        const { version, stored } = await prepareNew(txSvc, ctx, e.type, assigned.get(e.index)!, body);
         bulk.set(e.index, version);
         out[e.index] = writeResult(ctx, 201, stored, `created ${e.type}/${version.id}`);
       } catch (err) {
@@ -375,6 +391,11 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
     return out;
     // Two transactions creating the same new id collide on its primary key; the retry updates it.
   }, { retryOnUniqueViolation: true });
-  const response: Bundle = { resourceType: 'Bundle', type: 'transaction-response', entry: results.map((r, i) => responseEntry(ctx, r, entries[i])) };
+  const answers: BundleEntry[] = [];
+  for (const [i, r] of results.entries()) {
+    if (due()) await pause();
+    answers.push(responseEntry(ctx, r, entries[i]));
+  }
+  const response: Bundle = { resourceType: 'Bundle', type: 'transaction-response', entry: answers };
   return { status: 200, body: response };
 }

@@ -6,7 +6,7 @@ import type { StoredVersion, VersionHead } from '../storage/resource-store.js';
 import { withTransaction, type Tx } from '../storage/db.js';
 import { checkResourceShape } from '../validation/shape.js';
 import { randomUUID } from 'node:crypto';
-import { requireId, requireType, writeResult } from './common.js';
+import { requireId, requireType, writeResult, type IfMatch } from './common.js';
 import { lockAndMatch, matchScope } from './conditional.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { checkIfMatch, writeNext } from './write.js';
@@ -16,10 +16,10 @@ export interface UpdateInput {
   type: string;
   id: string;
   body: unknown;
-  ifMatch?: number;
+  ifMatch?: IfMatch;
 }
 
-async function updateIn(svc: Services, ctx: RequestContext, tx: Tx, type: string, id: string, resource: Resource, ifMatch: number | undefined): Promise<InteractionResult> {
+async function updateIn(svc: Services, ctx: RequestContext, tx: Tx, type: string, id: string, resource: Resource, ifMatch: IfMatch | undefined): Promise<InteractionResult> {
   const head = await svc.store.lockCurrent(tx, type, id);
   if (head && !head.deleted && (await checkTarget(svc, ctx, tx, 'u', type, id, head.lastUpdated)) === 'hidden') {
     // The id is taken by a resource this token may not read: it can neither update nor create it.
@@ -59,7 +59,7 @@ export interface ConditionalUpdateInput {
   type: string;
   criteria: string;
   body: unknown;
-  ifMatch?: number;
+  ifMatch?: IfMatch;
 }
 
 export async function conditionalUpdate(svc: Services, ctx: RequestContext, input: ConditionalUpdateInput): Promise<InteractionResult> {

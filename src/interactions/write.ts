@@ -2,16 +2,22 @@
 // (https://hl7.org/fhir/R4/http.html#versioning). Runs inside a transaction holding the row lock.
 import type { Resource } from 'fhir/r4.js';
 import { FhirError, type Issue } from '../fhir/errors.js';
-import { extractIndexRows } from '../search/index-extract.js';
+import { extractIndexRowsPaced } from '../search/index-extract.js';
+import { pace } from '../fhir/pacer.js';
 import type { Tx } from '../storage/db.js';
 import type { NewVersion, StoredVersion, VersionHead, WriteMethod } from '../storage/resource-store.js';
-import { stamp } from './common.js';
+import { stamp, type IfMatch } from './common.js';
 import type { RequestContext, Services } from './context.js';
 import { allow, requireNewVersions, writeLetters } from './authorize.js';
 
 /** Checks If-Match against the current head (https://hl7.org/fhir/R4/http.html#concurrency). */
-export function checkIfMatch(type: string, id: string, head: VersionHead | undefined, ifMatch: number | undefined): void {
+export function checkIfMatch(type: string, id: string, head: VersionHead | undefined, ifMatch: IfMatch | undefined): void {
   if (ifMatch === undefined) return;
+  if (ifMatch === '*') {
+    // RFC 9110 §13.1.1: "*" is false when there is no current representation (absent or deleted).
+    if (!head || head.deleted) throw new FhirError('version-mismatch', `If-Match * given but ${type}/${id} has no current version`);
+    return;
+  }
   if (!head) throw new FhirError('version-mismatch', `If-Match W/"${ifMatch}" given but ${type}/${id} does not exist`);
   if (head.versionId !== ifMatch) {
     throw new FhirError('version-mismatch', `If-Match W/"${ifMatch}" does not match the current version W/"${head.versionId}"`);
@@ -38,13 +44,19 @@ export function enforceValid(svc: Services, resource: Resource): Issue[] {
   return issues;
 }
 
-/** Prepares the first version of a new resource: stamped, validated and indexed, not yet written. */
-export function prepareNew(svc: Services, ctx: RequestContext, type: string, id: string, body: Resource): { version: NewVersion; stored: StoredVersion & { warnings: Issue[] } } {
+/**
+ * Prepares the first version of a new resource: stamped, validated and indexed, not yet written.
+ * Yields to the event loop between the steps (fhir/pacer.ts): each is proportional to the resource.
+ */
+export async function prepareNew(svc: Services, ctx: RequestContext, type: string, id: string, body: Resource): Promise<{ version: NewVersion; stored: StoredVersion & { warnings: Issue[] } }> {
+  await pace();
   const lastUpdated = ctx.clock();
   const resource = stamp({ ...body, id }, 1, lastUpdated);
   const warnings = enforceValid(svc, resource);
+  await pace();
+  const index = await extractIndexRowsPaced(resource);
   return {
-    version: { resourceType: type, id, versionId: 1, lastUpdated, method: 'POST', resource, index: extractIndexRows(resource) },
+    version: { resourceType: type, id, versionId: 1, lastUpdated, method: 'POST', resource, index },
     stored: { resourceType: type, id, versionId: 1, lastUpdated, deleted: false, method: 'POST', resource, warnings },
   };
 }
@@ -54,7 +66,7 @@ export function prepareNew(svc: Services, ctx: RequestContext, type: string, id:
  * written): the single-entry path and the batched transaction path share it, so both number
  * versions, move lastUpdated and validate alike.
  */
-export function prepareNext(
+export async function prepareNext(
   svc: Services,
   ctx: RequestContext,
   head: VersionHead | undefined,
@@ -62,11 +74,14 @@ export function prepareNext(
   type: string,
   id: string,
   body: Resource | undefined,
-): { version: NewVersion; stored: StoredVersion & { warnings: Issue[] } } {
+): Promise<{ version: NewVersion; stored: StoredVersion & { warnings: Issue[] } }> {
+  await pace();
   const versionId = (head?.versionId ?? 0) + 1;
   const lastUpdated = nextTimestamp(ctx, head);
   const resource = body ? stamp({ ...body, id }, versionId, lastUpdated) : undefined;
   const warnings = resource ? enforceValid(svc, resource) : [];
+  await pace();
+  const index = resource ? await extractIndexRowsPaced(resource) : undefined;
   return {
     version: {
       resourceType: type,
@@ -74,7 +89,7 @@ export function prepareNext(
       versionId,
       lastUpdated,
       method,
-      ...(resource ? { resource, index: extractIndexRows(resource) } : {}),
+      ...(resource ? { resource, index: index! } : {}),
       ...(head ? { previous: head.versionId } : {}),
     },
     stored: { resourceType: type, id, versionId, lastUpdated, deleted: !resource, method, ...(resource ? { resource } : {}), warnings },
@@ -92,7 +107,7 @@ export async function writeNext(
   id: string,
   body: Resource | undefined,
 ): Promise<StoredVersion & { warnings: Issue[] }> {
-  const { version, stored } = prepareNext(svc, ctx, head, method, type, id, body);
+  const { version, stored } = await prepareNext(svc, ctx, head, method, type, id, body);
   // The content written must be within the token's reach (a patient/ token cannot write into another
   // compartment, a constrained token outside its constraints).
   const letters = writeLetters(method, !head || head.deleted);

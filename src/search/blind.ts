@@ -10,6 +10,7 @@ import { BlindIndexer, MAX_PREFIX } from '../crypto/blind-index.js';
 import type { PhiCodec } from '../crypto/phi-codec.js';
 import { resourceTypeInfo } from '../fhir/definitions.js';
 import { FhirError } from '../fhir/errors.js';
+import { drainPaced, drainSync } from '../fhir/pacer.js';
 import { splitUnescaped, unescapeValue } from './escape.js';
 import { emptyRows, type DateRow, type IndexRows, type StringRow, type TokenRow } from './index-rows.js';
 import { eqKey, normalise } from './keys.js';
@@ -205,19 +206,40 @@ export class BlindIndex {
 
   /** The blind rows of one resource's index rows (the protected ones; the others stay as they are). */
   rowsOf(type: string, rows: IndexRows): BlindRow[] {
+    return drainSync(this.rowSteps(type, rows));
+  }
+
+  /** rowsOf for a request: yields to the event loop between rows (fhir/pacer.ts). */
+  rowsOfPaced(type: string, rows: IndexRows): Promise<BlindRow[]> {
+    return drainPaced(this.rowSteps(type, rows));
+  }
+
+  private *rowSteps(type: string, rows: IndexRows): Generator<void, BlindRow[], void> {
     const bi = this.indexer;
     const out = new Map<string, BlindRow>();
     const add = (param: string, mac: string) => out.set(`${param}\u0000${mac}`, { param, mac });
+    // Many names share their prefixes (every family starting "Sm"): each distinct prefix is MACed once.
+    const prefixMacs = new Map<string, string>();
+    const prefixes = (param: string, norm: string) => {
+      for (let i = 1; i <= Math.min(norm.length, MAX_PREFIX); i++) {
+        const key = `${param}\u0000${norm.slice(0, i)}`;
+        let m = prefixMacs.get(key);
+        if (m === undefined) prefixMacs.set(key, (m = bi.prefix(type, param, norm.slice(0, i))));
+        add(param, m);
+      }
+    };
     for (const r of rows.string ?? []) {
+      yield;
       if (!this.isBlind(type, r.param) || r.param.includes('$')) continue;
       if (baseParam(r.param) === 'phonetic') {
         add(r.param, bi.exact(type, r.param, r.norm));
         continue;
       }
-      for (const m of bi.prefixes(type, r.param, r.norm)) add(r.param, m);
+      prefixes(r.param, r.norm);
       add(r.param, bi.exact(type, r.param, r.exact));
     }
     for (const r of rows.token) {
+      yield;
       if (!this.isBlind(type, r.param) || r.param.includes('$')) continue;
       if (r.param.endsWith(':of-type')) {
         if (r.code !== null) add(r.param, bi.tokenSystemCode(type, r.param, r.system, r.code));
@@ -231,11 +253,13 @@ export class BlindIndex {
       if (r.code === null && r.system === null) add(r.param, bi.presence(type, r.param));
     }
     for (const r of rows.date ?? []) {
+      yield;
       if (!this.isBlind(type, r.param) || r.param.includes('$')) continue;
       const units = unitsWithin(r.low, r.high);
       for (const u of units) add(r.param, bi.dateUnit(type, r.param, u));
       if (!units.length) add(r.param, bi.presence(type, r.param));
     }
+    yield;
     // Sorted: the order rows are stored in says nothing about which prefix is which.
     return [...out.values()].sort((a, b) => (a.param === b.param ? (a.mac < b.mac ? -1 : 1) : a.param < b.param ? -1 : 1));
   }

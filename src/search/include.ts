@@ -17,8 +17,8 @@ export interface IncludeSpec {
 
 /** Most resources added by includes to one page. */
 export const MAX_INCLUDED = 1000;
-/** Rounds of :iterate. */
-export const MAX_ITERATE = 3;
+/** Rounds of :iterate after the first round, unless the caller sets it (SEARCH_INCLUDE_ITERATE_DEPTH). */
+export const DEFAULT_ITERATE_DEPTH = 3;
 
 /** Parses the _include/_revinclude values of a request; bad ones are ignored and reported (400 when strict). */
 export function parseIncludes(types: string | readonly string[], raw: { rev: boolean; value: string }[], opts: { strict: boolean; phi: PhiIndexMode }): { list: IncludeSpec[]; ignored: { name: string; reason: string }[] } {
@@ -82,24 +82,33 @@ export interface IncludeSource<R> {
   read(type: string, ids: string[]): Promise<R[]>;
 }
 
-/** Resolves the includes of a page of matches; `truncated` when the cap cut the result. */
+/**
+ * Resolves the includes of a page of matches; `truncated` when the fan-out cap cut the result,
+ * `depthCut` when :iterate stopped at its round limit while the next round would have added more.
+ */
 export async function resolveIncludes<R extends { resourceType: string; id: string }>(
   source: IncludeSource<R>,
   matches: ResourceRef[],
   specs: IncludeSpec[],
-): Promise<{ resources: R[]; truncated: boolean }> {
+  opts: { iterateDepth?: number } = {},
+): Promise<{ resources: R[]; truncated: boolean; depthCut: boolean }> {
+  const depth = opts.iterateDepth ?? DEFAULT_ITERATE_DEPTH;
   const seen = new Set(matches.map((m) => `${m.type}/${m.id}`));
   const out: R[] = [];
   let frontier = matches;
   let truncated = false;
-  for (let round = 0; round <= MAX_ITERATE && frontier.length && !truncated; round++) {
+  let depthCut = false;
+  // One round past the limit only looks: the Bundle is marked incomplete only when something was
+  // really left out. Its lookups may return every ref already seen, so one more than those suffices.
+  for (let round = 0; round <= depth + 1 && frontier.length && !truncated; round++) {
+    const probe = round > depth;
     const active = specs.filter((s) => round === 0 || s.iterate);
     if (!active.length) break;
     const found: ResourceRef[] = [];
     const byType = new Map<string, string[]>();
     for (const f of frontier) byType.set(f.type, [...(byType.get(f.type) ?? []), f.id]);
     for (const s of active) {
-      const room = MAX_INCLUDED - out.length - found.length + 1;
+      const room = probe ? seen.size + 1 : MAX_INCLUDED - out.length - found.length + 1;
       if (room <= 1) break;
       if (!s.rev) {
         const ids = byType.get(s.sourceType);
@@ -110,6 +119,10 @@ export async function resolveIncludes<R extends { resourceType: string; id: stri
           found.push(...(await source.reverse(s.sourceType, s.params, t, ids, room)));
         }
       }
+    }
+    if (probe) {
+      depthCut = found.some((f) => !seen.has(`${f.type}/${f.id}`));
+      break;
     }
     const fresh: ResourceRef[] = [];
     for (const f of found) {
@@ -127,5 +140,5 @@ export async function resolveIncludes<R extends { resourceType: string; id: stri
     for (const [t, ids] of readByType) out.push(...(await source.read(t, ids)));
     frontier = fresh;
   }
-  return { resources: out, truncated };
+  return { resources: out, truncated, depthCut };
 }

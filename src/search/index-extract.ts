@@ -15,6 +15,7 @@ import { extractToken } from './types/token.js';
 import { extractUri } from './types/uri.js';
 import { extractPosition } from './types/position.js';
 import { extractText } from './types/text.js';
+import { drainPaced, drainSync } from '../fhir/pacer.js';
 
 export type { IndexRows, TokenRow, StringRow, ReferenceRow, DateRow, NumberRow, QuantityRow, UriRow } from './index-rows.js';
 
@@ -92,11 +93,28 @@ export const extractionFailures = { count: 0 };
 
 /** Computes the index rows of one resource version. */
 export function extractIndexRows(resource: Resource): IndexRows {
+  return drainSync(extractSteps(resource));
+}
+
+/**
+ * extractIndexRows for a request: the same work, yielding to the event loop between parameters and
+ * every few hundred values (fhir/pacer.ts), so a resource with 50,000 names does not stall the server.
+ */
+export function extractIndexRowsPaced(resource: Resource): Promise<IndexRows> {
+  return drainPaced(extractSteps(resource));
+}
+
+/** Values added between two yield points of the paced extraction. */
+const STEP_VALUES = 256;
+
+/** The extraction as steps: each `yield` is a point where the paced form may give the loop back. */
+function* extractSteps(resource: Resource): Generator<void, IndexRows, void> {
   const out = emptyRows();
   const env = { resource };
   const params = paramsOf(resource.resourceType);
   if (params.fullText.text || params.fullText.content) out.text = extractText(resource as unknown as Record<string, unknown>, params.fullText);
   for (const spec of params.indexed) {
+    yield;
     let values: unknown[];
     try {
       values = evaluatorOf(spec)(resource, env);
@@ -107,12 +125,18 @@ export function extractIndexRows(resource: Resource): IndexRows {
       continue;
     }
     if (!spec.components) {
-      for (const v of plainValues(spec, resource, values, env)) addValue(spec.kind as ValueKind, spec.code, v, null, out);
+      let n = 0;
+      for (const v of plainValues(spec, resource, values, env)) {
+        addValue(spec.kind as ValueKind, spec.code, v, null, out);
+        if (++n % STEP_VALUES === 0) yield;
+      }
       continue;
     }
     let grp = 0;
+    let n = 0;
     for (const node of values) {
       if (grp > 32000) break; // grp is a smallint; no real resource has this many composite values
+      if (++n % STEP_VALUES === 0) yield;
       const base = nodePath(node);
       if (!node || typeof node !== 'object' || !base) continue;
       const parts: unknown[][] = [];
@@ -130,21 +154,26 @@ export function extractIndexRows(resource: Resource): IndexRows {
       grp += 1;
     }
   }
-  return dedupe(out);
+  return yield* dedupe(out);
 }
 
 /** Repeated values (the same given name in two HumanNames) would only add identical rows. */
-function dedupe(rows: Required<IndexRows>): Required<IndexRows> {
+function* dedupe(rows: Required<IndexRows>): Generator<void, Required<IndexRows>, void> {
   for (const k of Object.keys(rows) as (keyof IndexRows)[]) {
     const list = rows[k] as object[];
     if (list.length < 2) continue;
+    yield;
     const seen = new Set<string>();
-    (rows as Record<string, object[]>)[k] = list.filter((r) => {
-      const key = JSON.stringify(r);
-      if (seen.has(key)) return false;
-      seen.add(key);
-      return true;
-    });
+    const kept: object[] = [];
+    for (let i = 0; i < list.length; i++) {
+      const key = JSON.stringify(list[i]);
+      if (!seen.has(key)) {
+        seen.add(key);
+        kept.push(list[i]);
+      }
+      if (i % (STEP_VALUES * 4) === 0) yield;
+    }
+    (rows as Record<string, object[]>)[k] = kept;
   }
   return rows;
 }

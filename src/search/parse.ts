@@ -55,8 +55,8 @@ export interface SearchRequest {
 }
 
 /** Result parameters recognised (each at most once, except the include family). */
-const CONTROL = new Set(['_count', '_page', '_format', '_pretty', '_total', '_sort', '_summary', '_elements']);
-const INCLUDES = new Set(['_include', '_revinclude', '_include:iterate', '_revinclude:iterate']);
+export const CONTROL: ReadonlySet<string> = new Set(['_count', '_page', '_format', '_pretty', '_total', '_sort', '_summary', '_elements']);
+export const INCLUDES: ReadonlySet<string> = new Set(['_include', '_revinclude', '_include:iterate', '_revinclude:iterate']);
 
 /** Modifiers served per parameter kind (search.html#modifiers); `missing` is served everywhere. */
 const MODIFIERS: Record<string, ReadonlySet<string>> = {
@@ -164,6 +164,8 @@ export function parseSearch(resourceType: string, pairs: [string, string][], opt
   const phi = opts.phi ?? { sealed: true };
   const req: SearchRequest = { resourceType, clauses: [], control: {}, includes: [], ignored: [], ...(opts.baseUrl ? { baseUrl: opts.baseUrl } : {}), phi };
   for (const [name, value] of pairs) {
+    // Also reached without the request budgets (conditional criteria): PostgreSQL refuses NUL in text.
+    if (name.includes('\u0000') || value.includes('\u0000')) throw new FhirError('invalid-search', 'a search parameter name or value holds a NUL character (U+0000)');
     if (CONTROL.has(name)) {
       if (name in req.control) throw new FhirError('invalid-search', `parameter ${name} may appear only once`);
       req.control[name] = value;

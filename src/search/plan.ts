@@ -27,6 +27,25 @@ interface Owner {
   type: SqlFragment;
   id: string;
   row?: string;
+  /** Reached through a chain or _has hop: its conditions take the hashed form (see inSet). */
+  viaHop?: boolean;
+}
+
+/**
+ * `id in (<ids>)` written so that PostgreSQL keeps it a subplan, which it hashes once, instead of
+ * pulling it up into a semi-join. Right after a bulk load (no statistics yet) every estimate is one
+ * row, and the semi-joins of a chain or _has became nested loops that rescanned an index range per
+ * outer row: minutes, where the hashed subplan takes milliseconds (measured on the 73 Synthea bundles,
+ * issue 14). Used only inside hops and for hops on a known type: a plain clause of a selective
+ * search keeps its correlated EXISTS, which probes the index per candidate.
+ */
+function inSet(id: string, ids: SqlFragment, negate = false): SqlFragment {
+  return frag(`${negate ? 'not ' : ''}coalesce(${id} in (${ids.sql}), false)`, ...ids.bindings);
+}
+
+/** A resource-type expression that is a bound constant (so a sub-query on it needs no correlation). */
+function constantType(t: SqlFragment): boolean {
+  return t.sql === '?';
 }
 
 interface Ctx {
@@ -55,6 +74,9 @@ function hopCondition(ctx: Ctx, type: string, id: string): SqlFragment[] {
 function exists(ctx: Ctx, owner: Owner, kind: IndexKind, param: string, cond: (a: string) => SqlFragment, negate = false): SqlFragment {
   const a = ctx.aliases.next('x');
   const c = cond(a);
+  if (owner.viaHop && constantType(owner.type)) {
+    return inSet(owner.id, frag(`select ${a}.resource_id from ${INDEX_TABLES[kind]} ${a} where ${a}.resource_type = ${owner.type.sql} and ${a}.param = ? and (${c.sql})`, ...owner.type.bindings, param, ...c.bindings), negate);
+  }
   return frag(
     `${negate ? 'not ' : ''}exists (select 1 from ${INDEX_TABLES[kind]} ${a} where ${a}.resource_type = ${owner.type.sql} and ${a}.resource_id = ${owner.id} and ${a}.param = ? and (${c.sql}))`,
     ...owner.type.bindings,
@@ -213,13 +235,16 @@ function chainInner(ctx: Ctx, clause: ParamClause, hop: number, link: ChainLink,
     return [frag(`exists (select 1 from resource ${z} where ${z}.resource_type = ? and ${z}.id = ${a}.target_id and ${z}.deleted = false)`, t)];
   };
   const inner = or(
-    link.targets.map((t) => and([frag(`${a}.target_type = ?`, t), ...exists(t), ...hopCondition(ctx, t, `${a}.target_id`), pathCondition(ctx, { type: frag('?', t), id: `${a}.target_id` }, clause, hop + 1, t)])),
+    link.targets.map((t) => and([frag(`${a}.target_type = ?`, t), ...exists(t), ...hopCondition(ctx, t, `${a}.target_id`), pathCondition(ctx, { type: frag('?', t), id: `${a}.target_id`, viaHop: true }, clause, hop + 1, t)])),
   );
   return frag(`${a}.target_id is not null and (${inner.sql})`, ...inner.bindings);
 }
 
 function chainHop(ctx: Ctx, owner: Owner, clause: ParamClause, hop: number, link: ChainLink, a: string): SqlFragment {
   const inner = chainInner(ctx, clause, hop, link, a);
+  if (constantType(owner.type)) {
+    return inSet(owner.id, frag(`select ${a}.resource_id from idx_reference ${a} where ${a}.resource_type = ${owner.type.sql} and ${a}.param = ? and ${inner.sql}`, ...owner.type.bindings, link.spec.code, ...inner.bindings));
+  }
   return frag(
     `exists (select 1 from idx_reference ${a} where ${a}.resource_type = ${owner.type.sql} and ${a}.resource_id = ${owner.id} and ${a}.param = ? and ${inner.sql})`,
     ...owner.type.bindings,
@@ -229,7 +254,13 @@ function chainHop(ctx: Ctx, owner: Owner, clause: ParamClause, hop: number, link
 }
 
 function hasHop(ctx: Ctx, owner: Owner, clause: ParamClause, hop: number, link: HasLink, a: string): SqlFragment {
-  const inner = and([...hopCondition(ctx, link.type, `${a}.resource_id`), pathCondition(ctx, { type: frag('?', link.type), id: `${a}.resource_id` }, clause, hop + 1, link.type)]);
+  const inner = and([...hopCondition(ctx, link.type, `${a}.resource_id`), pathCondition(ctx, { type: frag('?', link.type), id: `${a}.resource_id`, viaHop: true }, clause, hop + 1, link.type)]);
+  if (constantType(owner.type)) {
+    return inSet(
+      owner.id,
+      frag(`select ${a}.target_id from idx_reference ${a} where ${a}.resource_type = ? and ${a}.param = ? and ${a}.target_type = ${owner.type.sql} and (${inner.sql})`, link.type, link.spec.code, ...owner.type.bindings, ...inner.bindings),
+    );
+  }
   return frag(
     `exists (select 1 from idx_reference ${a} where ${a}.resource_type = ? and ${a}.param = ? and ${a}.target_type = ${owner.type.sql} and ${a}.target_id = ${owner.id} and (${inner.sql}))`,
     link.type,
@@ -260,8 +291,9 @@ function newCtx(req: SearchRequest, opts: PlanOptions): Ctx {
 /** WHERE conditions on `r` (the resource table) for the request's clauses. */
 export function planWhere(req: SearchRequest, opts: PlanOptions = {}): SqlFragment {
   const ctx = newCtx(req, opts);
-  const owner: Owner = { type: frag('r.resource_type'), id: 'r.id', row: 'r' };
   const types = opts.types ?? [req.resourceType];
+  // One type: a constant, so that chain and _has hops need no correlation with the row (inSet).
+  const owner: Owner = { type: types.length === 1 ? frag('?', types[0]) : frag('r.resource_type'), id: 'r.id', row: 'r' };
   const conds: SqlFragment[] = [];
   if (types.length === 1) conds.push(frag('r.resource_type = ?', types[0]));
   else if (types.length > 1) conds.push(frag(`r.resource_type in (${types.map(() => '?').join(', ')})`, ...types));
@@ -317,7 +349,7 @@ function clauseSource(ctx: Ctx, clause: ParamClause, type: string): SqlFragment 
   const first = clause.path[0];
   if (first?.kind === 'has') {
     const a = ctx.aliases.next('h');
-    const inner = and([...hopCondition(ctx, first.type, `${a}.resource_id`), pathCondition(ctx, { type: frag('?', first.type), id: `${a}.resource_id` }, clause, 1, first.type)]);
+    const inner = and([...hopCondition(ctx, first.type, `${a}.resource_id`), pathCondition(ctx, { type: frag('?', first.type), id: `${a}.resource_id`, viaHop: true }, clause, 1, first.type)]);
     return frag(
       `select ${a}.target_id as id from idx_reference ${a} where ${a}.resource_type = ? and ${a}.param = ? and ${a}.target_type = ? and ${a}.target_id is not null and (${inner.sql})`,
       first.type,

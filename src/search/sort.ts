@@ -25,8 +25,13 @@ function keyOf(spec: ParamSpec, desc: boolean): SortKey | string {
   if (spec.column === 'id') return { expr: frag('r.id'), desc, type: 'text', notNull: true };
   if (spec.column === 'last_updated') return { expr: frag('r.last_updated'), desc, type: 'timestamptz', notNull: true };
   const agg = desc ? 'max' : 'min';
+  // The owner's rows are found through the (resource_type, resource_id) index: a handful per resource.
+  // `param || ''` keeps the parameter out of the index conditions on purpose. Written as `param = ?`,
+  // a planner without statistics (right after a bulk load) ties it with the (resource_type, param, ...)
+  // indexes and picked those, scanning every row of the parameter for each resource: a 5-key _sort over
+  // 5,600 Observations took 12 s, and 0.24 s written this way (0.26 s either way once analyzed; issue 14).
   const owner = (t: string, col: string, type: SortType): SortKey => ({
-    expr: frag(`(select ${agg}(${col}) from ${t} s where s.resource_type = r.resource_type and s.resource_id = r.id and s.param = ?)`, spec.code),
+    expr: frag(`(select ${agg}(${col}) from ${t} s where s.resource_type = r.resource_type and s.resource_id = r.id and s.param || '' = ?)`, spec.code),
     desc,
     type,
     notNull: false,

@@ -5,12 +5,13 @@
 import type { PhiIndexMode } from '../search/phi-seam.js';
 import type { Queryable, Tx } from './db.js';
 import type { IndexWrite } from './search-store.js';
+import { stringifyArrayPaced } from '../fhir/pacer.js';
 
 /**
  * Data-modifying CTEs (and their bindings, in order) that replace the blind rows of the written
  * resources and record the blind key they were computed with. Nothing without sealing.
  */
-export function blindIndexCtes(writes: IndexWrite[], mode: PhiIndexMode): { ctes: string[]; bindings: string[] } {
+export async function blindIndexCtes(writes: IndexWrite[], mode: PhiIndexMode): Promise<{ ctes: string[]; bindings: string[] }> {
   const blind = mode.sealed ? mode.blind : undefined;
   const ctes: string[] = [];
   const bindings: string[] = [];
@@ -22,10 +23,15 @@ export function blindIndexCtes(writes: IndexWrite[], mode: PhiIndexMode): { ctes
     ctes.push('d_blind as (delete from idx_blind x using json_to_recordset(?::json) as o(t text, i text) where x.resource_type = o.t and x.resource_id = o.i)');
     bindings.push(JSON.stringify(replaced));
   }
-  const records = mine.flatMap((w) => (w.rows ? blind.rowsOf(w.resourceType, w.rows).map((r) => ({ t: w.resourceType, i: w.id, p: r.param, m: r.mac })) : []));
+  // Paced: the MACs of a resource with many names or identifiers take seconds of CPU (fhir/pacer.ts).
+  const records: { t: string; i: string; p: string; m: string }[] = [];
+  for (const w of mine) {
+    if (!w.rows) continue;
+    for (const r of await blind.rowsOfPaced(w.resourceType, w.rows)) records.push({ t: w.resourceType, i: w.id, p: r.param, m: r.mac });
+  }
   if (records.length) {
     ctes.push("i_blind as (insert into idx_blind (resource_type, resource_id, param, mac) select t, i, p, decode(m, 'hex') from json_to_recordset(?::json) as x(t text, i text, p text, m text))");
-    bindings.push(JSON.stringify(records));
+    bindings.push(await stringifyArrayPaced(records));
   }
   const live = mine.filter((w) => w.rows).map((w) => ({ t: w.resourceType, i: w.id }));
   if (live.length) {

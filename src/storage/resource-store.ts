@@ -9,6 +9,7 @@ import { phiIndexModeOf } from '../search/blind.js';
 import { preparedRows, type Queryable, type Tx } from './db.js';
 import { writeIndexRows, type IndexWrite } from './search-store.js';
 import { extractIndexRows } from '../search/index-extract.js';
+import { pace } from '../fhir/pacer.js';
 
 export type WriteMethod = 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
@@ -173,13 +174,17 @@ export class ResourceStore {
     let sealed: string | null = null;
     let sealedKid: string | null = null;
     if (v.resource) {
+      await pace();
       const s = await this.codec.seal(v.resource, ref);
       content = s.content;
       sealed = s.sealed;
       sealedKid = s.kid;
     }
     const deleted = !v.resource;
+    // Sealing and serialising a large resource are each long steps: yield between them (fhir/pacer.ts).
+    await pace();
     const json = content === null ? null : JSON.stringify(content);
+    await pace();
     await tx('resource_history').insert({
       resource_type: v.resourceType,
       id: v.id,
@@ -229,20 +234,23 @@ export class ResourceStore {
    */
   async writeVersions(tx: Tx, versions: NewVersion[]): Promise<void> {
     if (!versions.length) return;
-    const rows = await Promise.all(
-      versions.map(async (v) => {
-        let content: string | null = null;
-        let sealed: string | null = null;
-        let sealedKid: string | null = null;
-        if (v.resource) {
-          const s = await this.codec.seal(v.resource, { resourceType: v.resourceType, id: v.id, versionId: v.versionId });
-          content = JSON.stringify(s.content);
-          sealed = s.sealed;
-          sealedKid = s.kid;
-        }
-        return { resource_type: v.resourceType, id: v.id, version_id: v.versionId, last_updated: v.lastUpdated, deleted: !v.resource, content, sealed, sealed_kid: sealedKid };
-      }),
-    );
+    // One version at a time, yielding between them (fhir/pacer.ts): sealing thousands of versions at
+    // once (Promise.all) ran as one long chain of microtasks that kept the event loop from everything else.
+    const rows: { resource_type: string; id: string; version_id: number; last_updated: Date; deleted: boolean; content: string | null; sealed: string | null; sealed_kid: string | null }[] = [];
+    for (const v of versions) {
+      await pace();
+      let content: string | null = null;
+      let sealed: string | null = null;
+      let sealedKid: string | null = null;
+      if (v.resource) {
+        const s = await this.codec.seal(v.resource, { resourceType: v.resourceType, id: v.id, versionId: v.versionId });
+        await pace();
+        content = JSON.stringify(s.content);
+        sealed = s.sealed;
+        sealedKid = s.kid;
+      }
+      rows.push({ resource_type: v.resourceType, id: v.id, version_id: v.versionId, last_updated: v.lastUpdated, deleted: !v.resource, content, sealed, sealed_kid: sealedKid });
+    }
     for (let i = 0; i < rows.length; i += BATCH_ROWS) {
       const chunk = rows.slice(i, i + BATCH_ROWS);
       const vs = versions.slice(i, i + BATCH_ROWS);

@@ -9,6 +9,7 @@ import type { SqlFragment } from '../search/sql.js';
 import type { SortKey } from '../search/sort.js';
 import type { Queryable } from './db.js';
 import { blindIndexCtes } from './blind-index-store.js';
+import { pace, stringifyArrayPaced } from '../fhir/pacer.js';
 
 // ---- index writes --------------------------------------------------------------------------------
 
@@ -88,16 +89,18 @@ async function writeChunk(q: Queryable, writes: IndexWrite[], mode: PhiIndexMode
     }
   }
   for (const kind of KINDS) {
+    // Between tables: the records of a large resource take a while to build (fhir/pacer.ts).
+    await pace();
     const cols = COLUMNS[kind];
     const records = indexRecords(kind, writes, mode);
     if (!records.length) continue;
     const names = cols.map((c) => c[0]).join(', ');
     const values = cols.map((c) => c[3] ?? c[0]).join(', ');
     ctes.push(`i_${kind} as (insert into ${INDEX_TABLES[kind]} (resource_type, resource_id, param, grp, ${names}) select t, i, p, g, ${values} from ${recordset(kind)})`);
-    bindings.push(JSON.stringify(records));
+    bindings.push(await stringifyArrayPaced(records));
   }
   // Sealed PHI parameters: their keyed-HMAC rows go to idx_blind in the same statement.
-  const blind = blindIndexCtes(writes, mode);
+  const blind = await blindIndexCtes(writes, mode);
   ctes.push(...blind.ctes);
   bindings.push(...blind.bindings);
   if (ctes.length) await q.raw(`with ${ctes.join(', ')} select 1`, bindings);

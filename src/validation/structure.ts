@@ -67,6 +67,32 @@ function regExpEngine(pattern: string, flags: string): { test(s: string): boolea
  */
 type Mode = 'fast' | 'full';
 const ajvs: Partial<Record<Mode, Ajv>> = {};
+
+/** Thrown out of the `full` validators once they hold more errors than asked for (see linearErrors). */
+class EnoughErrors {
+  constructor(readonly errors: AnyErr[]) {}
+}
+
+/** The `full` Ajv instance, with the error limit of the running check (read by the generated code). */
+type FullAjv = Ajv & { vestaStopAfter: number; vestaEnough: (errs: AnyErr[]) => EnoughErrors };
+
+// ajv's generated code gathers a callee's errors with `vErrors = vErrors === null ? f.errors :
+// vErrors.concat(f.errors)`: every failing array item copies all errors gathered so far, so 64,000
+// bad items cost 2 billion copies (64 s). Appending in place is linear. The generated schemas use no
+// anyOf/oneOf/not/if, so no error once recorded is ever withdrawn: stopping after enough of them
+// (the throw below) loses issues, never invents one, and runs only after the `fast` pass has
+// already decided the resource is invalid.
+const APPEND = /vErrors = vErrors === null \? ((?:[\w$]+\.)+errors) : vErrors\.concat\(\1\);errors = vErrors\.length;/g;
+const STOP = 'if(errors>self.vestaStopAfter){throw self.vestaEnough(vErrors);}';
+
+export function linearErrors(code: string): string {
+  const out = code
+    .replace(APPEND, (_m, src: string) => `if(vErrors === null){vErrors = ${src};}else{for(const e$ of ${src}){vErrors.push(e$);}}errors = vErrors.length;${STOP}`)
+    .replace(/errors\+\+;/g, `errors++;${STOP}`);
+  // An ajv release that gathers errors differently must fail loudly here, not turn quadratic again.
+  if (/vErrors\.concat\(/.test(out)) throw new Error('ajv generated an error concatenation that linearErrors does not rewrite');
+  return out;
+}
 const validators: Record<Mode, Map<string, ValidateFunction>> = { fast: new Map(), full: new Map() };
 
 function nestedErrors(errors: AnyErr[] | null | undefined, prefix: string): AnyErr[] {
@@ -79,7 +105,8 @@ function instance(mode: Mode): Ajv {
   if (cached) return cached;
   // unicodeRegExp off: the spec's primitive regexes are written for code units (no \p{..}, no astral
   // ranges), and non-unicode RegExps run markedly faster in V8.
-  const a = new Ajv({ allErrors: mode === 'full', unicodeRegExp: false, strict: true, strictTypes: false, strictTuples: false, validateSchema: false, inlineRefs: true, code: { optimize: true, regExp: regExpEngine as never } });
+  const a = new Ajv({ allErrors: mode === 'full', unicodeRegExp: false, strict: true, strictTypes: false, strictTuples: false, validateSchema: false, inlineRefs: true, code: { optimize: true, regExp: regExpEngine as never, ...(mode === 'full' ? { process: linearErrors } : {}) } });
+  if (mode === 'full') Object.assign(a, { vestaStopAfter: Infinity, vestaEnough: (errs: AnyErr[]) => new EnoughErrors(errs) });
   a.addFormat('fhir-date', { type: 'string', validate: calendarOk });
   a.addFormat('fhir-dateTime', { type: 'string', validate: calendarOk });
   a.addFormat('fhir-instant', { type: 'string', validate: calendarOk });
@@ -158,7 +185,14 @@ function instance(mode: Mode): Ajv {
         (nested as unknown as { errors: AnyErr[] }).errors = [{ keyword: UNKNOWN_TYPE, params: {}, instancePath: at, schemaPath: '', message: '' }];
         return false;
       }
-      const ok = v(data);
+      let ok: boolean;
+      try {
+        ok = v(data);
+      } catch (e) {
+        // the nested validator ran without the outer path: the errors it stopped with get it here
+        if (e instanceof EnoughErrors) throw new EnoughErrors(nestedErrors(e.errors, at));
+        throw e;
+      }
       (nested as unknown as { errors: AnyErr[] }).errors = ok ? [] : nestedErrors(v.errors as AnyErr[], at);
       return ok;
     },
@@ -181,17 +215,40 @@ export function structureValidator(type: string, mode: Mode = 'full'): ValidateF
   return v;
 }
 
-/** Runs the structure checks; returns issues with FHIRPath locations. */
-export function checkStructure(resource: Record<string, unknown>): Issue[] {
+/** Structure issues; `stopped` when the check ended early, after more than the errors asked for. */
+export interface StructureResult {
+  issues: Issue[];
+  stopped: boolean;
+}
+
+/**
+ * Runs the structure checks; returns issues with FHIRPath locations. With `stopAfter`, an invalid
+ * resource's errors are gathered only until there are more than that many (the verdict comes from
+ * the fast pass, which reads the whole resource and stops at its first error).
+ */
+export function checkStructure(resource: Record<string, unknown>, stopAfter = Infinity): StructureResult {
   const type = String(resource.resourceType);
   const fast = structureValidator(type, 'fast');
-  if (!fast) return [{ severity: 'error', code: 'structure', diagnostics: 'resourceType is missing or not an R4 resource type', expression: ['resourceType'] }];
-  if (fast(resource)) return [];
+  if (!fast) return { issues: [{ severity: 'error', code: 'structure', diagnostics: 'resourceType is missing or not an R4 resource type', expression: ['resourceType'] }], stopped: false };
+  if (fast(resource)) return { issues: [], stopped: false };
   const v = structureValidator(type, 'full')!;
-  if (v(resource)) return []; // cannot differ from the fast verdict; kept so a disagreement never invents errors
+  const full = instance('full') as FullAjv;
+  let errs: AnyErr[];
+  let stopped = false;
+  full.vestaStopAfter = stopAfter;
+  try {
+    // cannot differ from the fast verdict; kept so a disagreement never invents errors
+    if (v(resource)) return { issues: [], stopped: false };
+    errs = v.errors as AnyErr[];
+  } catch (e) {
+    if (!(e instanceof EnoughErrors)) throw e;
+    errs = e.errors;
+    stopped = true;
+  } finally {
+    full.vestaStopAfter = Infinity;
+  }
   const out: Issue[] = [];
   const seen = new Set<string>();
-  const errs = v.errors as AnyErr[];
   // A value that fails its regex is not also reported as an impossible calendar date.
   const badPattern = new Set(errs.filter((e) => e.keyword === 'pattern').map((e) => e.instancePath));
   for (const e of errs) {
@@ -203,7 +260,7 @@ export function checkStructure(resource: Record<string, unknown>): Issue[] {
     seen.add(k);
     out.push(issue);
   }
-  return out;
+  return { issues: out, stopped };
 }
 
 /** The value a JSON Pointer names (undefined if it names nothing). */

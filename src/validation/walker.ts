@@ -17,6 +17,30 @@ export interface WalkOptions {
   crossCheck?: boolean;
   /** Extensions without a known definition: accepted (default) or refused. */
   unknownExtensions?: 'accept' | 'reject';
+  /** Stop walking once more than this many issues, at least one an error, are gathered (default: never). */
+  stopAfter?: number;
+}
+
+/**
+ * When to stop: only once an error is among the issues, so the verdict (valid or not) never depends
+ * on the limit; the walk just stops adding to a list that is already too long to report in full.
+ */
+interface Budget {
+  limit: number;
+  /** Issues before this index hold no error. */
+  scanned: number;
+  stopped: boolean;
+}
+
+function spent(ctx: { out: Issue[]; budget: Budget }): boolean {
+  const b = ctx.budget;
+  if (b.stopped) return true;
+  if (ctx.out.length <= b.limit) return false;
+  for (; b.scanned < ctx.out.length; b.scanned++) {
+    const s = ctx.out[b.scanned].severity;
+    if (s === 'error' || s === 'fatal') return (b.stopped = true);
+  }
+  return false;
 }
 
 interface Ctx {
@@ -33,16 +57,19 @@ interface Ctx {
   refersToContainer: boolean;
   /** Per contained resource of this resource: whether it refers to its container. */
   containedBack: Map<Obj, boolean>;
+  budget: Budget;
 }
 
 type Obj = Record<string, unknown>;
 
 const isObj = (v: unknown): v is Obj => v !== null && typeof v === 'object' && !Array.isArray(v);
 
-/** Walks a resource of a known type; issues are appended to `out`. */
-export function walkResource(resource: Obj, path: string, opts: WalkOptions, out: Issue[]): void {
+/** Walks a resource of a known type; issues are appended to `out`. Returns true if it stopped early (opts.stopAfter). */
+export function walkResource(resource: Obj, path: string, opts: WalkOptions, out: Issue[]): boolean {
   const badPaths = new Set(out.filter((i) => i.severity === 'error').map((i) => i.expression?.[0] ?? ''));
-  walkIn(resource, path, { opts, out, structureBroken: out.length > 0, badPaths, root: resource, refs: new Set() });
+  const budget: Budget = { limit: opts.stopAfter ?? Infinity, scanned: 0, stopped: false };
+  walkIn(resource, path, { opts, out, structureBroken: out.length > 0, badPaths, root: resource, refs: new Set(), budget });
+  return budget.stopped;
 }
 
 interface WalkParams {
@@ -52,12 +79,13 @@ interface WalkParams {
   badPaths: ReadonlySet<string>;
   root: unknown;
   refs: Set<string>;
+  budget: Budget;
 }
 
 function walkIn(resource: Obj, path: string, p: WalkParams): Ctx | undefined {
   const def = definition(String(resource.resourceType));
   if (!def?.isResource) return undefined;
-  const ctx: Ctx = { opts: p.opts, out: p.out, env: { resource, rootResource: p.root }, structureBroken: p.structureBroken, badPaths: p.badPaths, refs: p.refs, refersToContainer: false, containedBack: new Map() };
+  const ctx: Ctx = { opts: p.opts, out: p.out, env: { resource, rootResource: p.root }, structureBroken: p.structureBroken, badPaths: p.badPaths, refs: p.refs, refersToContainer: false, containedBack: new Map(), budget: p.budget };
   const invariants = p.opts.invariants ? resourceInvariants(def.name) : [];
   if (p.opts.invariants) {
     runInvariants(ctx, invariants, resource, path, undefined, def);
@@ -65,7 +93,7 @@ function walkIn(resource: Obj, path: string, p: WalkParams): Ctx | undefined {
   }
   walkChildren(ctx, def, resource, path, { path: def.name, type: def.name, resource: true });
   const dom3 = invariants.find((i) => i.native === 'dom-3');
-  if (dom3 && Array.isArray(resource.contained)) {
+  if (dom3 && !ctx.budget.stopped && Array.isArray(resource.contained)) {
     const ok = checkDom3(ctx, dom3, resource.contained, path);
     if (p.opts.crossCheck) crossCheck(ctx, dom3, ok, resource, path, 'native');
   }
@@ -165,6 +193,7 @@ function ele1(ctx: Ctx, path: string): void {
 
 function walkChildren(ctx: Ctx, def: DefInfo, obj: Obj, path: string, host: Host): void {
   for (const key of Object.keys(obj)) {
+    if (spent(ctx)) return;
     const prop = def.props.get(key);
     if (!prop) continue;
     if (prop.kind === 'sibling') {
@@ -179,6 +208,7 @@ function walkChildren(ctx: Ctx, def: DefInfo, obj: Obj, path: string, host: Host
       if (!Array.isArray(value)) continue;
       const extension = (ctx.opts.invariants || ctx.opts.unknownExtensions === 'reject') && prop.target === 'Extension';
       for (let i = 0; i < value.length; i++) {
+        if (spent(ctx)) return;
         const at = `${path}${step(prop)}[${i}]`;
         if (extension && isObj(value[i])) checkExtension(value[i] as Obj, at, ctx.out, host, ctx.opts.unknownExtensions === 'reject');
         visitValue(ctx, prop, value[i], at);
@@ -192,7 +222,7 @@ function visitValue(ctx: Ctx, prop: PropInfo, value: unknown, path: string): voi
   if (prop.kind === 'resource') {
     // A contained resource's %rootResource is its container; its references count for the container's dom-3.
     const contained = prop.name === 'contained';
-    const inner = walkIn(value, path, { opts: ctx.opts, out: ctx.out, structureBroken: ctx.structureBroken, badPaths: ctx.badPaths, root: contained ? ctx.env.rootResource : value, refs: contained ? ctx.refs : new Set() });
+    const inner = walkIn(value, path, { opts: ctx.opts, out: ctx.out, structureBroken: ctx.structureBroken, badPaths: ctx.badPaths, root: contained ? ctx.env.rootResource : value, refs: contained ? ctx.refs : new Set(), budget: ctx.budget });
     if (contained && inner) ctx.containedBack.set(value, inner.refersToContainer);
     return;
   }
@@ -214,7 +244,7 @@ function visitPrimitive(ctx: Ctx, prop: PropInfo, value: unknown, ext: unknown, 
     const values = Array.isArray(value) ? value : [];
     const exts = Array.isArray(ext) ? ext : [];
     const n = Math.max(values.length, exts.length);
-    for (let i = 0; i < n; i++) primitiveItem(ctx, prop, values[i], exts[i], `${path}${step(prop)}[${i}]`, parent);
+    for (let i = 0; i < n && !spent(ctx); i++) primitiveItem(ctx, prop, values[i], exts[i], `${path}${step(prop)}[${i}]`, parent);
   } else primitiveItem(ctx, prop, value, ext, `${path}${step(prop)}`, parent);
 }
 

@@ -120,6 +120,11 @@ describe('JWE sealing', () => {
     const viaJose = await jose.JWE.createDecrypt(keys.keystore()).decrypt(s.sealed!);
     expect(JSON.parse(viaJose.payload.toString()).length).toBeGreaterThan(0);
     expect(await codec.open(s.content, s.sealed, ref(r))).toEqual(r);
+    // and a JWE node-jose sealed in the same shape (as Vesta wrote them before sealing went native) opens
+    const byJose = await jose.JWE.createEncrypt({ format: 'compact', contentAlg: 'A256GCM', fields: { kid: ring.active, 'vesta.rt': 'Patient', 'vesta.id': r.id, 'vesta.v': 1 } }, { key: keys.keystore().get(ring.active), header: { alg: 'A256KW' } } as unknown as jose.JWK.Key)
+      .update(viaJose.payload)
+      .final();
+    expect(await codec.open(s.content, byJose as unknown as string, ref(r))).toEqual(r);
     // a JWE with another content encryption is not interpreted, even with a valid key
     const other = await jose.JWE.createEncrypt({ format: 'compact', contentAlg: 'A128CBC-HS256', fields: { kid: ring.active, 'vesta.rt': 'Patient', 'vesta.id': r.id, 'vesta.v': 1 } }, { key: keys.keystore().get(ring.active), header: { alg: 'A256KW' } } as unknown as jose.JWK.Key)
       .update(Buffer.from(JSON.stringify([['/gender', 'male']])))

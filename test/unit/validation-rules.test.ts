@@ -222,6 +222,9 @@ describe('invariants', () => {
     expect(errors(text('<div xmlns="http://www.w3.org/1999/xhtml"><p onclick="x()">a</p></div>'))[0].diagnostics).toMatch(/"onclick" is not allowed/);
     expect(errors(text('<div><p>a</p></div>'))[0].diagnostics).toMatch(/XHTML namespace/);
     expect(errors(text('<div xmlns="http://www.w3.org/1999/xhtml"><p>a</div>'))[0].diagnostics).toMatch(/not well-formed/);
+    // No DTD: only XML's predefined entities and numeric references exist (the HL7 validator agrees).
+    expect(errors(text('<div xmlns="http://www.w3.org/1999/xhtml"><p>CPT&reg; &nbsp;</p></div>'))[0].diagnostics).toMatch(/undefined entity reference/);
+    expect(errors(text('<div xmlns="http://www.w3.org/1999/xhtml"><p>&lt;&gt;&quot;&apos;&amp;&#xAE;</p></div>'))).toEqual([]);
     expect(errors(text('<div xmlns="http://www.w3.org/1999/xhtml">  </div>')).map((i) => i.diagnostics.slice(0, 5))).toEqual(['txt-2']);
     expect(errors(text('<div xmlns="http://www.w3.org/1999/xhtml"><p>a</p></div><div xmlns="http://www.w3.org/1999/xhtml">b</div>'))[0].diagnostics).toMatch(/single <div>/);
   });

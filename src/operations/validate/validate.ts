@@ -16,19 +16,30 @@ function unwrap(body: unknown): { resource?: unknown; mode: Mode } {
   if (!body || typeof body !== 'object' || Array.isArray(body)) throw new FhirError('invalid-request', '$validate needs a resource or a Parameters body');
   const b = body as Record<string, unknown>;
   if (b.resourceType !== 'Parameters') return { resource: body, mode: undefined };
-  const params = ((body as Parameters).parameter ?? []) as NonNullable<Parameters['parameter']>;
+  const raw = (body as Parameters).parameter;
+  // The body is client input of any shape: each assumption is checked so a bad one is a 400, not a TypeError.
+  if (raw !== undefined && !Array.isArray(raw)) throw new FhirError('invalid-request', 'Parameters.parameter must be an array');
+  const params = (raw ?? []) as unknown[];
   let resource: unknown;
   let mode: Mode;
-  for (const p of params) {
-    if (p.name === 'resource') resource = p.resource;
-    else if (p.name === 'mode') {
-      const m = p.valueCode ?? (p as { valueString?: string }).valueString;
+  params.forEach((x, i) => {
+    if (!x || typeof x !== 'object' || Array.isArray(x)) throw new FhirError('invalid-request', `Parameters.parameter[${i}] must be an object`);
+    const p = x as Record<string, unknown>;
+    if (typeof p.name !== 'string' || p.name === '') throw new FhirError('invalid-request', `Parameters.parameter[${i}] needs a name`);
+    if (p.name === 'resource') {
+      if (resource !== undefined) throw new FhirError('invalid-request', 'the resource parameter may appear only once');
+      if (!p.resource || typeof p.resource !== 'object' || Array.isArray(p.resource)) {
+        throw new FhirError('invalid-request', `Parameters.parameter[${i}].resource must be a resource (a JSON object)`);
+      }
+      resource = p.resource;
+    } else if (p.name === 'mode') {
+      const m = p.valueCode ?? p.valueString;
       if (m !== 'create' && m !== 'update' && m !== 'delete') throw new FhirError('invalid-request', 'mode must be create, update or delete');
       mode = m;
     } else if (p.name === 'profile') {
       throw new FhirError('unsupported-search', 'validation against a named profile is not supported; only the base R4 definitions');
     }
-  }
+  });
   // A Parameters resource sent to Parameters/$validate is itself the subject.
   if (resource === undefined && mode === undefined && params.length === 0) return { resource: body, mode };
   return { ...(resource !== undefined ? { resource } : {}), mode };
