@@ -11,7 +11,8 @@ import { ERROR_CATALOGUE } from '../../src/fhir/errors.js';
 import { backends, startTestServer, type TestServer } from '../support/backends.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 14);
-const BODIES = Number(process.env.FUZZ_BODIES ?? 900);
+// Per backend: with both backends in CI, about 3,000 bodies in all.
+const BODIES = Number(process.env.FUZZ_BODIES ?? 1500);
 const STALL_LIMIT_MS = 1000;
 
 /** mulberry32: small, seedable, good enough to pick mutations. */

@@ -1,13 +1,18 @@
 // Event-loop stalls of large valid requests (issue 14, item 0): the work of a big write is paced
 // (src/fhir/pacer.ts), so while a 50,000-name Patient, a 30 MB Observation or a transaction of 5,000
-// Observations is written, the server (in this process) still answers /healthz within a second; and
-// large bodies are parsed paced once the client is authenticated (http/app.ts preParse).
-// The stall checks run on pg only: on the embedded backend PGlite runs each SQL statement on this same thread, and pacing
-// cannot split a statement. Measured there on 2026-12-05: a statement writing a 30 MB row or 450,000
+// Observations is written, the server still answers /healthz within a second; and large bodies are
+// parsed paced once the client is authenticated (http/app.ts preParse).
+// The stall checks start the built server in its own process, as it runs in production, so that this
+// test process's own work (building and sending 30 MB) and its garbage collection do not count as the
+// server's stall; and they run on PostgreSQL only: on the embedded backend PGlite runs each SQL
+// statement on the server's thread, and pacing cannot split a statement. Measured there on 2026-12-05: a statement writing a 30 MB row or 450,000
 // index rows held the loop 4.3-4.8 s, the 5,000-Observation transaction 0.5-0.83 s (docs/architecture.md).
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { backends, startTestServer, type TestServer } from '../support/backends.js';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { backends, freePort, startTestServer, TEST_KEY_RING, type TestServer } from '../support/backends.js';
 
 const STALL_LIMIT_MS = 1000;
 
@@ -59,39 +64,101 @@ describe.each(backends())('large requests (%s)', (backend) => {
     expect(ok.status).toBe(201);
   }, 60_000);
 
-  (backend === 'pg' ? test.each(bodies) : test.skip.each(bodies))('%s: written, /healthz answered within 1 s throughout', async (_name, method, path, make) => {
+});
+
+
+const pgOnly = process.env.TEST_DATABASE_URL ? describe : describe.skip;
+
+async function admin(sql: string): Promise<void> {
+  const c = new pg.Client({ connectionString: process.env.TEST_DATABASE_URL });
+  await c.connect();
+  try {
+    await c.query(sql);
+  } finally {
+    await c.end();
+  }
+}
+
+pgOnly('large requests to a server in its own process (pg)', () => {
+  const main = fileURLToPath(new URL('../../dist/src/main.js', import.meta.url));
+  const database = `vesta_stall_${randomBytes(6).toString('hex')}`;
+  let base = '';
+  let child: ReturnType<typeof spawn> | undefined;
+  let stderr = '';
+
+  beforeAll(async () => {
+    await admin(`create database ${database}`);
+    const url = new URL(process.env.TEST_DATABASE_URL!);
+    url.pathname = `/${database}`;
+    const port = await freePort();
+    base = `http://127.0.0.1:${port}`;
+    child = spawn(process.execPath, [main], {
+      env: {
+        PATH: process.env.PATH ?? '',
+        PORT: String(port),
+        HOST: '127.0.0.1',
+        BASE_URL: base,
+        DATABASE_URL: url.toString(),
+        PHI_KEYS: JSON.stringify(TEST_KEY_RING),
+        PAGE_TOKEN_SECRET: randomBytes(24).toString('hex'),
+        // The bound is about the server's CPU work; a token check adds nothing to it.
+        AUTH: 'off',
+        VALIDATOR_WARMUP: 'off',
+        LOG_LEVEL: 'warn',
+      },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+    const until = Date.now() + 60_000;
+    for (;;) {
+      const ok = await fetch(`${base}/readyz`).then((r) => r.ok, () => false);
+      if (ok) break;
+      if (Date.now() > until || child.exitCode !== null) throw new Error(`the server did not start: ${stderr}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // A type's first validator compile is a start-up cost (VALIDATOR_WARMUP in production): paid here.
+    for (const type of ['Patient', 'Observation', 'Bundle']) {
+      await fetch(`${base}/${type}/$validate`, { method: 'POST', headers: { 'Content-Type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: type }) });
+    }
+  }, 90_000);
+
+  afterAll(async () => {
+    if (child && child.exitCode === null) {
+      const exited = new Promise((r) => child!.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+    }
+    await admin(`drop database if exists ${database} with (force)`);
+  }, 60_000);
+
+  test.each(bodies)('%s: written, /healthz answered within 1 s throughout', async (name, method, path, make) => {
     const text = JSON.stringify(make());
-    const delay = monitorEventLoopDelay({ resolution: 10 });
     let polling = true;
     let slowest = 0;
     let answers = 0;
     const poller = (async () => {
       while (polling) {
         const t0 = performance.now();
-        const res = await fetch(`${t.url}/healthz`);
+        const res = await fetch(`${base}/healthz`);
         await res.text();
         slowest = Math.max(slowest, performance.now() - t0);
         if (res.status === 200) answers++;
         await new Promise((r) => setTimeout(r, 20));
       }
     })();
-    delay.enable();
     let status: number;
     try {
-      const res = await fetch(t.url + path, { method, headers: { Authorization: `Bearer ${t.token}`, 'Content-Type': 'application/fhir+json', Prefer: 'return=minimal' }, body: text });
+      const res = await fetch(base + path, { method, headers: { 'Content-Type': 'application/fhir+json', Prefer: 'return=minimal' }, body: text });
       await res.text();
       status = res.status;
     } finally {
-      delay.disable();
       polling = false;
       await poller;
     }
     expect(status).toBe(method === 'POST' && path === '/' ? 200 : 201);
-    const worstMs = Math.round(delay.max / 1e6);
     // eslint-disable-next-line no-console
-    if (process.env.STALL_REPORT) console.log(`stall ${backend} ${_name}: event loop ${worstMs} ms, slowest /healthz ${Math.round(slowest)} ms`);
-    expect({ worstMs, under: worstMs < STALL_LIMIT_MS }).toEqual({ worstMs, under: true });
-    expect(slowest).toBeLessThan(STALL_LIMIT_MS);
+    if (process.env.STALL_REPORT) console.log(`stall ${name}: slowest /healthz ${Math.round(slowest)} ms over ${answers} answers`);
+    expect({ name, slowestMs: Math.round(slowest), under: slowest < STALL_LIMIT_MS }).toEqual({ name, slowestMs: Math.round(slowest), under: true });
     expect(answers).toBeGreaterThan(2);
   }, 120_000);
 });
