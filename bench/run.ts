@@ -50,7 +50,7 @@ const KEYS = JSON.stringify(generateKeyRing());
 /** The token-signing key ring of every Vesta of the run (AUTH_KEYS). */
 const SIGNING_RING = await generateSigningRing();
 const SYSTEM_SCOPE = 'system/*.cruds';
-const PHASES = ['validation', 'ingest', 'cold', 'read', 'crud', 'search'];
+const PHASES = ['validation', 'ingest', 'cold', 'stall', 'read', 'crud', 'search'];
 const ONLY = process.env.BENCH_ONLY?.trim() ? new Set(process.env.BENCH_ONLY.split(',').map((x) => x.trim()).filter(Boolean)) : undefined;
 for (const p of ONLY ?? []) if (!PHASES.includes(p)) throw new Error(`BENCH_ONLY: unknown phase ${p} (phases: ${PHASES.join(', ')})`);
 const phase = (p: string) => !ONLY || ONLY.has(p);
