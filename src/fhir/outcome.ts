@@ -15,6 +15,7 @@ const ID_BY_STATUS: Record<number, string> = {
   409: 'conflict',
   410: 'gone',
   412: 'precondition-failed',
+  422: 'business-rule',
   429: 'too-many-requests',
 };
 

@@ -56,7 +56,7 @@ describe('real FHIR clients on embedded PostgreSQL', () => {
       412,
       'precondition-failed',
     ]);
-    expect(await status(() => client.create({ resourceType: 'Patient', body: INVALID }))).toEqual([422, 'validation-failed']);
+    expect(await status(() => client.create({ resourceType: 'Patient', body: INVALID }))).toEqual([422, 'business-rule']);
     expect(await status(() => client.create({ resourceType: 'Patient', body: { resourceType: 'Observation' } }))).toEqual([400, 'invalid-resource']);
     await client.delete({ resourceType: 'Patient', id: created.id });
     expect(await status(() => client.read({ resourceType: 'Patient', id: created.id }))).toEqual([410, 'gone']);
@@ -84,7 +84,7 @@ describe('real FHIR clients on embedded PostgreSQL', () => {
     expect(
       await status(() => client.update({ resourceType: 'Patient', id: created.id }, { headers: { 'If-Match': 'W/"1"' } })),
     ).toEqual([412, 'precondition-failed']);
-    expect(await status(() => client.create(INVALID))).toEqual([422, 'validation-failed']);
+    expect(await status(() => client.create(INVALID))).toEqual([422, 'business-rule']);
     expect(await status(() => client.request({ url: 'Patient', method: 'POST', body: JSON.stringify({ resourceType: 'Observation' }), headers: { 'Content-Type': 'application/fhir+json' } }))).toEqual([
       400,
       'invalid-resource',
@@ -121,10 +121,9 @@ describe('real FHIR clients on embedded PostgreSQL', () => {
     // A resource of the wrong type for the URL: 400, which Medplum's getStatus reports as 400.
     const wrongType = await outcome(() => medplum.post(medplum.fhirUrl('Patient'), { resourceType: 'Observation' }));
     expect([getStatus(wrongType), wrongType.id]).toEqual([400, 'invalid-resource']);
-    // 422: Medplum knows no id for it but 'business-rule'; Vesta's stable id is kept, so Medplum's
-    // getStatus falls back to 400 (docs/interactions.md says so). The id still names the cause.
+    // 422: Medplum's id for it is 'business-rule', which Vesta uses, so getStatus reports 422.
     const unprocessable = await outcome(() => medplum.createResource(INVALID as never));
-    expect([unprocessable.id, getStatus(unprocessable)]).toEqual(['validation-failed', 400]);
+    expect([unprocessable.id, getStatus(unprocessable)]).toEqual(['business-rule', 422]);
 
     await medplum.deleteResource('Patient', created.id);
     const gone = await outcome(() => medplum.readResource('Patient', created.id));
@@ -149,7 +148,7 @@ describe('real FHIR clients on embedded PostgreSQL', () => {
     expect(await status(() => client.read({ type: 'Patient', id: 'missing-fhirjs' }))).toEqual([404, 'not-found']);
     await client.update({ resource: { resourceType: 'Patient', id, active: true } });
     expect(await status(() => client.update({ resource: { resourceType: 'Patient', id }, headers: { 'If-Match': 'W/"1"' } }))).toEqual([412, 'precondition-failed']);
-    expect(await status(() => client.create({ resource: INVALID }))).toEqual([422, 'validation-failed']);
+    expect(await status(() => client.create({ resource: INVALID }))).toEqual([422, 'business-rule']);
     expect(await status(() => client.create({ type: 'Patient', resource: { resourceType: 'Observation' } }))).toEqual([400, 'invalid-resource']);
     await client.delete({ type: 'Patient', id });
     expect(await status(() => client.read({ type: 'Patient', id }))).toEqual([410, 'gone']);
