@@ -1,19 +1,11 @@
 // Budgets of one search or history request (issue 14; search.html leaves limits to the server),
 // checked on the raw parameters before parsing and before any SQL, so one small request cannot hold
 // the database. Each refusal names the budget and its limit, never a parameter value.
+import type { Config } from '../config/config.js';
 import { FhirError } from '../fhir/errors.js';
 import { CONTROL, INCLUDES, splitOr } from './parse.js';
 
-export interface SearchBudgets {
-  maxParameters: number;
-  maxValues: number;
-  maxRepeats: number;
-  maxChainDepth: number;
-  maxHasDepth: number;
-  maxIncludes: number;
-  maxSortKeys: number;
-  maxQueryBytes: number;
-}
+export type SearchBudgets = Config['searchBudgets'];
 
 function exceeded(what: string, limit: number, variable: string): FhirError {
   return new FhirError('too-costly', `search budget exceeded: ${what}; the limit is ${limit} (${variable})`);

@@ -11,8 +11,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import pg from 'pg';
-import { backends, freePort, startTestServer, TEST_KEY_RING, type TestServer } from '../support/backends.js';
+import { adminQuery as admin, backends, freePort, startTestServer, TEST_KEY_RING, type TestServer } from '../support/backends.js';
 
 const STALL_LIMIT_MS = 1000;
 
@@ -73,16 +72,6 @@ describe.each(backends())('large requests (%s)', (backend) => {
 
 
 const pgOnly = process.env.TEST_DATABASE_URL ? describe : describe.skip;
-
-async function admin(sql: string): Promise<void> {
-  const c = new pg.Client({ connectionString: process.env.TEST_DATABASE_URL });
-  await c.connect();
-  try {
-    await c.query(sql);
-  } finally {
-    await c.end();
-  }
-}
 
 pgOnly('large requests to a server in its own process (pg)', () => {
   const main = fileURLToPath(new URL('../../dist/src/main.js', import.meta.url));

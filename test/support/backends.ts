@@ -52,6 +52,21 @@ export function authed(t: { url: string; token: string }, token = t.token) {
 
 export type BackendName = 'embedded' | 'pg';
 
+/** The configuration of a test server on a free port: the test key rings, silent logs, then `env`. */
+export async function testConfig(env: Record<string, string> = {}): Promise<Config> {
+  const port = String(await freePort());
+  return loadConfig({
+    PORT: port,
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'silent',
+    BASE_URL: `http://127.0.0.1:${port}`,
+    PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!',
+    PHI_KEYS: JSON.stringify(TEST_KEY_RING),
+    AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING),
+    ...env,
+  });
+}
+
 export function backends(): BackendName[] {
   return process.env.TEST_DATABASE_URL ? ['embedded', 'pg'] : ['embedded'];
 }
@@ -61,7 +76,8 @@ export function concurrencyBackends(): BackendName[] {
   return process.env.TEST_DATABASE_URL ? ['pg', 'embedded'] : ['embedded'];
 }
 
-async function adminQuery(sql: string): Promise<void> {
+/** One statement on the TEST_DATABASE_URL server (creating and dropping test databases). */
+export async function adminQuery(sql: string): Promise<void> {
   const client = new pg.Client({ connectionString: process.env.TEST_DATABASE_URL });
   await client.connect();
   try {
@@ -105,17 +121,7 @@ export async function startTestServer(backend: BackendName, env: Record<string, 
   } else {
     db = openDatabase({ dataDir: ':memory:' });
   }
-  const port = String(await freePort());
-  const config: Config = loadConfig({
-    PORT: port,
-    HOST: '127.0.0.1',
-    LOG_LEVEL: 'silent',
-    BASE_URL: `http://127.0.0.1:${port}`,
-    PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!',
-    PHI_KEYS: JSON.stringify(TEST_KEY_RING),
-    AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING),
-    ...env,
-  });
+  const config = await testConfig(env);
   const svc = await buildServices(config, createLogger('silent'), db);
   const running = await startServer(svc);
   return {

@@ -4,11 +4,10 @@
 import { randomBytes } from 'node:crypto';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import pg from 'pg';
-import { loadConfig } from '../../src/config/config.js';
 import { createLogger } from '../../src/log/logger.js';
 import { buildServices, startServer } from '../../src/server.js';
 import { openDatabase } from '../../src/storage/db.js';
-import { freePort, tokenFor, TEST_KEY_RING, TEST_SIGNING_RING, type TestServer } from './backends.js';
+import { freePort, testConfig, tokenFor, type TestServer } from './backends.js';
 
 export async function admin<T = Record<string, unknown>>(sql: string, values: unknown[] = []): Promise<T[]> {
   const client = new pg.Client({ connectionString: process.env.TEST_DATABASE_URL });
@@ -74,18 +73,7 @@ export async function startPgServer(env: Record<string, string> = {}, proxy?: Pg
     u.hostname = '127.0.0.1';
     u.port = String(proxy.port);
   }
-  const port = String(await freePort());
-  const config = loadConfig({
-    PORT: port,
-    HOST: '127.0.0.1',
-    LOG_LEVEL: 'silent',
-    BASE_URL: `http://127.0.0.1:${port}`,
-    PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!',
-    PHI_KEYS: JSON.stringify(TEST_KEY_RING),
-    AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING),
-    DATABASE_URL: u.toString(),
-    ...env,
-  });
+  const config = await testConfig({ DATABASE_URL: u.toString(), ...env });
   // As buildServices opens it in production: pool size and statement timeout from the configuration.
   const db = openDatabase({ databaseUrl: u.toString(), poolMax: config.databasePoolMax, statementTimeoutMs: config.databaseStatementTimeoutMs });
   const svc = await buildServices(config, createLogger(config.logLevel), db);
