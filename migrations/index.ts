@@ -10,6 +10,7 @@ import * as m0006 from './0006_covering_indexes.js';
 import * as m0007 from './0007_c_collation.js';
 import * as m0008 from './0008_text_index.js';
 import * as m0009 from './0009_revoked_tokens.js';
+import * as m0010 from './0010_auth_server.js';
 
 export interface Migration {
   name: string;
@@ -27,4 +28,5 @@ export const MIGRATIONS: Migration[] = [
   { name: '0007_c_collation', ...m0007 },
   { name: '0008_text_index', ...m0008 },
   { name: '0009_revoked_tokens', ...m0009 },
+  { name: '0010_auth_server', ...m0010 },
 ];

@@ -11,6 +11,7 @@ import { loadPhiPolicy } from './crypto/phi-policy.js';
 import { resourceTypeInfo } from './fhir/definitions.js';
 import { join } from 'node:path';
 import { createApp } from './http/app.js';
+import { SmartAuthServer } from './auth-server/index.js';
 import { answerClientErrors } from './http/client-error.js';
 import type { Services } from './interactions/context.js';
 import { createLogger, type Logger } from './log/logger.js';
@@ -95,6 +96,8 @@ export async function buildServices(config: Readonly<Config>, log: Logger = crea
 
 export interface Running {
   server: Server;
+  /** The built-in SMART authorization server (AUTH_SERVER=on). */
+  authServer: SmartAuthServer | undefined;
   url: string;
   /** Background ANALYZE after large writes (storage/planner-stats.ts). */
   stats: PlannerStats;
@@ -103,7 +106,8 @@ export interface Running {
 
 /** Starts listening; close() drains in-flight requests (bounded by shutdownTimeoutMs) and closes the pool. */
 export async function startServer(svc: Services): Promise<Running> {
-  const app = createApp(svc);
+  const authServer = svc.config.authServer ? new SmartAuthServer(svc) : undefined;
+  const app = createApp(svc, authServer ? { authServer } : {});
   const server = createServer(app);
   answerClientErrors(server, svc.log);
   const stats = new PlannerStats(svc.db.knex, {
@@ -142,11 +146,12 @@ export async function startServer(svc: Services): Promise<Running> {
       await drained;
       clearInterval(sweep);
       clearTimeout(timer);
+      authServer?.close();
       svc.auth.close();
       await stats.close();
       await svc.db.close();
     })();
     return closing;
   };
-  return { server, url: `http://127.0.0.1:${addr.port}`, stats, close };
+  return { server, authServer, url: `http://127.0.0.1:${addr.port}`, stats, close };
 }

@@ -42,6 +42,11 @@ export class AuthService {
     });
   }
 
+  /** The private signing ring (the built-in authorization server signs with it). */
+  signingRing(): SigningRingFile {
+    return this.opts.ring;
+  }
+
   /** The public keys that verify Vesta's own tokens (served at [base]/.well-known/jwks.json). */
   publicKeys(): JSONWebKeySet {
     return this.jwks;

@@ -15,21 +15,29 @@ export interface SigningRingFile {
 
 export class SigningRingError extends Error {}
 
-async function newKey(): Promise<JWK & { kid: string; alg: string }> {
-  const { privateKey } = await generateKeyPair(SIGNING_ALG, { extractable: true });
+/** OpenID Connect id tokens are RS256 (SMART App Launch "sso-openid-connect"); the ring keeps one beside the ES256 access-token key. */
+export const ID_TOKEN_ALG = 'RS256';
+
+async function newKey(alg: string = SIGNING_ALG): Promise<JWK & { kid: string; alg: string }> {
+  const { privateKey } = await generateKeyPair(alg, { extractable: true, ...(alg.startsWith('RS') ? { modulusLength: 2048 } : {}) });
   const jwk = await exportJWK(privateKey);
-  return { ...jwk, kid: `sig-${new Date().toISOString().slice(0, 10)}-${randomBytes(4).toString('hex')}`, alg: SIGNING_ALG, use: 'sig' };
+  const prefix = alg === SIGNING_ALG ? 'sig' : `sig-${alg.toLowerCase()}`;
+  return { ...jwk, kid: `${prefix}-${new Date().toISOString().slice(0, 10)}-${randomBytes(4).toString('hex')}`, alg, use: 'sig' };
 }
 
+/** A new ring: the ES256 key that signs access tokens (active) and an RS256 key for id tokens. */
 export async function generateSigningRing(): Promise<SigningRingFile> {
-  const k = await newKey();
-  return { active: k.kid, keys: [k] };
+  const [k, id] = await Promise.all([newKey(), newKey(ID_TOKEN_ALG)]);
+  return { active: k.kid, keys: [k, id] };
 }
 
-/** Adds a new active key; the older ones keep verifying the tokens they signed until removed. */
+/**
+ * Adds a new active access-token key and a new id-token key (the newest RS256 key signs id tokens);
+ * the older ones keep verifying the tokens they signed until removed.
+ */
 export async function rotateSigningRing(ring: SigningRingFile): Promise<SigningRingFile> {
-  const k = await newKey();
-  return { active: k.kid, keys: [...ring.keys, k] };
+  const [k, id] = await Promise.all([newKey(), newKey(ID_TOKEN_ALG)]);
+  return { active: k.kid, keys: [...ring.keys, k, id] };
 }
 
 const ALLOWED = new Set(['RS256', 'RS384', 'ES256', 'ES384']);

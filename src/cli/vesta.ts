@@ -13,7 +13,9 @@ import { buildServices, loadSigningRing } from '../server.js';
 import { checkSigningRing, generateSigningRing, rotateSigningRing, signAccessToken } from '../auth/signing-keys.js';
 import { insertRevocation } from '../storage/revocation-store.js';
 import { createLogger } from '../log/logger.js';
-import { openDatabase } from '../storage/db.js';
+import { openDatabase, type Database } from '../storage/db.js';
+import { addClient, addUser, AdminError, listClients, listUsers, setUserDisabled } from '../auth-server/admin.js';
+import type { ClientType } from '../auth-server/clients.js';
 import { DataDirLockedError } from '../storage/data-dir-lock.js';
 import { analyzeTables, SEARCHED_TABLES } from '../storage/planner-stats.js';
 import { migrateLatest } from '../storage/migrate.js';
@@ -36,6 +38,15 @@ const USAGE = `usage: vesta <command>
   token revoke <jti> [--until ISO-8601]
             revoke a token id on every node (until the token would expire; default 24 hours;
             embedded database: only while the server is stopped, it reads revocations at start)
+  users add <username> [--fhir-user Type/id] [--scope "<clinical scopes>"] [--password-stdin]
+            add or update a user of the built-in authorization server (password from standard
+            input, or VESTA_PASSWORD; scrypt-hashed, never logged)
+  users list | users disable <username> | users enable <username>
+  clients add <client_id> --type public|confidential-asymmetric --scope "<allowed scopes>"
+            [--redirect-uri URI]... [--jwks-file FILE | --jwks-uri URL] [--name NAME]
+            register (or update) a SMART client: public apps use PKCE; confidential-asymmetric
+            apps and Backend Services authenticate with private_key_jwt against their JWKS
+  clients list
   keys init-signing                  print a new token-signing key ring (JSON)
   keys rotate-signing <ring file>    add a new active signing key (older keys keep verifying)
   keys rotate-blind <ring file>
@@ -115,6 +126,94 @@ async function token(args: string[]): Promise<number> {
   return 0;
 }
 
+/** Opens the configured database (migrated) for a short admin command. */
+async function withDatabase<T>(fn: (q: Database['knex'], config: ReturnType<typeof loadConfig>) => Promise<T>): Promise<T> {
+  const config = loadConfig();
+  const db = openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), dataDir: config.dataDir });
+  try {
+    await migrateLatest(db.knex);
+    return await fn(db.knex, config);
+  } finally {
+    await db.close();
+  }
+}
+
+async function readPassword(fromStdin: boolean): Promise<string> {
+  if (!fromStdin && process.env.VESTA_PASSWORD) return process.env.VESTA_PASSWORD;
+  if (!fromStdin && process.stdin.isTTY) throw new Error('give the password on standard input (--password-stdin) or in VESTA_PASSWORD');
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+}
+
+async function users(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { 'fhir-user': { type: 'string' }, scope: { type: 'string' }, 'password-stdin': { type: 'boolean' } } });
+  const [sub, username] = positionals;
+  if (sub === 'add' && username) {
+    const password = await readPassword(values['password-stdin'] === true);
+    const r = await withDatabase((q) =>
+      addUser(q, { username, password, ...(values['fhir-user'] ? { fhirUser: values['fhir-user'] } : {}), ...(values.scope ? { scopes: values.scope } : {}) }),
+    );
+    process.stdout.write(`user ${username} ${r}\n`);
+    return 0;
+  }
+  if (sub === 'list') {
+    const rows = await withDatabase((q) => listUsers(q));
+    for (const u of rows) process.stdout.write(`${u.username}\t${u.fhirUser ?? '-'}\t${u.disabled ? 'disabled' : 'enabled'}\t${u.scopes}\n`);
+    return 0;
+  }
+  if ((sub === 'disable' || sub === 'enable') && username) {
+    const ok = await withDatabase((q) => setUserDisabled(q, username, sub === 'disable'));
+    process.stdout.write(ok ? `user ${username} ${sub}d\n` : `no user ${username}\n`);
+    return ok ? 0 : 1;
+  }
+  process.stderr.write(`${USAGE}\n`);
+  return 2;
+}
+
+async function clients(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { type: { type: 'string' }, scope: { type: 'string' }, 'redirect-uri': { type: 'string', multiple: true }, 'jwks-file': { type: 'string' }, 'jwks-uri': { type: 'string' }, name: { type: 'string' } },
+  });
+  const [sub, clientId] = positionals;
+  if (sub === 'add' && clientId) {
+    let jwks: { keys: Record<string, unknown>[] } | undefined;
+    if (values['jwks-file']) {
+      try {
+        jwks = JSON.parse(readFileSync(values['jwks-file'], 'utf8')) as { keys: Record<string, unknown>[] };
+      } catch (e) {
+        throw new Error(`--jwks-file: ${(e as Error).message}`);
+      }
+    }
+    const r = await withDatabase((q, config) =>
+      addClient(
+        q,
+        {
+          client_id: clientId,
+          type: values.type as ClientType,
+          scope: values.scope ?? '',
+          redirect_uris: values['redirect-uri'] ?? [],
+          ...(values.name ? { client_name: values.name } : {}),
+          ...(jwks ? { jwks } : {}),
+          ...(values['jwks-uri'] ? { jwks_uri: values['jwks-uri'] } : {}),
+        },
+        { allowLoopbackJwksUri: config.authJwksUriLoopback },
+      ),
+    );
+    process.stdout.write(`client ${clientId} ${r}\n`);
+    return 0;
+  }
+  if (sub === 'list') {
+    const rows = await withDatabase((q) => listClients(q));
+    for (const c of rows) process.stdout.write(`${c.clientId}\t${String(c.metadata.type)}\t${String(c.metadata.scope)}\t${((c.metadata.redirect_uris as string[]) ?? []).join(' ')}\n`);
+    return 0;
+  }
+  process.stderr.write(`${USAGE}\n`);
+  return 2;
+}
+
 async function main(argv: string[]): Promise<number> {
   const [cmd] = argv;
   switch (cmd) {
@@ -189,6 +288,10 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'token':
       return token(argv.slice(1));
+    case 'users':
+      return users(argv.slice(1));
+    case 'clients':
+      return clients(argv.slice(1));
     case 'load': {
       const { values, positionals } = parseArgs({
         args: argv.slice(1),
@@ -225,6 +328,7 @@ main(process.argv.slice(2)).then(
   },
   (e: unknown) => {
     if (e instanceof ConfigError) process.stderr.write(`vesta: configuration error: ${e.message}\n`);
+    else if (e instanceof AdminError) process.stderr.write(`vesta: ${e.message.split('\n').join('\nvesta: ')}\n`);
     else process.stderr.write(`vesta: ${(e as Error)?.message ?? String(e)}\n`);
     process.exit(e instanceof ConfigError ? 2 : e instanceof DataDirLockedError ? e.exitCode : 1);
   },

@@ -40,6 +40,20 @@ export interface Config {
   authClockSkewSeconds: number;
   /** How often each node reads new token revocations, ms (AUTH_REVOCATION_REFRESH). */
   authRevocationRefreshMs: number;
+  /** The built-in SMART authorization server at [base]/auth (AUTH_SERVER=on|off; on by default with AUTH=on). */
+  authServer: boolean;
+  /** Access tokens for apps (AUTH_TOKEN_TTL, s), for Backend Services (AUTH_BACKEND_TOKEN_TTL, s, at most 300). */
+  authTokenTtlSeconds: number;
+  authBackendTokenTtlSeconds: number;
+  /** offline_access refresh tokens (AUTH_REFRESH_TOKEN_TTL, s); online_access ones end with the session (AUTH_SESSION_TTL, s). */
+  authRefreshTokenTtlSeconds: number;
+  authSessionTtlSeconds: number;
+  /** Login throttling: failures per user (AUTH_LOGIN_MAX_FAILURES) and per address (AUTH_LOGIN_MAX_FAILURES_ADDRESS) within AUTH_LOGIN_WINDOW seconds. */
+  authLoginMaxFailures: number;
+  authLoginMaxFailuresAddress: number;
+  authLoginWindowMs: number;
+  /** Client JWKS URLs on http://localhost (AUTH_JWKS_URI_LOOPBACK=on): development and tests only. */
+  authJwksUriLoopback: boolean;
   // Request bounds (issue 14, part B): search/history budgets, statement timeout, request deadline.
   /** Limits on one search or history request, checked before any SQL (SEARCH_MAX_*). */
   searchBudgets: {
@@ -253,6 +267,15 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     authIssuers,
     authClockSkewSeconds: int(env, 'AUTH_CLOCK_SKEW', 30, 0, 60),
     authRevocationRefreshMs: int(env, 'AUTH_REVOCATION_REFRESH', 10, 1, 3600) * 1000,
+    authServer: authRaw === 'on' && onOff(env, 'AUTH_SERVER', true),
+    authTokenTtlSeconds: int(env, 'AUTH_TOKEN_TTL', 3600, 60, 86400),
+    authBackendTokenTtlSeconds: int(env, 'AUTH_BACKEND_TOKEN_TTL', 300, 30, 300),
+    authRefreshTokenTtlSeconds: int(env, 'AUTH_REFRESH_TOKEN_TTL', 90 * 86400, 3600, 366 * 86400),
+    authSessionTtlSeconds: int(env, 'AUTH_SESSION_TTL', 8 * 3600, 300, 7 * 86400),
+    authLoginMaxFailures: int(env, 'AUTH_LOGIN_MAX_FAILURES', 5, 1, 1000),
+    authLoginMaxFailuresAddress: int(env, 'AUTH_LOGIN_MAX_FAILURES_ADDRESS', 20, 1, 100000),
+    authLoginWindowMs: int(env, 'AUTH_LOGIN_WINDOW', 900, 10, 86400) * 1000,
+    authJwksUriLoopback: onOff(env, 'AUTH_JWKS_URI_LOOPBACK', false),
     // Request bounds (issue 14, part B). Defaults sit far above what real clients send: 30 ANDed
     // `name` values took 0.03 s, 100 took 0.66 s, 300 over 60 s (issue 14's measurements).
     searchBudgets: Object.freeze({

@@ -19,6 +19,7 @@ import { transactionOrBatch } from '../interactions/transaction.js';
 import { validateOperation } from '../operations/validate/validate.js';
 import { ANONYMOUS, type Principal } from '../auth/principal.js';
 import { smartConfiguration } from '../auth/smart-configuration.js';
+import type { SmartAuthServer } from '../auth-server/index.js';
 import { bodyKind, parseForm, parseJson, parseJsonPaced, type BodyKind } from './body.js';
 import { toErrorResponse } from './errors.js';
 import { requestDeadline } from './deadline.js';
@@ -86,7 +87,7 @@ function corsMiddleware(origins: '*' | string[]): RequestHandler {
   };
 }
 
-export function createApp(svc: Services): express.Express {
+export function createApp(svc: Services, opts: { authServer?: SmartAuthServer } = {}): express.Express {
   const { config, log } = svc;
   // Bodies parsed ahead by the paced parser (below), until the route asks for them.
   const preParsed = new WeakMap<Request, { value: unknown } | { error: unknown }>();
@@ -263,9 +264,17 @@ export function createApp(svc: Services): express.Express {
     .route('/.well-known/smart-configuration')
     .get((_req, res) => {
       res.setHeader('Cache-Control', 'public, max-age=300');
-      res.status(200).json(smartConfiguration(svc.config.baseUrl));
+      res.status(200).json(smartConfiguration(svc.config.baseUrl, opts.authServer !== undefined));
     })
     .all(notAllowed('GET, HEAD'));
+  if (opts.authServer) {
+    const server = opts.authServer;
+    // OpenID Connect discovery at the issuer (the FHIR base); oidc-provider answers it.
+    fhir
+      .route('/.well-known/openid-configuration')
+      .get((req, res) => server.openidConfiguration(req, res))
+      .all(notAllowed('GET, HEAD'));
+  }
   fhir
     .route('/.well-known/jwks.json')
     .get((_req, res) => {
@@ -384,6 +393,8 @@ export function createApp(svc: Services): express.Express {
     next(new FhirError('unknown-route', `no FHIR interaction matches ${req.method} on this path`));
   });
 
+  // The SMART authorization server (sign-in pages, OAuth endpoints) before the FHIR routes.
+  if (opts.authServer) app.use(`${config.basePath}/auth`, opts.authServer.router);
   app.use(config.basePath || '/', fhir);
   app.use((req, _res, next) => next(new FhirError('unknown-route', 'not found')));
 

@@ -1,6 +1,7 @@
 // capabilities: GET [base]/metadata (https://hl7.org/fhir/R4/http.html#capabilities). Built from
 // the same tables the server runs on: the generated resource types, the interactions the router
 // serves, and the search parameters the search registry actually serves.
+import { smartEndpoints } from '../auth/smart-configuration.js';
 import type { CapabilityStatement, CapabilityStatementRestResource, CapabilityStatementRestSecurity } from 'fhir/r4.js';
 import { compartmentDefinitions, resourceTypeInfo } from '../fhir/definitions.js';
 import { paramsOf, supportedSearchParams } from '../search/registry.js';
@@ -96,17 +97,38 @@ function security(svc: Services, ctx: RequestContext): CapabilityStatementRestSe
   if (!svc.auth.enabled) {
     return { cors: true, description: 'AUTH=off: NO SECURITY APPLIES. This server accepts every request without a token; it is running in a local development mode and must not hold real data.' };
   }
+  const e = smartEndpoints(ctx.baseUrl);
+  const server = svc.config.authServer;
   return {
     cors: true,
+    // SMART App Launch "Conformance": the OAuth endpoints also appear here (oauth-uris extension).
+    ...(server
+      ? {
+          extension: [
+            {
+              url: 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris',
+              extension: [
+                { url: 'authorize', valueUri: e.authorize },
+                { url: 'token', valueUri: e.token },
+                { url: 'introspect', valueUri: e.introspect },
+                { url: 'revoke', valueUri: e.revoke },
+              ],
+            },
+          ],
+        }
+      : {}),
     service: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/restful-security-service', code: 'SMART-on-FHIR' }], text: 'SMART on FHIR bearer tokens' }],
     description:
       'Every interaction except this CapabilityStatement needs Authorization: Bearer <JWT> (RFC 6750), signed by this server ' +
-      `(keys at ${ctx.baseUrl}/.well-known/jwks.json; issuer and audience ${ctx.baseUrl}) or by an issuer the operator trusts; RS256, RS384, ES256 or ES384. ` +
+      `(keys at ${e.jwks}; issuer and audience ${ctx.baseUrl}) or by an issuer the operator trusts; RS256, RS384, ES256 or ES384. ` +
       'SMART App Launch 2.x scopes are enforced on every interaction and on every entry of a transaction or batch: v2 patient|user|system/[type|*].[cruds] ' +
       'with ?param=value constraints (search parameters of the type itself; no chains) and v1 .read/.write/.*. patient/ scopes confine the token to the Patient ' +
-      'compartment of its patient claim. A missing scope is a 403 naming it; a resource outside the token\'s reach answers as one that does not exist (404). ' +
-      `Discovery: ${ctx.baseUrl}/.well-known/smart-configuration. Vesta's own authorization server (authorize and token endpoints) is not built yet: ` +
-      'tokens come from `vesta token` or from a trusted external issuer.',
+      "compartment of its patient claim. A missing scope is a 403 naming it; a resource outside the token's reach answers as one that does not exist (404). " +
+      `Discovery: ${ctx.baseUrl}/.well-known/smart-configuration. ` +
+      (server
+        ? `Vesta's own SMART authorization server: authorize ${e.authorize}, token ${e.token} (App Launch with PKCE S256, Backend Services with private_key_jwt), ` +
+          `introspection ${e.introspect}, revocation ${e.revoke}, EHR launch contexts ${e.launch}.`
+        : 'The built-in authorization server is off (AUTH_SERVER=off): tokens come from `vesta token` or from a trusted external issuer.'),
   };
 }
 
