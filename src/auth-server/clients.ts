@@ -101,9 +101,10 @@ export function toProviderMetadata(reg: ClientRegistration): Record<string, unkn
     grant_types: grants,
     response_types: interactive ? ['code'] : [],
     redirect_uris: reg.redirect_uris,
-    // oidc-provider checks its own (non-clinical) scopes against this list; clinical scopes are
-    // narrowed in smart-scopes.ts through the resource server.
-    scope: scopes.filter((s) => NON_CLINICAL.has(s)).join(' '),
+    // oidc-provider checks its own (non-clinical) scopes against this list (it refuses an empty
+    // one); every scope, these included, is also narrowed by smart_scopes at consent and in the
+    // resource server's scope list (smart-scopes.ts), so a client without any gets none.
+    ...(scopes.some((s) => NON_CLINICAL.has(s)) ? { scope: scopes.filter((s) => NON_CLINICAL.has(s)).join(' ') } : {}),
     smart_scopes: reg.scope,
     ...(reg.jwks ? { jwks: reg.jwks } : {}),
     ...(reg.jwks_uri ? { jwks_uri: reg.jwks_uri } : {}),

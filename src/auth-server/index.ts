@@ -134,9 +134,11 @@ export class SmartAuthServer {
     const log = svc.log;
     // Access tokens are JWTs nothing stores; their ids are kept per grant so that revoking the grant
     // (reuse of a refresh token or a code) revokes them too.
-    provider.on('access_token.issued', (token: { jti: string; grantId?: string; exp?: number; clientId?: string }) => {
-      if (!token.grantId || !token.exp) return;
-      this.track(upsertArtifact(svc.db.knex, 'IssuedAccessToken', token.jti, { exp: token.exp, client: token.clientId }, token.grantId, undefined, new Date(token.exp * 1000)));
+    provider.on('access_token.issued', (token: { jti: string; grantId?: string; exp?: number; expiration?: number; clientId?: string }) => {
+      if (!token.grantId) return;
+      // A JWT access token has no stored exp at this point; its lifetime is the configured one.
+      const exp = token.exp ?? Math.floor(Date.now() / 1000) + (token.expiration ?? svc.config.authTokenTtlSeconds);
+      this.track(upsertArtifact(svc.db.knex, 'IssuedAccessToken', token.jti, { exp, client: token.clientId }, token.grantId, undefined, new Date(exp * 1000)));
     });
     provider.on('grant.success', (ctx: KoaContextWithOIDC) => {
       log.info({ event: 'token.issued', grantType: ctx.oidc.params?.grant_type, clientId: ctx.oidc.client?.clientId, account: ctx.oidc.account?.accountId }, 'token issued');

@@ -169,4 +169,249 @@ describe(`SMART authorization server (${backend})`, () => {
     expect(protectedHeader.alg).toBe('RS256');
     expect(payload.fhirUser).toBe(`${base}/Practitioner/p1`);
   });
+
+  test('consent: the user may grant fewer scopes; the token says what was granted', async () => {
+    const { verifier, challenge } = pkce();
+    const { location } = await authorize({ scope: 'launch/patient patient/*.rs openid fhirUser', challenge, uncheck: ['openid', 'fhirUser'] });
+    const r = await exchange(location.searchParams.get('code')!, verifier);
+    expect(r.status).toBe(200);
+    expect(String(r.body.scope).split(' ').sort()).toEqual(['launch/patient', 'patient/*.rs']);
+    expect(r.body.id_token).toBeUndefined();
+  });
+
+  test('a patient user needs no picker and gets their own record; never user/ scopes', async () => {
+    const { verifier, challenge } = pkce();
+    const { location, pages } = await authorize({ scope: 'launch/patient patient/*.rs user/*.rs', challenge, user: 'pat', password: 'pat-password-1' });
+    expect(pages.some((p) => p.includes('Choose a patient'))).toBe(false);
+    const r = await exchange(location.searchParams.get('code')!, verifier);
+    expect(r.body.patient).toBe('pt1');
+    expect(String(r.body.scope).split(' ').sort()).toEqual(['launch/patient', 'patient/*.rs']);
+  });
+
+  test('EHR launch: the launch id resolves to patient and encounter; a used launch id is refused', async () => {
+    const created = await fetch(`${base}/auth/launch`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${t.token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ patient: 'pt1', encounter: 'Encounter/enc1', fhirContext: [{ reference: 'Encounter/enc1' }] }),
+    });
+    expect(created.status).toBe(201);
+    const { launch, expires_in } = (await created.json()) as { launch: string; expires_in: number };
+    expect(expires_in).toBeLessThanOrEqual(300);
+    const { verifier, challenge } = pkce();
+    const { location, pages } = await authorize({ scope: 'launch patient/*.rs', launch, challenge });
+    expect(pages.some((p) => p.includes('Choose a patient'))).toBe(false);
+    const r = await exchange(location.searchParams.get('code')!, verifier);
+    expect(r.body).toMatchObject({ patient: 'pt1', encounter: 'enc1', fhirContext: [{ reference: 'Encounter/enc1' }], need_patient_banner: false });
+    const again = await authorize({ scope: 'launch patient/*.rs', launch });
+    expect(again.location.searchParams.get('error')).toBe('invalid_request');
+    expect(again.location.searchParams.get('code')).toBeNull();
+    // Creating a launch context needs a system-scoped token.
+    const patientToken = String(r.body.access_token);
+    const denied = await fetch(`${base}/auth/launch`, { method: 'POST', headers: { authorization: `Bearer ${patientToken}`, 'content-type': 'application/json' }, body: '{"patient":"pt1"}' });
+    expect(denied.status).toBe(403);
+    const unknown = await fetch(`${base}/auth/launch`, { method: 'POST', headers: { authorization: `Bearer ${t.token}`, 'content-type': 'application/json' }, body: '{"patient":"nope"}' });
+    expect(unknown.status).toBe(400);
+  });
+
+  test('authorize-post: a form POST to the authorization endpoint continues as the same request', async () => {
+    const res = await fetch(`${base}/auth/authorize`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'response_type=code&client_id=app-public&state=x', redirect: 'manual' });
+    expect(res.status).toBe(303);
+    expect(res.headers.get('location')).toBe(`${base}/auth/authorize?response_type=code&client_id=app-public&state=x`);
+  });
+});
+
+describe(`attacks on the authorization server, each refused (${backend})`, () => {
+  const refusedAtApp = (l: URL) => [l.searchParams.get('error'), l.searchParams.get('code')];
+
+  test('PKCE missing or plain: no code is issued', async () => {
+    const missing = await authorize({ scope: 'launch/patient patient/*.rs', challenge: '', method: '' }).catch((e: Error) => e);
+    expect(missing).not.toBeInstanceOf(Error);
+    expect(refusedAtApp((missing as { location: URL }).location)).toEqual(['invalid_request', null]);
+    const plain = await authorize({ scope: 'launch/patient patient/*.rs', challenge: 'a'.repeat(43), method: 'plain' });
+    expect(refusedAtApp(plain.location)).toEqual(['invalid_request', null]);
+  });
+
+  test('PKCE wrong, blank, or the challenge itself as verifier: invalid_grant', async () => {
+    for (const bad of ['wrong', '', 'challenge']) {
+      const { challenge } = pkce();
+      const { location } = await authorize({ scope: 'launch/patient patient/*.rs', challenge });
+      const r = await exchange(location.searchParams.get('code')!, bad === 'wrong' ? b64url(randomBytes(32)) : bad === '' ? '' : challenge);
+      expect([bad, r.status]).toEqual([bad, 400]);
+      expect(['invalid_grant', 'invalid_request']).toContain(r.body.error);
+      expect(r.body.access_token).toBeUndefined();
+    }
+  });
+
+  test('a code is single-use: reuse fails and revokes the tokens it gave', async () => {
+    const { verifier, challenge } = pkce();
+    const { location } = await authorize({ scope: 'launch/patient patient/*.rs', challenge });
+    const code = location.searchParams.get('code')!;
+    const first = await exchange(code, verifier);
+    expect(first.status).toBe(200);
+    const ok = await fetch(`${base}/Patient/pt1`, { headers: { authorization: `Bearer ${String(first.body.access_token)}` } });
+    expect(ok.status).toBe(200);
+    const second = await exchange(code, verifier);
+    expect([second.status, second.body.error]).toEqual([400, 'invalid_grant']);
+    const after = await fetch(`${base}/Patient/pt1`, { headers: { authorization: `Bearer ${String(first.body.access_token)}` } });
+    expect(after.status).toBe(401);
+  });
+
+  test("a code exchanged by another client, or with another redirect URI: invalid_grant", async () => {
+    const { verifier, challenge } = pkce();
+    const { location } = await authorize({ scope: 'launch/patient patient/*.rs', challenge });
+    const r = await exchange(location.searchParams.get('code')!, verifier, { client_id: 'app-other', redirect_uri: 'http://127.0.0.1:9/other' });
+    expect([r.status, r.body.error]).toEqual([400, 'invalid_grant']);
+    const p2 = pkce();
+    const l2 = await authorize({ scope: 'launch/patient patient/*.rs', challenge: p2.challenge });
+    const r2 = await exchange(l2.location.searchParams.get('code')!, p2.verifier, { redirect_uri: 'http://127.0.0.1:9/callback2' });
+    expect(r2.status).toBe(400);
+  });
+
+  test('a redirect URI not registered: an error page, never a redirect', async () => {
+    const b = new Browser();
+    const p = new URLSearchParams({ response_type: 'code', client_id: 'app-public', redirect_uri: 'http://127.0.0.1:9/callback/evil', scope: 'patient/*.rs', state: 's', aud: base, code_challenge: pkce().challenge, code_challenge_method: 'S256' });
+    const res = await b.fetch(`${base}/auth/authorize?${p}`);
+    expect(res.status).toBe(400);
+    expect(res.headers.get('location')).toBeNull();
+    expect(await res.text()).toMatch(/redirect_uri/);
+  });
+
+  test('aud other than this FHIR server: no code', async () => {
+    const { location } = await authorize({ scope: 'launch/patient patient/*.rs', aud: 'https://evil.example/fhir' });
+    expect(refusedAtApp(location)).toEqual(['invalid_request', null]);
+  });
+
+  test('login is throttled per user: past the limit even the right password is refused', async () => {
+    await addUser(t.svc.db.knex, { username: 'victim', password: 'victim-password-1', fhirUser: 'Practitioner/p9' });
+    const b = new Browser();
+    const p = new URLSearchParams({ response_type: 'code', client_id: 'app-public', redirect_uri: REDIRECT, scope: 'patient/*.rs', state: 's', aud: base, code_challenge: pkce().challenge, code_challenge_method: 'S256' });
+    const page = await b.go(`${base}/auth/authorize?${p}`);
+    const csrf = hidden(page.html, 'csrf');
+    const login = action(page.html, '/login');
+    const limit = t.svc.config.authLoginMaxFailures;
+    for (let i = 0; i < limit; i++) expect((await b.fetch(login, { form: { csrf, username: 'victim', password: `guess-${i}` } })).status).toBe(401);
+    const right = await b.fetch(login, { form: { csrf, username: 'victim', password: 'victim-password-1' } });
+    expect(right.status).toBe(429);
+    expect(right.headers.get('retry-after')).not.toBeNull();
+  });
+
+  test('a login form without the CSRF token is refused', async () => {
+    const b = new Browser();
+    const p = new URLSearchParams({ response_type: 'code', client_id: 'app-public', redirect_uri: REDIRECT, scope: 'patient/*.rs', state: 's', aud: base, code_challenge: pkce().challenge, code_challenge_method: 'S256' });
+    const page = await b.go(`${base}/auth/authorize?${p}`);
+    const res = await b.fetch(action(page.html, '/login'), { form: { csrf: 'forged', username: 'doc', password: 'doc-password-1' } });
+    expect(res.status).toBe(403);
+    const cookies = page.headers.getSetCookie?.() ?? [];
+    void cookies;
+  });
+
+  test('refresh tokens rotate; reusing an old one revokes the family and its access tokens', async () => {
+    const { verifier, challenge } = pkce();
+    const { location } = await authorize({ scope: 'launch/patient patient/*.rs offline_access', challenge });
+    const first = await exchange(location.searchParams.get('code')!, verifier);
+    const rt1 = String(first.body.refresh_token);
+    const refresh = (rt: string, clientId = 'app-public') =>
+      fetch(tokenUrl, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: rt, client_id: clientId }) }).then(
+        async (r) => ({ status: r.status, body: (await r.json()) as Record<string, unknown> }),
+      );
+    expect((await refresh(rt1, 'app-other')).status).toBe(400); // bound to its client
+    const second = await refresh(rt1);
+    expect(second.status).toBe(200);
+    expect(second.body.patient).toBe('pt1');
+    const rt2 = String(second.body.refresh_token);
+    expect(rt2).not.toBe(rt1);
+    expect((await fetch(`${base}/Patient/pt1`, { headers: { authorization: `Bearer ${String(second.body.access_token)}` } })).status).toBe(200);
+    const reuse = await refresh(rt1);
+    expect([reuse.status, reuse.body.error]).toEqual([400, 'invalid_grant']);
+    expect((await refresh(rt2)).status).toBe(400);
+    expect((await fetch(`${base}/Patient/pt1`, { headers: { authorization: `Bearer ${String(second.body.access_token)}` } })).status).toBe(401);
+  });
+
+  test('revocation and introspection of access and refresh tokens', async () => {
+    const { verifier, challenge } = pkce();
+    const { location } = await authorize({ scope: 'launch/patient patient/*.rs offline_access fhirUser', challenge });
+    const r = await exchange(location.searchParams.get('code')!, verifier);
+    const at = String(r.body.access_token);
+    const introspect = async (token: string, bearer: string | null = t.token) => {
+      const res = await fetch(`${base}/auth/introspect`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', ...(bearer ? { authorization: `Bearer ${bearer}` } : {}) },
+        body: new URLSearchParams({ token }),
+      });
+      return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+    };
+    expect((await introspect(at, null)).status).toBe(401);
+    expect((await introspect(at, at)).status).toBe(403); // a patient-scoped token may not introspect
+    const live = await introspect(at);
+    expect(live.body).toMatchObject({ active: true, client_id: 'app-public', patient: 'pt1', iss: base, sub: 'doc', fhirUser: `${base}/Practitioner/p1` });
+    expect(String(live.body.scope)).toContain('patient/*.rs');
+    expect(typeof live.body.exp).toBe('number');
+    expect((await introspect(String(r.body.refresh_token))).body).toMatchObject({ active: true, client_id: 'app-public' });
+    const revoke = (token: string, clientId = 'app-public') =>
+      fetch(`${base}/auth/revoke`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams({ token, client_id: clientId }) });
+    expect((await revoke(at, 'app-other')).status).toBe(400);
+    expect((await revoke(at)).status).toBe(200);
+    expect((await fetch(`${base}/Patient/pt1`, { headers: { authorization: `Bearer ${at}` } })).status).toBe(401);
+    expect((await introspect(at)).body).toEqual({ active: false });
+    expect((await revoke(String(r.body.refresh_token))).status).toBe(200);
+    expect((await introspect(String(r.body.refresh_token))).body).toEqual({ active: false });
+    expect((await introspect('not-a-token')).body).toEqual({ active: false });
+  });
+
+  test('Backend Services: ES384 and RS384 assertions give a short token without refresh token', async () => {
+    for (const k of [es384, rs384]) {
+      const r = await backendToken('backend', k, 'system/Patient.rs');
+      expect([k.alg, r.status, r.status === 200 ? 'ok' : r.body]).toEqual([k.alg, 200, 'ok']);
+      expect(r.body).toMatchObject({ token_type: 'Bearer', scope: 'system/Patient.rs' });
+      expect(Number(r.body.expires_in)).toBeLessThanOrEqual(300);
+      expect(r.body.refresh_token).toBeUndefined();
+      expect(r.headers.get('cache-control')).toBe('no-store');
+      const claims = decodeJwt(String(r.body.access_token));
+      expect([claims.aud, claims.client_id]).toEqual([base, 'backend']);
+      const search = await fetch(`${base}/Patient?_count=1`, { headers: { authorization: `Bearer ${String(r.body.access_token)}` } });
+      expect(search.status).toBe(200);
+    }
+    // More than the registration allows: invalid_scope.
+    const wide = await backendToken('backend', es384, 'system/*.cruds');
+    expect([wide.status, wide.body.error]).toEqual([400, 'invalid_scope']);
+  });
+
+  test('client assertions: alg none, HS256, expired, exp too far, replayed jti, jku, wrong aud, wrong sub: invalid_client', async () => {
+    const now = Math.floor(Date.now() / 1000);
+    const post = async (clientAssertion: string) => {
+      const res = await fetch(tokenUrl, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ grant_type: 'client_credentials', scope: 'system/Patient.rs', client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer', client_assertion: clientAssertion }),
+      });
+      return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+    };
+    const claims = { iss: 'backend', sub: 'backend', aud: tokenUrl, jti: b64url(randomBytes(8)), exp: now + 120, iat: now };
+    const enc = (o: unknown) => b64url(Buffer.from(JSON.stringify(o)));
+    const none = `${enc({ alg: 'none', typ: 'JWT' })}.${enc(claims)}.`;
+    const hs256 = await new SignJWT(claims).setProtectedHeader({ alg: 'HS256', kid: es384.kid }).sign(new TextEncoder().encode('a-shared-secret-nobody-registered!!'));
+    const cases: [string, string][] = [
+      ['alg none', none],
+      ['HS256', hs256],
+      ['expired', await assertion('backend', es384, { exp: now - 120 })],
+      ['exp more than five minutes ahead', await assertion('backend', es384, { exp: now + 3600 })],
+      ['jku not registered', await assertion('backend', es384, { header: { jku: 'https://evil.example/jwks.json' } })],
+      ['aud is the issuer, not the token URL', await assertion('backend', es384, { aud: base })],
+      ['sub is not the client', await assertion('backend', es384, { sub: 'someone-else' })],
+      ['unknown kid', await assertion('backend', { ...es384, kid: 'no-such-kid' })],
+    ];
+    for (const [name, a] of cases) {
+      const r = await post(a);
+      expect([name, r.status, r.body.error]).toEqual([name, 401, 'invalid_client']);
+      expect(r.body.access_token).toBeUndefined();
+    }
+    const once = await assertion('backend', es384);
+    expect((await post(once)).status).toBe(200);
+    const replay = await post(once);
+    expect([replay.status, replay.body.error]).toEqual([401, 'invalid_client']);
+    // Concurrent replays of a fresh assertion: exactly one wins.
+    const fresh = await assertion('backend', rs384);
+    const all = await Promise.all([1, 2, 3, 4].map(() => post(fresh)));
+    expect(all.filter((r) => r.status === 200)).toHaveLength(1);
+  });
 });
