@@ -4,7 +4,7 @@
 //   BENCH_SECONDS    seconds per round (default 5); BENCH_ROUNDS rounds per workload (default 3)
 //   BENCH_SEARCH_RESOURCES  resources loaded (multiplied Synthea) for the search mix (default 100000; 0 skips)
 //   BENCH_VALIDATION  0 skips the in-process validation throughput (bench/validation.ts); default on
-//   BENCH_ONLY       comma-separated phases to run, of validation, ingest, cold, stall, read, crud, search
+//   BENCH_ONLY       comma-separated phases to run, of validation, ingest, cold, stall, token, read, crud, search
 //                    (default all; e.g. BENCH_ONLY=read,search with a small BENCH_SEARCH_RESOURCES for a
 //                    quick look at the cost of authorization)
 // Authorization: every Vesta started here has AUTH on with a key ring generated for the run (AUTH_KEYS)
@@ -16,6 +16,8 @@
 // the cost of authorization is reported as ratios (req/s on/off for read by id, p95 off/on for each
 // search; the issue's target is >= 0.9), in the table and in the results JSON (authCost). The search
 // mix also times a patient/Observation.rs token (with a patient claim) against the system token.
+//   BENCH_TOKEN_REQUESTS  token requests per round and concurrency of the token phase (default 2000;
+//                    bench/token.ts: Backend Services tokens/s against in-process ES256 signing)
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { Agent } from 'node:http';
@@ -35,6 +37,7 @@ import { searchMix, type MixResult, type PatientScopeResult } from './search-mix
 import { phiCost } from './phi-cost.js';
 import type { ValidationBench } from './validation.js';
 import { stallProbe, type StallResult } from './stall.js';
+import { tokenBench, type TokenResult } from './token.js';
 import { bundleDir, FIXTURE_SYNTHEA } from './generate-data.js';
 
 const root = findPackageRoot();
@@ -50,7 +53,7 @@ const KEYS = JSON.stringify(generateKeyRing());
 /** The token-signing key ring of every Vesta of the run (AUTH_KEYS). */
 const SIGNING_RING = await generateSigningRing();
 const SYSTEM_SCOPE = 'system/*.cruds';
-const PHASES = ['validation', 'ingest', 'cold', 'stall', 'read', 'crud', 'search'];
+const PHASES = ['validation', 'ingest', 'cold', 'stall', 'token', 'read', 'crud', 'search'];
 const ONLY = process.env.BENCH_ONLY?.trim() ? new Set(process.env.BENCH_ONLY.split(',').map((x) => x.trim()).filter(Boolean)) : undefined;
 for (const p of ONLY ?? []) if (!PHASES.includes(p)) throw new Error(`BENCH_ONLY: unknown phase ${p} (phases: ${PHASES.join(', ')})`);
 const phase = (p: string) => !ONLY || ONLY.has(p);
@@ -59,6 +62,7 @@ const SYNTHEA = process.env.BENCH_SYNTHEA ?? FIXTURE_SYNTHEA;
 const ops = ['create', 'read', 'update', 'delete'];
 /** Resources loaded for the search mix (0 skips it). */
 const SEARCH_RESOURCES = Number(process.env.BENCH_SEARCH_RESOURCES ?? 100000);
+const TOKEN_REQUESTS = Number(process.env.BENCH_TOKEN_REQUESTS ?? 2000);
 
 /** Runs bench/validation.js in its own process and returns its figures. */
 function validationInChild(rounds: number): Promise<ValidationBench> {
@@ -199,6 +203,15 @@ async function main(): Promise<void> {
       await waitReady('http://127.0.0.1:18306/readyz', 60000);
       results.stall = await stallProbe(baseUrlOf(18306), await bearer(18306));
       await stop(sv.child);
+    }
+
+    if (phase('token')) {
+      // Backend Services token issuance at [base]/auth/token against in-process ES256 signing (bench/token.ts).
+      const tv = startVesta(18307, { DATABASE_URL: databaseUrl, DATABASE_POOL_MAX: '10' });
+      children.push(tv.child);
+      await waitReady('http://127.0.0.1:18307/readyz', 60000);
+      results.token = await tokenBench({ baseUrl: baseUrlOf(18307), databaseUrl, ring: SIGNING_RING, requests: TOKEN_REQUESTS, rounds: ROUNDS, seconds: SECONDS, log: (m) => process.stderr.write(m) });
+      await stop(tv.child);
     }
 
     if (phase('read') || phase('crud') || phase('search')) {
@@ -408,6 +421,18 @@ async function main(): Promise<void> {
     lines.push(
       '',
       `Worst event-loop stall: /healthz waited ${stall.worstMs} ms (${stall.worstBody}); per body: ${stall.cases.map((c) => `${c.body} (${(c.bytes / 1e6).toFixed(1)} MB) ${c.status} in ${c.requestMs} ms, /healthz ${c.healthzMs} ms`).join('; ')}.`,
+    );
+  }
+  const tok = results.token as TokenResult | undefined;
+  if (tok) {
+    lines.push(
+      '',
+      `Backend Services tokens (client_credentials, private_key_jwt; ${tok.requestsPerRound} requests per round and concurrency, medians of ${tok.rounds} rounds; assertions ${tok.assertions}), against the ceiling of ${tok.ceiling.what} (${tok.ceiling.claimsBytes}-byte claims, ${tok.ceiling.tokenBytes}-byte token): ${tok.ceiling.tokensPerSecond} tokens/s:`,
+      '',
+      '| concurrency | requests (all rounds) | tokens/s | p50 / p95 / p99 ms | non-200 | ratio to ceiling |',
+      '|---|---|---|---|---|---|',
+      ...tok.runs.map((x) => `| ${x.concurrency} | ${tok.requestsPerRound * tok.rounds} | ${x.tokensPerSecond} | ${x.p50} / ${x.p95} / ${x.p99} | ${x.non200} | ${x.ratio} |`),
+      ...(tok.failures.length ? ['', `Non-200 answers (first ${tok.failures.length}): ${tok.failures.join(' | ')}`] : []),
     );
   }
   const mix = results.searchMix as { resources: number; loadRps: number; loadFailures?: string[]; queries: MixResult[]; seqScans: Record<string, string[]> } | undefined;

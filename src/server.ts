@@ -106,7 +106,7 @@ export interface Running {
 
 /** Starts listening; close() drains in-flight requests (bounded by shutdownTimeoutMs) and closes the pool. */
 export async function startServer(svc: Services): Promise<Running> {
-  const authServer = svc.config.authServer ? new SmartAuthServer(svc) : undefined;
+  const authServer = svc.config.authServer ? await SmartAuthServer.create(svc) : undefined;
   const app = createApp(svc, authServer ? { authServer } : {});
   const server = createServer(app);
   answerClientErrors(server, svc.log);

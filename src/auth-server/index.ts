@@ -56,7 +56,33 @@ export class SmartAuthServer {
   private readonly authBase: string;
   private pruneTimer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly svc: Services) {
+  /** Builds the server (oidc-provider is loaded here, see provider.ts). */
+  static async create(svc: Services): Promise<SmartAuthServer> {
+    const authBase = `${svc.config.baseUrl}/auth`;
+    // The adapter's grant-revocation hook needs the server, which needs the provider.
+    const holder: { server?: SmartAuthServer } = {};
+    const provider = await buildProvider({
+      issuer: svc.config.baseUrl,
+      fhirBase: svc.config.baseUrl,
+      authBase,
+      ring: svc.auth.signingRing(),
+      db: svc.db.knex,
+      hooks: { onGrantRevoked: (grantId) => holder.server!.revokeGrantTokens(grantId) },
+      log: svc.log,
+      userTokenTtlSeconds: svc.config.authTokenTtlSeconds,
+      backendTokenTtlSeconds: svc.config.authBackendTokenTtlSeconds,
+      refreshTokenTtlSeconds: svc.config.authRefreshTokenTtlSeconds,
+      sessionTtlSeconds: svc.config.authSessionTtlSeconds,
+      allowLoopbackJwksUri: svc.config.authJwksUriLoopback,
+    });
+    holder.server = new SmartAuthServer(svc, provider);
+    return holder.server;
+  }
+
+  private constructor(
+    private readonly svc: Services,
+    provider: Provider,
+  ) {
     const { config, log } = svc;
     this.fhirBase = config.baseUrl;
     this.authBase = `${config.baseUrl}/auth`;
@@ -76,20 +102,7 @@ export class SmartAuthServer {
       jwks: `${config.baseUrl}/.well-known/jwks.json`,
       openidConfiguration: `${config.baseUrl}/.well-known/openid-configuration`,
     };
-    this.provider = buildProvider({
-      issuer: config.baseUrl,
-      fhirBase: config.baseUrl,
-      authBase: this.authBase,
-      ring,
-      db: svc.db.knex,
-      hooks: { onGrantRevoked: (grantId) => this.revokeGrantTokens(grantId) },
-      log,
-      userTokenTtlSeconds: config.authTokenTtlSeconds,
-      backendTokenTtlSeconds: config.authBackendTokenTtlSeconds,
-      refreshTokenTtlSeconds: config.authRefreshTokenTtlSeconds,
-      sessionTtlSeconds: config.authSessionTtlSeconds,
-      allowLoopbackJwksUri: config.authJwksUriLoopback,
-    });
+    this.provider = provider;
     this.wireProvider();
     this.router = this.buildRouter();
     this.pruneTimer = setInterval(() => {
@@ -104,7 +117,7 @@ export class SmartAuthServer {
   }
 
   /** Revokes every access token issued under a grant (refresh-token reuse, code reuse, revocation). */
-  private async revokeGrantTokens(grantId: string): Promise<void> {
+  async revokeGrantTokens(grantId: string): Promise<void> {
     await this.flush();
     const rows = await artifactsOfGrant(this.svc.db.knex, grantId);
     let n = 0;

@@ -4,7 +4,8 @@
 // file configures it for SMART App Launch 2.x and Backend Services; what oidc-provider leaves open
 // (SMART scopes, launch context, the stricter client-assertion rules) is decided here.
 import { createHash, createHmac } from 'node:crypto';
-import Provider, { errors, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
+import type Provider from 'oidc-provider';
+import type { Configuration, KoaContextWithOIDC } from 'oidc-provider';
 import type { Queryable } from '../storage/db.js';
 import { findArtifact, findUserRow, insertArtifactOnce } from '../storage/auth-store.js';
 import type { SigningRingFile } from '../auth/signing-keys.js';
@@ -70,7 +71,34 @@ export function clientScopes(client: { [k: string]: unknown } | undefined): stri
   return typeof s === 'string' ? s : '';
 }
 
-export function buildProvider(o: ProviderOptions): Provider {
+type OidcModule = typeof import('oidc-provider');
+let loaded: OidcModule | undefined;
+
+/**
+ * oidc-provider, imported when the authorization server starts (not by every `vesta` command). Its
+ * import prints a support notice on Node.js 20 with console.warn; that line goes to Vesta's log
+ * instead, so command output and JSON logs stay clean.
+ */
+export async function loadOidcProvider(log: Logger): Promise<OidcModule> {
+  if (loaded) return loaded;
+  const warn = console.warn;
+  const notices: string[] = [];
+  console.warn = (...args: unknown[]) => {
+    const line = String(args[0] ?? '');
+    if (line.includes('oidc-provider WARNING')) notices.push(line.replace(/\x1b\[[0-9;]*m/g, ''));
+    else warn(...args);
+  };
+  try {
+    loaded = await import('oidc-provider');
+  } finally {
+    console.warn = warn;
+  }
+  for (const n of notices) log.warn({ node: process.version }, n);
+  return loaded;
+}
+
+export async function buildProvider(o: ProviderOptions): Promise<Provider> {
+  const { default: ProviderClass, errors } = await loadOidcProvider(o.log);
   const Adapter = adapterFactory(o.db, o.hooks);
   const tokenUrl = `${o.authBase}/token`;
   const hasRs256 = o.ring.keys.some((k) => k.alg === 'RS256');
@@ -231,7 +259,7 @@ export function buildProvider(o: ProviderOptions): Provider {
     },
   };
   if (!hasRs256) o.log.warn('the token-signing key ring has no RS256 key: id tokens (openid) cannot be issued; add one with vesta keys rotate-signing');
-  const provider = new Provider(o.issuer, config);
+  const provider = new ProviderClass(o.issuer, config);
   const canonical = new URL(o.authBase);
   provider.proxy = true;
   void canonical;

@@ -7,6 +7,16 @@ import { exportJWK, generateKeyPair, SignJWT, decodeJwt, jwtVerify, createRemote
 import { concurrencyBackends, startTestServer, type TestServer, authed } from '../support/backends.js';
 import { Browser, hidden, action } from '../support/browser.js';
 import { addClient, addUser } from '../../src/auth-server/admin.js';
+import { pino } from 'pino';
+import { createServer, type Server } from 'node:http';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/** Every log line of the server, and every secret handed out or typed: no line may contain one. */
+const logLines: string[] = [];
+const secrets: string[] = ['doc-password-1', 'pat-password-1', 'victim-password-1'];
 
 const backend = concurrencyBackends()[0];
 const REDIRECT = 'http://127.0.0.1:9/callback';
@@ -58,7 +68,9 @@ async function backendToken(clientId: string, k: Keys, scope = 'system/*.rs', ov
       client_assertion: await assertion(clientId, k, over),
     }),
   });
-  return { status: res.status, body: (await res.json()) as Record<string, unknown>, headers: res.headers };
+  const body = (await res.json()) as Record<string, unknown>;
+  if (typeof body.access_token === 'string') secrets.push(body.access_token);
+  return { status: res.status, body, headers: res.headers };
 }
 
 /** Runs an authorization request through login, picker and consent; returns the redirect back to the app. */
@@ -97,6 +109,8 @@ async function authorize(
       page = await browser.go(action(page.html, '/consent'), { form: { csrf, scope: scopes } }, atApp);
     } else throw new Error(`unexpected page: ${page.html.slice(0, 400)}`);
   }
+  const code = page.status === 0 ? new URL(page.url).searchParams.get('code') : null;
+  if (code) secrets.push(code);
   if (page.status !== 0) throw new Error(`the flow did not return to the app: ${pages.map((p) => /<title>([^<]*)/.exec(p)?.[1]).join(' > ')} > ${page.status} ${page.html.slice(page.html.indexOf('<body>'), page.html.indexOf('<body>') + 1500)}`);
   return { location: new URL(page.url), browser, pages };
 }
@@ -107,17 +121,20 @@ async function exchange(code: string, verifier: string, extra: Record<string, st
     headers: { 'content-type': 'application/x-www-form-urlencoded' },
     body: new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: REDIRECT, client_id: 'app-public', code_verifier: verifier, ...extra }),
   });
-  return { status: res.status, body: (await res.json()) as Record<string, unknown>, headers: res.headers };
+  const body = (await res.json()) as Record<string, unknown>;
+  for (const k of ['access_token', 'refresh_token', 'id_token']) if (typeof body[k] === 'string') secrets.push(body[k] as string);
+  return { status: res.status, body, headers: res.headers };
 }
 
 beforeAll(async () => {
-  t = await startTestServer(backend, { AUTH_JWKS_URI_LOOPBACK: 'on' });
+  t = await startTestServer(backend, { AUTH_JWKS_URI_LOOPBACK: 'on' }, { log: pino({ level: 'info' }, { write: (l: string) => void logLines.push(l) }) });
   base = t.svc.config.baseUrl;
   tokenUrl = `${base}/auth/token`;
   es384 = await keyPair('ES384');
   rs384 = await keyPair('RS384');
   const api = authed(t);
   await api.put('/Patient/pt1').send({ resourceType: 'Patient', id: 'pt1', name: [{ family: 'Picker', given: ['Pat'] }], birthDate: '1970-01-01' }).expect(201);
+  await api.put('/Practitioner/p1').send({ resourceType: 'Practitioner', id: 'p1', name: [{ family: 'Doctor' }] }).expect(201);
   await api.put('/Patient/pt2').send({ resourceType: 'Patient', id: 'pt2', name: [{ family: 'Other', given: ['Olga'] }] }).expect(201);
   await api.put('/Encounter/enc1').send({ resourceType: 'Encounter', id: 'enc1', status: 'finished', class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' }, subject: { reference: 'Patient/pt1' } }).expect(201);
   const q = t.svc.db.knex;
@@ -145,6 +162,19 @@ describe(`SMART authorization server (${backend})`, () => {
     expect(c.grant_types_supported).toEqual(expect.arrayContaining(['authorization_code', 'client_credentials', 'refresh_token']));
     for (const cap of ['launch-ehr', 'launch-standalone', 'client-public', 'client-confidential-asymmetric', 'context-ehr-patient', 'context-ehr-encounter', 'context-standalone-patient', 'sso-openid-connect', 'permission-v1', 'permission-v2', 'permission-patient', 'permission-user', 'permission-offline', 'authorize-post'])
       expect(c.capabilities).toContain(cap);
+    // The CapabilityStatement carries the same endpoints (SMART oauth-uris extension).
+    const cs = (await (await fetch(`${base}/metadata`)).json()) as { rest: { security: { extension?: { url: string; extension: { url: string; valueUri: string }[] }[] } }[] };
+    const uris = cs.rest[0].security.extension?.find((e) => e.url === 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris');
+    expect(Object.fromEntries((uris?.extension ?? []).map((e) => [e.url, e.valueUri]))).toEqual({
+      authorize: c.authorization_endpoint,
+      token: c.token_endpoint,
+      introspect: c.introspection_endpoint,
+      revoke: c.revocation_endpoint,
+    });
+    // OpenID Connect discovery at the issuer names the same endpoints.
+    const oidc = (await (await fetch(`${base}/.well-known/openid-configuration`)).json()) as Record<string, unknown>;
+    expect([oidc.issuer, oidc.authorization_endpoint, oidc.token_endpoint]).toEqual([c.issuer, c.authorization_endpoint, c.token_endpoint]);
+    expect(oidc.code_challenge_methods_supported).toEqual(['S256']);
   });
 
   test('standalone launch: login, picker, consent, code exchange, token with patient', async () => {
@@ -168,6 +198,26 @@ describe(`SMART authorization server (${backend})`, () => {
     const { payload, protectedHeader } = await jwtVerify(String(r.body.id_token), createRemoteJWKSet(new URL(`${base}/.well-known/jwks.json`)), { issuer: base, audience: 'app-public' });
     expect(protectedHeader.alg).toBe('RS256');
     expect(payload.fhirUser).toBe(`${base}/Practitioner/p1`);
+    // fhirUser resolves: the user's own record, read with a user-scoped token.
+    const p2 = pkce();
+    const { location: l2 } = await authorize({ scope: 'openid fhirUser user/Practitioner.rs', challenge: p2.challenge });
+    const r2 = await exchange(l2.searchParams.get('code')!, p2.verifier);
+    const idt = decodeJwt(String(r2.body.id_token));
+    const me = await fetch(String(idt.fhirUser), { headers: { authorization: `Bearer ${String(r2.body.access_token)}` } });
+    expect([me.status, ((await me.json()) as { id: string }).id]).toEqual([200, 'p1']);
+  });
+
+  test('sign-in cookies are HttpOnly and SameSite; pages forbid framing and scripts', async () => {
+    const b = new Browser();
+    const p = new URLSearchParams({ response_type: 'code', client_id: 'app-public', redirect_uri: REDIRECT, scope: 'patient/*.rs', state: 's', aud: base, code_challenge: pkce().challenge, code_challenge_method: 'S256' });
+    const first = await b.fetch(`${base}/auth/authorize?${p}`);
+    const cookies = first.headers.getSetCookie();
+    expect(cookies.length).toBeGreaterThan(0);
+    for (const c of cookies) expect([c.split('=')[0], /;\s*httponly/i.test(c), /;\s*samesite=lax/i.test(c)]).toEqual([c.split('=')[0], true, true]);
+    const page = await b.go(new URL(first.headers.get('location')!, base).href);
+    expect(page.headers.get('x-frame-options')).toBe('DENY');
+    expect(page.headers.get('content-security-policy')).toMatch(/default-src 'none'/);
+    expect(page.html).not.toMatch(/<script/i);
   });
 
   test('consent: the user may grant fewer scopes; the token says what was granted', async () => {
@@ -177,6 +227,27 @@ describe(`SMART authorization server (${backend})`, () => {
     expect(r.status).toBe(200);
     expect(String(r.body.scope).split(' ').sort()).toEqual(['launch/patient', 'patient/*.rs']);
     expect(r.body.id_token).toBeUndefined();
+  });
+
+  test('a client never gets more than its registration allows', async () => {
+    // app-other may have launch/patient and patient/*.rs only. A clinical scope beyond that is
+    // dropped (the consent page says so); an OpenID or refresh scope it may not have fails the request.
+    const p = pkce();
+    const { location, pages } = await authorize({ clientId: 'app-other', redirect: 'http://127.0.0.1:9/other', scope: 'launch/patient patient/Observation.rs user/*.rs patient/*.cruds', challenge: p.challenge });
+    expect(pages.at(-1)).toMatch(/<code>user\/\*\.rs<\/code> \(not allowed for this app\)/);
+    expect(pages.at(-1)).toMatch(/<code>patient\/\*\.cruds<\/code> \(not allowed for this app\)/);
+    const oidcScope = await authorize({ clientId: 'app-other', redirect: 'http://127.0.0.1:9/other', scope: 'launch/patient patient/*.rs openid offline_access' });
+    expect([oidcScope.location.searchParams.get('error'), oidcScope.location.searchParams.get('code')]).toEqual(['invalid_scope', null]);
+    const res = await fetch(tokenUrl, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ grant_type: 'authorization_code', code: location.searchParams.get('code')!, redirect_uri: 'http://127.0.0.1:9/other', client_id: 'app-other', code_verifier: p.verifier }),
+    });
+    const body = (await res.json()) as Record<string, unknown>;
+    expect(res.status).toBe(200);
+    secrets.push(String(body.access_token));
+    expect(String(body.scope).split(' ').sort()).toEqual(['launch/patient', 'patient/Observation.rs']);
+    expect(body.refresh_token).toBeUndefined();
   });
 
   test('a patient user needs no picker and gets their own record; never user/ scopes', async () => {
@@ -413,5 +484,92 @@ describe(`attacks on the authorization server, each refused (${backend})`, () =>
     const fresh = await assertion('backend', rs384);
     const all = await Promise.all([1, 2, 3, 4].map(() => post(fresh)));
     expect(all.filter((r) => r.status === 200)).toHaveLength(1);
+  });
+
+  test('client JWKS URLs: a body over the size cap or an answer slower than the timeout is refused', async () => {
+    const big = await keyPair('ES384');
+    let mode: 'big' | 'slow' = 'big';
+    const srv: Server = createServer((_req, res) => {
+      if (mode === 'big') {
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ keys: [big.publicJwk], padding: 'x'.repeat(100 * 1024) }));
+      } else setTimeout(() => res.end(JSON.stringify({ keys: [big.publicJwk] })), 4000).unref();
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+    const url = `http://127.0.0.1:${(srv.address() as { port: number }).port}/jwks.json`;
+    try {
+      await addClient(t.svc.db.knex, { client_id: 'backend-big', type: 'confidential-asymmetric', redirect_uris: [], scope: 'system/*.rs', jwks_uri: url }, { allowLoopbackJwksUri: true });
+      const r = await backendToken('backend-big', big, 'system/Patient.rs');
+      expect([r.status, r.body.error]).toEqual([401, 'invalid_client']);
+      mode = 'slow';
+      await addClient(t.svc.db.knex, { client_id: 'backend-slow', type: 'confidential-asymmetric', redirect_uris: [], scope: 'system/*.rs', jwks_uri: url }, { allowLoopbackJwksUri: true });
+      const started = Date.now();
+      const s2 = await backendToken('backend-slow', big, 'system/Patient.rs');
+      expect([s2.status, s2.body.error]).toEqual([401, 'invalid_client']);
+      expect(Date.now() - started).toBeLessThan(3900);
+    } finally {
+      srv.closeAllConnections();
+      srv.close();
+    }
+  });
+
+  test('vesta users add and clients add: stored, listed, and bad input refused with one line per problem', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vesta-admin-'));
+    const cli = join(process.cwd(), 'dist/src/cli/vesta.js');
+    const env = { ...process.env, DATA_DIR: dir, LOG_LEVEL: 'silent', DATABASE_URL: '' };
+    const run = (args: string[], input?: string) => spawnSync(process.execPath, [cli, ...args], { env, input: input ?? '', encoding: 'utf8', timeout: 60_000 });
+    try {
+      const added = run(['users', 'add', 'carol', '--fhir-user', 'Practitioner/123', '--password-stdin'], 'carol-password-1\n');
+      expect([added.status, added.stdout.trim(), added.stderr]).toEqual([0, 'user carol created', '']);
+      const short = run(['users', 'add', 'dave', '--password-stdin'], 'short\n');
+      expect([short.status, short.stderr.trim()]).toEqual([1, 'vesta: the password must have at least 8 characters']);
+      const client = run(['clients', 'add', 'bad-app', '--type', 'public', '--scope', 'system/*.rs nonsense']);
+      expect(client.status).toBe(1);
+      expect(client.stderr.trim().split('\n')).toEqual([
+        'vesta: scope nonsense is neither a SMART clinical scope nor one of openid, fhirUser, profile, launch, launch/patient, launch/encounter, offline_access, online_access',
+        'vesta: a public client needs at least one redirect URI',
+        'vesta: a public client cannot be allowed system/ scopes',
+      ]);
+      const ok = run(['clients', 'add', 'good-app', '--type', 'public', '--scope', 'launch/patient patient/*.rs', '--redirect-uri', 'https://app.example/cb']);
+      expect([ok.status, ok.stdout.trim()]).toEqual([0, 'client good-app created']);
+      const list = run(['users', 'list']);
+      expect(list.stdout).toMatch(/^carol\tPractitioner\/123\tenabled\tuser\/\*\.cruds patient\/\*\.cruds$/m);
+      expect(list.stdout).not.toMatch(/scrypt|carol-password/);
+      expect(run(['clients', 'list']).stdout).toMatch(/^good-app\tpublic\tlaunch\/patient patient\/\*\.rs\thttps:\/\/app\.example\/cb$/m);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+
+  test('logs name the events and never a password, token, code or assertion', () => {
+    const text = logLines.join('');
+    for (const event of ['login.succeeded', 'login.failed', 'login.throttled', 'token.issued', 'token.refused', 'consent.given', 'token.revoked', 'grant.revoked', 'launch.created']) expect([event, text.includes(`"event":"${event}"`)]).toEqual([event, true]);
+    const leaked = secrets.filter((sct) => sct && text.includes(sct));
+    expect(leaked).toEqual([]);
+  });
+
+  // Last: it leaves this server's test address throttled for the rest of the window.
+  test('login is throttled per address across user names', async () => {
+    const perUser = t.svc.config.authLoginMaxFailures;
+    const perAddress = t.svc.config.authLoginMaxFailuresAddress;
+    const b = new Browser();
+    const p = new URLSearchParams({ response_type: 'code', client_id: 'app-public', redirect_uri: REDIRECT, scope: 'patient/*.rs', state: 's', aud: base, code_challenge: pkce().challenge, code_challenge_method: 'S256' });
+    const page = await b.go(`${base}/auth/authorize?${p}`);
+    const csrf = hidden(page.html, 'csrf');
+    const login = action(page.html, '/login');
+    let failures = 0;
+    let n = 0;
+    let last = 0;
+    // Spread guesses over many names, fewer than the per-user limit each, until the address limit bites.
+    while (failures < perAddress + 1) {
+      const name = `nobody-${Math.floor(n++ / (perUser - 1))}`;
+      last = (await b.fetch(login, { form: { csrf, username: name, password: 'guess-guess' } })).status;
+      if (last === 429) break;
+      expect(last).toBe(401);
+      failures++;
+    }
+    expect(last).toBe(429);
+    const right = await b.fetch(login, { form: { csrf, username: 'doc', password: 'doc-password-1' } });
+    expect(right.status).toBe(429);
   });
 });

@@ -235,7 +235,9 @@ describe('bearer tokens', () => {
   test('after a signing-key rotation, tokens signed with the older key still verify; new ones use the new kid', async () => {
     const rotated = await rotateSigningRing(TEST_SIGNING_RING);
     const verifier = (ring: typeof rotated) => new TokenVerifier({ ownIssuer: t.url, ownAudience: t.url, ownKeys: publicJwks(ring), external: [], skewSeconds: 30, revocations: t.svc.auth.revocations });
-    expect(publicJwks(rotated).keys.map((k) => k.kid)).toEqual([TEST_SIGNING_RING.active, rotated.active]);
+    // Each rotation adds an ES256 access-token key (the active one) and an RS256 id-token key.
+    expect(publicJwks(rotated).keys.filter((k) => k.alg === 'ES256').map((k) => k.kid)).toEqual([TEST_SIGNING_RING.active, rotated.active]);
+    expect(publicJwks(rotated).keys.filter((k) => k.alg === 'RS256')).toHaveLength(2);
     const old = await tokenFor(t.url);
     expect((await verifier(rotated).verify(old)).scope).toBe('system/*.cruds');
     const fresh = await signAccessToken(rotated, { issuer: t.url, audience: t.url, subject: 'ops', clientId: 'ops', scope: 'system/Patient.s', ttlSeconds: 60 });

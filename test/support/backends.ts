@@ -5,7 +5,7 @@ import { createServer } from 'node:net';
 import pg from 'pg';
 import { loadConfig, type Config } from '../../src/config/config.js';
 import type { Services } from '../../src/interactions/context.js';
-import { createLogger } from '../../src/log/logger.js';
+import { createLogger, type Logger } from '../../src/log/logger.js';
 import { buildServices, startServer, type Running } from '../../src/server.js';
 import { openDatabase, type Database } from '../../src/storage/db.js';
 import { generateKeyRing } from '../../src/crypto/key-ring.js';
@@ -108,7 +108,7 @@ export interface TestServer {
 }
 
 /** A server on a random port over a fresh database of the given backend. */
-export async function startTestServer(backend: BackendName, env: Record<string, string> = {}): Promise<TestServer> {
+export async function startTestServer(backend: BackendName, env: Record<string, string> = {}, opts: { log?: Logger } = {}): Promise<TestServer> {
   let db: Database;
   let drop: (() => Promise<void>) | undefined;
   if (backend === 'pg') {
@@ -122,7 +122,7 @@ export async function startTestServer(backend: BackendName, env: Record<string, 
     db = openDatabase({ dataDir: ':memory:' });
   }
   const config = await testConfig(env);
-  const svc = await buildServices(config, createLogger('silent'), db);
+  const svc = await buildServices(config, opts.log ?? createLogger('silent'), db);
   const running = await startServer(svc);
   return {
     svc,
