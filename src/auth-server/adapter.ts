@@ -9,7 +9,6 @@ import {
   findArtifact,
   findArtifactByUid,
   findClientRow,
-  insertArtifactOnce,
   upsertArtifact,
 } from '../storage/auth-store.js';
 import { toProviderMetadata, type ClientRegistration } from './clients.js';
@@ -37,16 +36,14 @@ export function adapterFactory(q: Queryable, hooks: AdapterHooks): new (name: st
     async upsert(id: string, payload: Record<string, unknown>, expiresIn?: number): Promise<void> {
       if (this.name === 'Client') throw new Error('clients are registered with vesta clients add');
       const expiresAt = expiresIn ? new Date(Date.now() + expiresIn * 1000) : undefined;
-      if (this.name === 'ReplayDetection') {
-        // A repeated jti must fail: oidc-provider's own replay check reads then writes, so the
-        // atomic insert here is what refuses a concurrent replay (see provider.ts assertion checks).
-        await insertArtifactOnce(q, this.name, id, payload, expiresAt ?? new Date(Date.now() + 600_000));
-        return;
-      }
+      // oidc-provider's own replay check (find, then save) is not atomic; Vesta's client-assertion
+      // check in provider.ts inserts each jti atomically before it runs, so this one stores nothing.
+      if (this.name === 'ReplayDetection') return;
       await upsertArtifact(q, this.name, id, payload, typeof payload.grantId === 'string' ? payload.grantId : undefined, typeof payload.uid === 'string' ? payload.uid : undefined, expiresAt);
     }
 
     async find(id: string): Promise<Record<string, unknown> | undefined> {
+      if (this.name === 'ReplayDetection') return undefined;
       if (this.name === 'Client') {
         const reg = await findClientRow(q, id);
         return reg ? toProviderMetadata(reg as unknown as ClientRegistration) : undefined;

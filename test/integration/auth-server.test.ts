@@ -8,6 +8,7 @@ import { concurrencyBackends, startTestServer, type TestServer, authed } from '.
 import { Browser, hidden, action } from '../support/browser.js';
 import { addClient, addUser } from '../../src/auth-server/admin.js';
 import { pino } from 'pino';
+import { RevocationList } from '../../src/auth/revocations.js';
 import { createServer, type Server } from 'node:http';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -423,6 +424,10 @@ describe(`attacks on the authorization server, each refused (${backend})`, () =>
     expect((await revoke(at, 'app-other')).status).toBe(400);
     expect((await revoke(at)).status).toBe(200);
     expect((await fetch(`${base}/Patient/pt1`, { headers: { authorization: `Bearer ${at}` } })).status).toBe(401);
+    // Every other node reads it on its next refresh (AUTH_REVOCATION_REFRESH, 10 s by default).
+    const otherNode = new RevocationList(t.svc.db.knex, 0);
+    await otherNode.start();
+    expect(otherNode.has(String(decodeJwt(at).jti))).toBe(true);
     expect((await introspect(at)).body).toEqual({ active: false });
     expect((await revoke(String(r.body.refresh_token))).status).toBe(200);
     expect((await introspect(String(r.body.refresh_token))).body).toEqual({ active: false });
