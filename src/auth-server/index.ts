@@ -169,6 +169,11 @@ export class SmartAuthServer {
     // your access_token"), read back from the access token just signed; no-store and no-cache.
     provider.use(async (ctx, next) => {
       await next();
+      if (ctx.path === '/.well-known/openid-configuration' && ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
+        // Vesta's own endpoints, which oidc-provider does not know about.
+        Object.assign(ctx.body as Record<string, unknown>, { introspection_endpoint: this.endpoints.introspect, revocation_endpoint: this.endpoints.revoke, jwks_uri: this.endpoints.jwks });
+        return;
+      }
       if (ctx.path !== '/token' || ctx.method !== 'POST') return;
       ctx.set('Cache-Control', 'no-store');
       ctx.set('Pragma', 'no-cache');

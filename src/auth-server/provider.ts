@@ -252,6 +252,9 @@ export async function buildProvider(o: ProviderOptions): Promise<Provider> {
       return globalThis.fetch(url, { ...(options as RequestInit), redirect: 'error' });
     },
     fetchResponseBodyLimits: { jwks_uri: MAX_JWKS_BYTES } as never,
+    // CORS is Vesta's (CORS_ORIGINS, answered before oidc-provider sees the request); for an origin
+    // outside that list, a public client's own redirect origins may still call the token endpoint.
+    clientBasedCORS: (_ctx, origin, client) => origin !== 'null' && client.clientAuthMethod === 'none' && (client.redirectUris ?? []).some((uri) => URL.parse(uri)?.origin === origin),
     renderError: async (ctx, out) => {
       ctx.type = 'html';
       const esc = (s: unknown) => String(s ?? '').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);

@@ -176,6 +176,7 @@ describe(`SMART authorization server (${backend})`, () => {
     const oidc = (await (await fetch(`${base}/.well-known/openid-configuration`)).json()) as Record<string, unknown>;
     expect([oidc.issuer, oidc.authorization_endpoint, oidc.token_endpoint]).toEqual([c.issuer, c.authorization_endpoint, c.token_endpoint]);
     expect(oidc.code_challenge_methods_supported).toEqual(['S256']);
+    expect([oidc.introspection_endpoint, oidc.revocation_endpoint, oidc.jwks_uri]).toEqual([c.introspection_endpoint, c.revocation_endpoint, c.jwks_uri]);
   });
 
   test('standalone launch: login, picker, consent, code exchange, token with patient', async () => {
@@ -289,6 +290,13 @@ describe(`SMART authorization server (${backend})`, () => {
     const res = await fetch(`${base}/auth/authorize`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'response_type=code&client_id=app-public&state=x', redirect: 'manual' });
     expect(res.status).toBe(303);
     expect(res.headers.get('location')).toBe(`${base}/auth/authorize?response_type=code&client_id=app-public&state=x`);
+  });
+
+  test('browser apps may call the token endpoint cross-origin (CORS preflight and response)', async () => {
+    const pre = await fetch(tokenUrl, { method: 'OPTIONS', headers: { origin: 'https://app.example', 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type' } });
+    expect([pre.status, pre.headers.get('access-control-allow-origin')]).toEqual([204, '*']);
+    const res = await fetch(tokenUrl, { method: 'POST', headers: { origin: 'https://app.example', 'content-type': 'application/x-www-form-urlencoded' }, body: 'grant_type=refresh_token&refresh_token=nope&client_id=app-public' });
+    expect([res.status, res.headers.get('access-control-allow-origin')]).toEqual([400, '*']);
   });
 });
 

@@ -46,4 +46,10 @@ describe('architecture', () => {
       .flatMap((f) => f.imports.filter((i) => /(^|\/)interactions\//.test(i)).map((i) => `${f.file} -> ${i}`));
     expect(bad).toEqual([]);
   });
+
+  test('only the composition root, cli/ and http/ import auth-server/ (an edge like http/)', () => {
+    const allowed = (f: { file: string; area: string }) => f.area === 'auth-server' || f.area === 'http' || f.area === 'cli' || f.file === 'server.ts';
+    const bad = all.filter((f) => !allowed(f)).flatMap((f) => f.imports.filter((i) => /(^|\/)auth-server\//.test(i)).map((i) => `${f.file} -> ${i}`));
+    expect(bad).toEqual([]);
+  });
 });
