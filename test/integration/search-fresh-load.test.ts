@@ -130,9 +130,12 @@ pgOnly('ANALYZE after large writes', () => {
       await t.running.stats.idle();
       const tables = t.running.stats.history.flatMap((h) => h.tables);
       expect(tables).toEqual(expect.arrayContaining(['resource', 'idx_reference', 'idx_token']));
-      // The planner now knows the tables' sizes (ANALYZE ran; migrations analyzed them empty).
-      expect(await reltuples('resource')).toBeGreaterThan(1000);
-      expect(await reltuples('idx_reference')).toBeGreaterThan(1000);
+      // The planner now knows the tables' sizes (ANALYZE ran; migrations analyzed them empty). On a
+      // loaded machine the load pauses longer than PLANNER_ANALYZE_DELAY_MS between Bundles, and the
+      // last ANALYZE may come before its end (828 of about 1,200 resources seen once under a parallel
+      // suite): past the threshold is what proves a background ANALYZE saw the load.
+      expect(await reltuples('resource')).toBeGreaterThan(500);
+      expect(await reltuples('idx_reference')).toBeGreaterThan(500);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
