@@ -322,6 +322,20 @@ describe(`attacks on the authorization server, each refused (${backend})`, () =>
     }
   });
 
+  test('codes live at most 60 s; oversized or malformed token requests are 4xx, never 5xx', async () => {
+    const { location } = await authorize({ scope: 'launch/patient patient/*.rs' });
+    const rows = (await t.svc.db.knex.raw("select payload from oauth_artifact where kind = 'AuthorizationCode'")) as { rows: { payload: { jti: string; iat: number; exp: number } | string }[] };
+    const codes = rows.rows.map((r) => (typeof r.payload === 'string' ? JSON.parse(r.payload) : r.payload) as { jti: string; iat: number; exp: number });
+    const mine = codes.find((c) => c.jti === location.searchParams.get('code'));
+    expect(mine && mine.exp - mine.iat).toBe(60);
+    for (const body of ['grant_type=authorization_code&code=' + 'x'.repeat(100 * 1024), 'grant_type=nonsense', '%%%', '']) {
+      const res = await fetch(tokenUrl, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body });
+      expect([body.slice(0, 30), res.status >= 400 && res.status < 500]).toEqual([body.slice(0, 30), true]);
+    }
+    const json = await fetch(`${base}/auth/launch`, { method: 'POST', headers: { authorization: `Bearer ${t.token}`, 'content-type': 'application/json' }, body: '{"patient":' });
+    expect(json.status).toBe(400);
+  });
+
   test('a code is single-use: reuse fails and revokes the tokens it gave', async () => {
     const { verifier, challenge } = pkce();
     const { location } = await authorize({ scope: 'launch/patient patient/*.rs', challenge });
