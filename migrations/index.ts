@@ -11,6 +11,7 @@ import * as m0007 from './0007_c_collation.js';
 import * as m0008 from './0008_text_index.js';
 import * as m0009 from './0009_revoked_tokens.js';
 import * as m0010 from './0010_auth_server.js';
+import * as m0011 from './0011_audit_ledger.js';
 
 export interface Migration {
   name: string;
@@ -29,4 +30,5 @@ export const MIGRATIONS: Migration[] = [
   { name: '0008_text_index', ...m0008 },
   { name: '0009_revoked_tokens', ...m0009 },
   { name: '0010_auth_server', ...m0010 },
+  { name: '0011_audit_ledger', ...m0011 },
 ];

@@ -16,6 +16,7 @@ import { createLogger } from '../log/logger.js';
 import { openDatabase, type Database } from '../storage/db.js';
 import { addClient, addUser, AdminError, listClients, listUsers, setUserDisabled } from '../auth-server/admin.js';
 import type { ClientType } from '../auth-server/clients.js';
+import { auditCommand } from './audit.js';
 import { DataDirLockedError } from '../storage/data-dir-lock.js';
 import { analyzeTables, SEARCHED_TABLES } from '../storage/planner-stats.js';
 import { migrateLatest } from '../storage/migrate.js';
@@ -47,6 +48,10 @@ const USAGE = `usage: vesta <command>
             register (or update) a SMART client: public apps use PKCE; confidential-asymmetric
             apps and Backend Services authenticate with private_key_jwt against their JWKS
   clients list
+  audit verify [--from POSITION] [--to POSITION]
+            check the audit ledger: every entry's digest and hash, every checkpoint's signature
+            and head (AUDIT_CHECKPOINT_DIR), and the not-yet-linked window; exit 1 on any break
+  keys init-audit                    print a new audit checkpoint-signing key ring (JSON)
   keys init-signing                  print a new token-signing key ring (JSON)
   keys rotate-signing <ring file>    add a new active signing key (older keys keep verifying)
   keys rotate-blind <ring file>
@@ -238,6 +243,10 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'keys': {
       const [sub, file] = argv.slice(1);
+      if (sub === 'init-audit') {
+        process.stdout.write(JSON.stringify(await generateSigningRing(), null, 2) + '\n');
+        return 0;
+      }
       if (sub === 'init-signing') {
         process.stdout.write(JSON.stringify(await generateSigningRing(), null, 2) + '\n');
         return 0;
@@ -290,6 +299,8 @@ async function main(argv: string[]): Promise<number> {
       return token(argv.slice(1));
     case 'users':
       return users(argv.slice(1));
+    case 'audit':
+      return auditCommand(argv.slice(1));
     case 'clients':
       return clients(argv.slice(1));
     case 'load': {

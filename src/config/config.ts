@@ -1,5 +1,5 @@
 // Environment -> frozen, typed Config. A bad value stops start-up with one line naming the variable.
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
@@ -54,6 +54,18 @@ export interface Config {
   authLoginWindowMs: number;
   /** Client JWKS URLs on http://localhost (AUTH_JWKS_URI_LOOPBACK=on): development and tests only. */
   authJwksUriLoopback: boolean;
+  /** Audit ledger (issue 16): checkpoint-signing key ring (AUDIT_KEYS_FILE or AUDIT_KEYS; embedded default beside the data). */
+  auditKeysFile: string | undefined;
+  auditKeys: string | undefined;
+  /** Directory of the checkpoint file (AUDIT_CHECKPOINT_DIR), outside the database. */
+  auditCheckpointDir: string;
+  /** A checkpoint every AUDIT_CHECKPOINT_EVERY linked entries or AUDIT_CHECKPOINT_SECONDS. */
+  auditCheckpointEvery: number;
+  auditCheckpointMs: number;
+  /** How often the sequencer links committed entries (AUDIT_LINK_INTERVAL_MS). */
+  auditLinkIntervalMs: number;
+  /** Unlinked entries older than this fail `vesta audit verify` (AUDIT_MAX_UNLINKED_SECONDS). */
+  auditMaxUnlinkedMs: number;
   // Request bounds (issue 14, part B): search/history budgets, statement timeout, request deadline.
   /** Limits on one search or history request, checked before any SQL (SEARCH_MAX_*). */
   searchBudgets: {
@@ -276,6 +288,13 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     authLoginMaxFailuresAddress: int(env, 'AUTH_LOGIN_MAX_FAILURES_ADDRESS', 20, 1, 100000),
     authLoginWindowMs: int(env, 'AUTH_LOGIN_WINDOW', 900, 10, 86400) * 1000,
     authJwksUriLoopback: onOff(env, 'AUTH_JWKS_URI_LOOPBACK', false),
+    auditKeysFile: env.AUDIT_KEYS_FILE?.trim() ? resolve(env.AUDIT_KEYS_FILE.trim()) : undefined,
+    auditKeys: env.AUDIT_KEYS?.trim() || undefined,
+    auditCheckpointDir: resolve(env.AUDIT_CHECKPOINT_DIR?.trim() || join(resolve(env.DATA_DIR?.trim() || './data'), 'audit-checkpoints')),
+    auditCheckpointEvery: int(env, 'AUDIT_CHECKPOINT_EVERY', 1000, 1, 10_000_000),
+    auditCheckpointMs: int(env, 'AUDIT_CHECKPOINT_SECONDS', 60, 1, 86400) * 1000,
+    auditLinkIntervalMs: int(env, 'AUDIT_LINK_INTERVAL_MS', 100, 10, 60000),
+    auditMaxUnlinkedMs: int(env, 'AUDIT_MAX_UNLINKED_SECONDS', 60, 1, 86400) * 1000,
     // Request bounds (issue 14, part B). Defaults sit far above what real clients send: 30 ANDed
     // `name` values took 0.03 s, 100 took 0.66 s, 300 over 60 s (issue 14's measurements).
     searchBudgets: Object.freeze({

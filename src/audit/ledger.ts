@@ -1,0 +1,23 @@
+// The audit ledger's write side (issue 16): AuditEvents appended as unlinked entries, in the caller's
+// transaction when it has one (a write's record commits or rolls back with the write). The sequencer
+// links them; verify checks them. What an AuditEvent holds (BALP shape, sealed PHI) is decided by
+// the code that builds it; the ledger stores it as given and chains its canonical bytes.
+import { randomUUID } from 'node:crypto';
+import type { Queryable } from '../storage/db.js';
+import { insertEntries, type NewEntry } from '../storage/audit-store.js';
+import { eventDigest } from './chain.js';
+
+export interface LedgerEvent {
+  resourceType: 'AuditEvent';
+  id?: string;
+  recorded: string;
+  [k: string]: unknown;
+}
+
+/** Appends AuditEvents (ids assigned where missing); returns them as stored. */
+export async function appendEvents(q: Queryable, events: LedgerEvent[]): Promise<LedgerEvent[]> {
+  const stored = events.map((e) => (e.id ? e : { ...e, id: randomUUID() }));
+  const rows: NewEntry[] = stored.map((e) => ({ eventId: e.id!, recorded: new Date(e.recorded), event: e, digest: eventDigest(e) }));
+  await insertEntries(q, rows);
+  return stored;
+}
