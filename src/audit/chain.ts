@@ -20,6 +20,11 @@ export function eventDigest(event: unknown): Buffer {
   return createHash('sha256').update(canonicalBytes(event)).digest();
 }
 
+/** The digest of stored canonical text (what verify recomputes: no parsing). */
+export function canonicalDigest(canonical: string): Buffer {
+  return createHash('sha256').update(canonical, 'utf8').digest();
+}
+
 export function linkHash(prevHash: Buffer, position: number, digest: Buffer): Buffer {
   const pos = Buffer.alloc(8);
   pos.writeBigUInt64BE(BigInt(position));

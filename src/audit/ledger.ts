@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Queryable } from '../storage/db.js';
 import { insertEntries, type NewEntry } from '../storage/audit-store.js';
-import { eventDigest } from './chain.js';
+import { canonicalBytes, canonicalDigest } from './chain.js';
 
 export interface LedgerEvent {
   resourceType: 'AuditEvent';
@@ -17,7 +17,10 @@ export interface LedgerEvent {
 /** Appends AuditEvents (ids assigned where missing); returns them as stored. */
 export async function appendEvents(q: Queryable, events: LedgerEvent[]): Promise<LedgerEvent[]> {
   const stored = events.map((e) => (e.id ? e : { ...e, id: randomUUID() }));
-  const rows: NewEntry[] = stored.map((e) => ({ eventId: e.id!, recorded: new Date(e.recorded), event: e, digest: eventDigest(e) }));
+  const rows: NewEntry[] = stored.map((e) => {
+    const canonical = canonicalBytes(e).toString('utf8');
+    return { canonical, digest: canonicalDigest(canonical) };
+  });
   await insertEntries(q, rows);
   return stored;
 }

@@ -5,7 +5,7 @@
 import type { JSONWebKeySet } from 'jose';
 import type { Queryable } from '../storage/db.js';
 import { hashAt, linkedFrom, unlinkedSummary } from '../storage/audit-store.js';
-import { eventDigest, GENESIS, linkHash } from './chain.js';
+import { canonicalDigest, GENESIS, linkHash } from './chain.js';
 import { checkCheckpoint, type CheckpointPayload, type CheckpointSink } from './checkpoint.js';
 
 export interface VerifyOptions {
@@ -43,6 +43,16 @@ export interface VerifyReport {
 
 const hex = (b: Buffer | undefined) => (b ? b.toString('hex') : 'none');
 
+/** The AuditEvent id in a stored entry, for the report (parsed only for a broken entry). */
+function idOf(canonical: string): string | undefined {
+  try {
+    const id = (JSON.parse(canonical) as { id?: unknown }).id;
+    return typeof id === 'string' ? id : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export async function verifyLedger(q: Queryable, o: VerifyOptions): Promise<VerifyReport> {
   const started = process.hrtime.bigint();
   const clock = o.clock ?? (() => new Date());
@@ -73,34 +83,45 @@ export async function verifyLedger(q: Queryable, o: VerifyOptions): Promise<Veri
   let expected = from;
   let checked = 0;
   let firstBreak: Break | undefined;
+  // The hash before `prev` (for naming an inserted entry), unknown at a partial start.
+  let prevPrev: Buffer | undefined = from === 0 ? undefined : from >= 2 ? await hashAt(q, from - 2) : GENESIS;
+  // The next batch is read while this one is hashed.
+  let next = linkedFrom(q, expected, batch, o.to);
   scan: for (;;) {
-    const rows = await linkedFrom(q, expected, batch, o.to);
+    const rows = await next;
+    if (rows.length === batch) next = linkedFrom(q, rows[rows.length - 1].position + 1, batch, o.to);
     for (const r of rows) {
       if (r.position !== expected) {
         firstBreak = { position: expected, problem: `entry ${expected} is missing: the next stored entry has position ${r.position} (deleted, or positions rewritten)` };
         break scan;
       }
-      const digest = eventDigest(r.event);
+      const digest = canonicalDigest(r.canonical);
       if (!digest.equals(r.digest)) {
-        firstBreak = { position: r.position, eventId: r.eventId, problem: `the AuditEvent does not match its digest (stored ${hex(r.digest)}, computed ${hex(digest)}): its content was changed` };
+        firstBreak = { position: r.position, eventId: idOf(r.canonical), problem: `the AuditEvent does not match its digest (stored ${hex(r.digest)}, computed ${hex(digest)}): its content was changed` };
         break scan;
       }
       if (!r.prevHash || !r.prevHash.equals(prev)) {
-        firstBreak = { position: r.position, eventId: r.eventId, problem: `its previous-hash is ${hex(r.prevHash)} but entry ${r.position - 1} hashes to ${hex(prev)}: an entry before it was changed, removed or inserted` };
+        // An entry that is consistent with the position before its own, after the entry before it:
+        // the entry before it was inserted (it carries a forged but well-formed link).
+        const shifted = prevPrev !== undefined && r.prevHash?.equals(prevPrev) && r.hash?.equals(linkHash(prevPrev, r.position - 1, digest));
+        firstBreak = shifted
+          ? { position: r.position - 1, problem: `entry ${r.position - 1} was inserted: the entry after it still links to entry ${r.position - 2} as if it stood at position ${r.position - 1}` }
+          : { position: r.position, eventId: idOf(r.canonical), problem: `its previous-hash is ${hex(r.prevHash)} but entry ${r.position - 1} hashes to ${hex(prev)}: an entry before it was changed, removed or inserted` };
         break scan;
       }
       const hash = linkHash(prev, r.position, digest);
       if (!r.hash || !r.hash.equals(hash)) {
-        firstBreak = { position: r.position, eventId: r.eventId, problem: `its hash is ${hex(r.hash)} but recomputes to ${hex(hash)}` };
+        firstBreak = { position: r.position, eventId: idOf(r.canonical), problem: `its hash is ${hex(r.hash)} but recomputes to ${hex(hash)}` };
         break scan;
       }
       for (const c of bySize.get(r.position + 1) ?? []) {
         if (c.head !== hash.toString('hex')) {
-          firstBreak = { position: r.position, eventId: r.eventId, problem: `the chain does not reproduce the checkpoint of ${c.time} (size ${c.size}): head ${c.head}, chain ${hash.toString('hex')}; the chain was rewritten` };
+          firstBreak = { position: r.position, eventId: idOf(r.canonical), problem: `the chain does not reproduce the checkpoint of ${c.time} (size ${c.size}): head ${c.head}, chain ${hash.toString('hex')}; the chain was rewritten` };
           break scan;
         }
         matched++;
       }
+      prevPrev = prev;
       prev = hash;
       expected++;
       checked++;
@@ -108,6 +129,7 @@ export async function verifyLedger(q: Queryable, o: VerifyOptions): Promise<Veri
     o.onProgress?.(checked, expected - 1);
     if (rows.length < batch) break;
   }
+  await next.catch(() => undefined);
   const last = expected - 1;
   if (!firstBreak && o.to === undefined) {
     // Truncation: a checkpoint covers more entries than the chain holds.

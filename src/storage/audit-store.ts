@@ -6,9 +6,8 @@ type Rows<T> = { rows: T[] };
 const buf = (v: unknown): Buffer => (v instanceof Buffer ? v : Buffer.from(v as Uint8Array));
 
 export interface NewEntry {
-  eventId: string;
-  recorded: Date;
-  event: Record<string, unknown>;
+  /** The AuditEvent as RFC 8785 canonical JSON: the bytes the digest covers. */
+  canonical: string;
   digest: Buffer;
 }
 
@@ -17,8 +16,8 @@ export async function insertEntries(q: Queryable, entries: NewEntry[]): Promise<
   for (let i = 0; i < entries.length; i += 500) {
     const part = entries.slice(i, i + 500);
     await q.raw(
-      `insert into audit_ledger (event_id, recorded, event, digest) values ${part.map(() => '(?, ?, ?::jsonb, ?)').join(', ')}`,
-      part.flatMap((e) => [e.eventId, e.recorded, JSON.stringify(e.event), e.digest]),
+      `insert into audit_ledger (canonical, digest) values ${part.map(() => '(?, ?)').join(', ')}`,
+      part.flatMap((e) => [e.canonical, e.digest]),
     );
   }
 }
@@ -54,9 +53,9 @@ export async function linkEntries(q: Queryable, links: { seq: number; position: 
 
 export interface LedgerRow {
   seq: number;
-  eventId: string;
   position: number;
-  event: Record<string, unknown>;
+  /** The stored canonical JSON text of the AuditEvent. */
+  canonical: string;
   digest: Buffer;
   prevHash: Buffer | undefined;
   hash: Buffer | undefined;
@@ -65,15 +64,14 @@ export interface LedgerRow {
 /** Linked entries from `fromPosition` on, in chain order. */
 export async function linkedFrom(q: Queryable, fromPosition: number, limit: number, toPosition?: number): Promise<LedgerRow[]> {
   const r = (await q.raw(
-    `select seq, event_id, position, event, digest, prev_hash, hash from audit_ledger
+    `select seq, position, canonical, digest, prev_hash, hash from audit_ledger
      where position >= ?${toPosition !== undefined ? ' and position <= ?' : ''} order by position limit ?`,
     toPosition !== undefined ? [fromPosition, toPosition, limit] : [fromPosition, limit],
-  )) as Rows<{ seq: string | number; event_id: string; position: string | number; event: Record<string, unknown> | string; digest: unknown; prev_hash: unknown; hash: unknown }>;
+  )) as Rows<{ seq: string | number; position: string | number; canonical: string; digest: unknown; prev_hash: unknown; hash: unknown }>;
   return r.rows.map((x) => ({
     seq: Number(x.seq),
-    eventId: x.event_id,
     position: Number(x.position),
-    event: typeof x.event === 'string' ? (JSON.parse(x.event) as Record<string, unknown>) : x.event,
+    canonical: x.canonical,
     digest: buf(x.digest),
     prevHash: x.prev_hash == null ? undefined : buf(x.prev_hash),
     hash: x.hash == null ? undefined : buf(x.hash),
@@ -87,7 +85,8 @@ export async function hashAt(q: Queryable, position: number): Promise<Buffer | u
 }
 
 export async function unlinkedSummary(q: Queryable): Promise<{ count: number; oldest: Date | undefined }> {
-  const r = (await q.raw('select count(*)::int as n, min(recorded) as oldest from audit_ledger where position is null')) as Rows<{ n: number; oldest: Date | string | null }>;
+  // By append time, not the event's own `recorded` (which a client-made AuditEvent chooses).
+  const r = (await q.raw('select count(*)::int as n, min(appended_at) as oldest from audit_ledger where position is null')) as Rows<{ n: number; oldest: Date | string | null }>;
   return { count: Number(r.rows[0]?.n ?? 0), oldest: r.rows[0]?.oldest ? new Date(r.rows[0].oldest) : undefined };
 }
 
