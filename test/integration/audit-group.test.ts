@@ -26,7 +26,7 @@ describe('group append', () => {
       Array.from({ length: 300 }, (_, i) =>
         g.append(ev(`g-${i}`)).then(async () => {
           // Durable before the caller goes on: the row is there when the promise resolves.
-          const r = (await db.knex.raw('select 1 from audit_ledger where event_id = ?', [`g-${i}`])) as { rows: unknown[] };
+          const r = (await db.knex.raw("select 1 from audit_ledger where (canonical::jsonb) ->> 'id' = ?", [`g-${i}`])) as { rows: unknown[] };
           if (r.rows.length === 1) stored++;
         }),
       ),
