@@ -4,7 +4,7 @@
 //   BENCH_SECONDS    seconds per round (default 5); BENCH_ROUNDS rounds per workload (default 3)
 //   BENCH_SEARCH_RESOURCES  resources loaded (multiplied Synthea) for the search mix (default 100000; 0 skips)
 //   BENCH_VALIDATION  0 skips the in-process validation throughput (bench/validation.ts); default on
-//   BENCH_ONLY       comma-separated phases to run, of validation, ingest, cold, stall, token, read, crud, search
+//   BENCH_ONLY       comma-separated phases to run, of validation, ingest, cold, stall, token, ledger, read, crud, search
 //                    (default all; e.g. BENCH_ONLY=read,search with a small BENCH_SEARCH_RESOURCES for a
 //                    quick look at the cost of authorization)
 // Authorization: every Vesta started here has AUTH on with a key ring generated for the run (AUTH_KEYS)
@@ -38,6 +38,7 @@ import { phiCost } from './phi-cost.js';
 import type { ValidationBench } from './validation.js';
 import { stallProbe, type StallResult } from './stall.js';
 import { tokenBench, type TokenResult } from './token.js';
+import { ledgerBench, type LedgerBenchResult } from './ledger.js';
 import { bundleDir, FIXTURE_SYNTHEA } from './generate-data.js';
 
 const root = findPackageRoot();
@@ -53,7 +54,7 @@ const KEYS = JSON.stringify(generateKeyRing());
 /** The token-signing key ring of every Vesta of the run (AUTH_KEYS). */
 const SIGNING_RING = await generateSigningRing();
 const SYSTEM_SCOPE = 'system/*.cruds';
-const PHASES = ['validation', 'ingest', 'cold', 'stall', 'token', 'read', 'crud', 'search'];
+const PHASES = ['validation', 'ingest', 'cold', 'stall', 'token', 'ledger', 'read', 'crud', 'search'];
 const ONLY = process.env.BENCH_ONLY?.trim() ? new Set(process.env.BENCH_ONLY.split(',').map((x) => x.trim()).filter(Boolean)) : undefined;
 for (const p of ONLY ?? []) if (!PHASES.includes(p)) throw new Error(`BENCH_ONLY: unknown phase ${p} (phases: ${PHASES.join(', ')})`);
 const phase = (p: string) => !ONLY || ONLY.has(p);
@@ -212,6 +213,11 @@ async function main(): Promise<void> {
       await waitReady('http://127.0.0.1:18307/readyz', 60000);
       results.token = await tokenBench({ baseUrl: baseUrlOf(18307), databaseUrl, ring: SIGNING_RING, requests: TOKEN_REQUESTS, rounds: ROUNDS, seconds: SECONDS, log: (m) => process.stderr.write(m) });
       await stop(tv.child);
+    }
+
+    if (phase('ledger')) {
+      // The audit ledger's write design: unlinked appends + sequencer against a serialized chain head (bench/ledger.ts).
+      results.ledger = await ledgerBench({ databaseUrl, seconds: SECONDS, rounds: ROUNDS, log: (m) => process.stderr.write(m) });
     }
 
     if (phase('read') || phase('crud') || phase('search')) {
@@ -433,6 +439,17 @@ async function main(): Promise<void> {
       '|---|---|---|---|---|---|',
       ...tok.runs.map((x) => `| ${x.concurrency} | ${tok.requestsPerRound * tok.rounds} | ${x.tokensPerSecond} | ${x.p50} / ${x.p95} / ${x.p99} | ${x.non200} | ${x.ratio} |`),
       ...(tok.failures.length ? ['', `Non-200 answers (first ${tok.failures.length}): ${tok.failures.join(' | ')}`] : []),
+    );
+  }
+  const led = results.ledger as LedgerBenchResult | undefined;
+  if (led) {
+    lines.push(
+      '',
+      `Audit ledger appends (one ${led.eventBytes}-byte AuditEvent per transaction; medians of ${led.rounds} rounds of ${led.seconds} s, designs alternating; "other work" is pg_sleep inside the same transaction, a stand-in for the write it audits):`,
+      '',
+      '| design | concurrency | other work ms | tx/s | p50 / p99 ms | unlinked at stop / ms to link them | INSERTs per record |',
+      '|---|---|---|---|---|---|---|',
+      ...led.runs.map((x) => `| ${x.design} | ${x.concurrency} | ${x.workMs} | ${x.txPerSecond} | ${x.p50} / ${x.p99} | ${x.backlog !== undefined ? `${x.backlog} / ${x.catchUpMs}` : ''} | ${x.insertsPerRecord ?? ''} |`),
     );
   }
   const mix = results.searchMix as { resources: number; loadRps: number; loadFailures?: string[]; queries: MixResult[]; seqScans: Record<string, string[]> } | undefined;
