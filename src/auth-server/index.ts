@@ -211,7 +211,9 @@ export class SmartAuthServer {
     };
     const page = (res: Response, status: number, html: string) => {
       res.status(status).type('html').setHeader('Cache-Control', 'no-store');
-      res.setHeader('Content-Security-Policy', "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'");
+      // No form-action: browsers apply it to the redirects after a form post too, and the consent
+      // form's answer ends in a redirect to the app's own origin.
+      res.setHeader('Content-Security-Policy', "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'");
       res.setHeader('X-Frame-Options', 'DENY');
       res.send(html);
     };
