@@ -255,6 +255,14 @@ describe(`SMART authorization server (${backend})`, () => {
     expect(body.refresh_token).toBeUndefined();
   });
 
+  test('online_access also gives a refresh token (one that ends with the sign-in session)', async () => {
+    const { verifier, challenge } = pkce();
+    const { location } = await authorize({ scope: 'launch/patient patient/*.rs online_access', challenge });
+    const r = await exchange(location.searchParams.get('code')!, verifier);
+    expect(String(r.body.scope).split(' ')).toContain('online_access');
+    expect(typeof r.body.refresh_token).toBe('string');
+  });
+
   test('a patient user needs no picker and gets their own record; never user/ scopes', async () => {
     const { verifier, challenge } = pkce();
     const { location, pages } = await authorize({ scope: 'launch/patient patient/*.rs user/*.rs', challenge, user: 'pat', password: 'pat-password-1' });
