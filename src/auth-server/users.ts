@@ -1,7 +1,7 @@
 // Users of the built-in authorization server (`vesta users add`): scrypt password hashes (RFC 7914),
 // never logged; login throttled per user and per network address, counted in the database so every
 // node sees the same failures.
-import { randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
+import { createHash, randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
 import type { Queryable } from '../storage/db.js';
 import { clearLoginFailures, countLoginFailures, findUserRow, pruneLoginFailures, recordLoginFailure, type UserRow } from '../storage/auth-store.js';
 
@@ -62,14 +62,15 @@ export class UserDirectory {
    * address, even the right password is refused until the window passes.
    */
   async login(username: string, password: string, address: string): Promise<LoginResult> {
-    const userKey = `user:${username.toLowerCase()}`;
+    // Throttle keys hash the name: any string a form can carry (NUL, very long) is a valid key.
+    const userKey = `user:${createHash('sha256').update(username.toLowerCase()).digest('base64url')}`;
     const addressKey = `addr:${address}`;
     const since = new Date(Date.now() - this.throttle.windowMs);
     const counts = await countLoginFailures(this.q, [userKey, addressKey], since);
     if ((counts.get(userKey) ?? 0) >= this.throttle.maxPerUser || (counts.get(addressKey) ?? 0) >= this.throttle.maxPerAddress) {
       return { ok: false, reason: 'throttled' };
     }
-    const user = username.length <= 128 ? await findUserRow(this.q, username) : undefined;
+    const user = username.length <= 128 && !/[\u0000-\u001f]/.test(username) ? await findUserRow(this.q, username) : undefined;
     decoy ??= hashPassword(randomBytes(24).toString('base64url'));
     const ok = await verifyPassword(password, user?.passwordHash ?? (await decoy));
     if (!user || !ok || user.disabled) {

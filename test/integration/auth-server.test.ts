@@ -347,6 +347,32 @@ describe(`attacks on the authorization server, each refused (${backend})`, () =>
     expect(json.status).toBe(400);
   });
 
+  test('300 random token, introspection, revocation and launch requests: 4xx or 200, never 5xx', async () => {
+    let seed = 1515;
+    const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    const pick = <T>(xs: T[]): T => xs[Math.floor(rnd() * xs.length)];
+    const junk = () => pick(['', 'x', '%00', 'a'.repeat(3000), '{"a":1}', 'eyJhbGciOiJub25lIn0.e30.', 'eyJhbGciOiJFUzM4NCJ9.eyJpc3MiOiJiYWNrZW5kIn0.AAAA', '\u0000', '../../etc/passwd', ' ', '🙂', 'null', '[]']);
+    const fields = ['grant_type', 'code', 'redirect_uri', 'client_id', 'code_verifier', 'refresh_token', 'scope', 'client_assertion', 'client_assertion_type', 'resource', 'token', 'aud', 'patient'];
+    const statuses = new Map<number, number>();
+    const fails: string[] = [];
+    for (let i = 0; i < 300; i++) {
+      const form = new URLSearchParams();
+      for (const f of fields) if (rnd() < 0.4) form.append(f, rnd() < 0.3 ? pick(['authorization_code', 'client_credentials', 'refresh_token', 'backend', 'app-public', 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer', 'system/*.rs']) : junk());
+      const url = pick([tokenUrl, `${base}/auth/introspect`, `${base}/auth/revoke`, `${base}/auth/launch`, `${base}/auth/token?x=${junk()}`]);
+      const json = url.endsWith('/launch') && rnd() < 0.5;
+      const res = await fetch(url, {
+        method: 'POST',
+        headers: { 'content-type': json ? 'application/json' : pick(['application/x-www-form-urlencoded', 'text/plain', 'application/json']), ...(rnd() < 0.5 ? { authorization: `Bearer ${rnd() < 0.5 ? t.token : encodeURIComponent(junk()) || "x"}` } : {}) },
+        body: json ? JSON.stringify(Object.fromEntries(form)) : form.toString(),
+      });
+      const text = await res.text();
+      if (res.status >= 500) fails.push(`${url} ${json ? 'json' : 'form'} ${form.toString().slice(0, 300)} -> ${res.status} ${text.slice(0, 200)}`);
+      statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
+    }
+    expect(fails).toEqual([]);
+    expect([...statuses.keys()].every((s) => s === 200 || s === 201 || (s >= 400 && s < 500))).toBe(true);
+  });
+
   test('a code is single-use: reuse fails and revokes the tokens it gave', async () => {
     const { verifier, challenge } = pkce();
     const { location } = await authorize({ scope: 'launch/patient patient/*.rs', challenge });
@@ -406,6 +432,11 @@ describe(`attacks on the authorization server, each refused (${backend})`, () =>
     const page = await b.go(`${base}/auth/authorize?${p}`);
     const res = await b.fetch(action(page.html, '/login'), { form: { csrf: 'forged', username: 'doc', password: 'doc-password-1' } });
     expect(res.status).toBe(403);
+    // Any string a form can carry is a wrong user name, never a server error.
+    for (const username of ['doc\u0000', 'x'.repeat(5000), '\u0001\u0002']) {
+      const odd = await b.fetch(action(page.html, '/login'), { form: { csrf: hidden(page.html, 'csrf'), username, password: 'whatever-password' } });
+      expect([username.slice(0, 8), odd.status]).toEqual([username.slice(0, 8), 401]);
+    }
     const cookies = page.headers.getSetCookie?.() ?? [];
     void cookies;
   });
