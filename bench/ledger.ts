@@ -59,6 +59,24 @@ function event(i: number) {
   });
 }
 
+/** Runs `op` from `concurrency` callers for `seconds`; the sorted latencies (ms) and the elapsed seconds. */
+async function timedLoop(concurrency: number, seconds: number, op: () => Promise<void>): Promise<{ lat: number[]; secs: number }> {
+  const lat: number[] = [];
+  const until = Date.now() + seconds * 1000;
+  const t0 = process.hrtime.bigint();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (Date.now() < until) {
+        const s = process.hrtime.bigint();
+        await op();
+        lat.push(Number(process.hrtime.bigint() - s) / 1e6);
+      }
+    }),
+  );
+  lat.sort((a, b) => a - b);
+  return { lat, secs: Number(process.hrtime.bigint() - t0) / 1e9 };
+}
+
 async function serializedAppend(tx: Tx, e: ReturnType<typeof event>): Promise<void> {
   await tx.raw('select pg_advisory_xact_lock(?::bigint)', [SEQUENCER_LOCK.toString()]);
   const head = await chainHead(tx);
@@ -81,24 +99,14 @@ export async function ledgerBench(o: { databaseUrl: string; seconds: number; rou
       await db.knex.raw('truncate audit_ledger');
       const seq = new AuditSequencer(db.knex, { ledger: 'http://bench', ring, sink: new MemoryCheckpointSink(), intervalMs: design === 'unlinked' ? 100 : 0, checkpointEvery: 1000, checkpointMs: 60_000, log: createLogger('silent') });
       await seq.start();
-      const lat: number[] = [];
-      const until = Date.now() + o.seconds * 1000;
-      const t0 = process.hrtime.bigint();
-      await Promise.all(
-        Array.from({ length: concurrency }, async () => {
-          while (Date.now() < until) {
-            const e = event(n++);
-            const s = process.hrtime.bigint();
-            await withTransaction(db.knex, async (tx) => {
-              if (workMs) await tx.raw('select pg_sleep(?)', [workMs / 1000]);
-              if (design === 'unlinked') await appendEvents(tx, [e]);
-              else await serializedAppend(tx, e);
-            });
-            lat.push(Number(process.hrtime.bigint() - s) / 1e6);
-          }
-        }),
-      );
-      const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+      const { lat, secs } = await timedLoop(concurrency, o.seconds, async () => {
+        const e = event(n++);
+        await withTransaction(db.knex, async (tx) => {
+          if (workMs) await tx.raw('select pg_sleep(?)', [workMs / 1000]);
+          if (design === 'unlinked') await appendEvents(tx, [e]);
+          else await serializedAppend(tx, e);
+        });
+      });
       let backlog: number | undefined;
       let catchUpMs: number | undefined;
       if (design === 'unlinked') {
@@ -107,7 +115,6 @@ export async function ledgerBench(o: { databaseUrl: string; seconds: number; rou
         await seq.stop();
         catchUpMs = Date.now() - c;
       } else await seq.stop();
-      lat.sort((a, b) => a - b);
       return { design, concurrency, workMs, txPerSecond: lat.length / secs, p50: percentile(lat, 50), p99: percentile(lat, 99), ...(backlog !== undefined ? { backlog, catchUpMs } : {}) };
     };
     for (const workMs of [0, 2]) {
@@ -143,20 +150,7 @@ export async function ledgerBench(o: { databaseUrl: string; seconds: number; rou
         o.log(`bench: ledger group append at concurrency ${concurrency}, round ${r + 1}\n`);
         await db.knex.raw('truncate audit_ledger');
         const g = new GroupAppender(db.knex, { maxBatch: 500 });
-        const lat: number[] = [];
-        const until = Date.now() + o.seconds * 1000;
-        const t0 = process.hrtime.bigint();
-        await Promise.all(
-          Array.from({ length: concurrency }, async () => {
-            while (Date.now() < until) {
-              const s = process.hrtime.bigint();
-              await g.append(event(n++));
-              lat.push(Number(process.hrtime.bigint() - s) / 1e6);
-            }
-          }),
-        );
-        const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-        lat.sort((a, b) => a - b);
+        const { lat, secs } = await timedLoop(concurrency, o.seconds, () => g.append(event(n++)));
         rates.push(lat.length / secs);
         p50s.push(percentile(lat, 50));
         p99s.push(percentile(lat, 99));

@@ -29,11 +29,6 @@ export interface AdapterHooks {
   onGrantRevoked(grantId: string): Promise<void>;
 }
 
-/** An id PostgreSQL can take as text and that any artifact could have: no NUL, bounded length. */
-function usableId(id: unknown): id is string {
-  return typeof id === 'string' && id.length > 0 && id.length <= 1024 && !id.includes('\u0000');
-}
-
 export function adapterFactory(q: Queryable, hooks: AdapterHooks): new (name: string) => ProviderAdapter {
   return class ArtifactAdapter implements ProviderAdapter {
     constructor(private readonly name: string) {}
@@ -48,9 +43,7 @@ export function adapterFactory(q: Queryable, hooks: AdapterHooks): new (name: st
     }
 
     async find(id: string): Promise<Record<string, unknown> | undefined> {
-      // Request parameters (client_id, codes, tokens) arrive here as given: a value no artifact can
-      // have is simply not found, never a database error.
-      if (this.name === 'ReplayDetection' || !usableId(id)) return undefined;
+      if (this.name === 'ReplayDetection') return undefined;
       if (this.name === 'Client') {
         const reg = await findClientRow(q, id);
         return reg ? toProviderMetadata(reg as unknown as ClientRegistration) : undefined;
@@ -65,19 +58,16 @@ export function adapterFactory(q: Queryable, hooks: AdapterHooks): new (name: st
     }
 
     async findByUid(uid: string): Promise<Record<string, unknown> | undefined> {
-      if (!usableId(uid)) return undefined;
       const row = await findArtifactByUid(q, this.name, uid);
       if (!row) return undefined;
       return row.consumedAt ? { ...row.payload, consumed: Math.floor(row.consumedAt.getTime() / 1000) } : row.payload;
     }
 
     async consume(id: string): Promise<void> {
-      if (!usableId(id)) return;
       await consumeArtifact(q, this.name, id);
     }
 
     async destroy(id: string): Promise<void> {
-      if (!usableId(id)) return;
       if (this.name === 'Grant') await hooks.onGrantRevoked(id);
       await destroyArtifact(q, this.name, id);
     }

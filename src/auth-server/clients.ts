@@ -1,6 +1,7 @@
 // Registered SMART clients (`vesta clients add`): public apps (PKCE, no secret) and confidential
 // apps that authenticate with a private_key_jwt assertion (SMART "client-confidential-asymmetric",
 // and Backend Services). A client's `scope` is its allow-list: no token ever carries more.
+import { isLoopbackHost } from '../auth/token-verifier.js';
 import { parseScope } from '../auth/scopes.js';
 
 export type ClientType = 'public' | 'confidential-asymmetric';
@@ -25,9 +26,6 @@ export class ClientRegistrationError extends Error {}
 const CLIENT_ID = /^[A-Za-z0-9._~-]{1,128}$/;
 const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
 
-function isLoopbackHost(h: string): boolean {
-  return h === 'localhost' || h === '127.0.0.1' || h === '[::1]';
-}
 
 /** Checks a registration; throws ClientRegistrationError with one clear line per problem. */
 export function checkRegistration(raw: ClientRegistration, opts: { allowLoopbackJwksUri: boolean }): ClientRegistration {

@@ -14,6 +14,7 @@ import { read } from '../interactions/read.js';
 import type { Principal } from '../auth/principal.js';
 import { parseScopes } from '../auth/scopes.js';
 import { isFhirError } from '../fhir/errors.js';
+import { smartEndpoints } from '../auth/smart-configuration.js';
 import { artifactsOfGrant, consumeArtifact, destroyArtifactsOfGrant, findArtifact, pruneArtifacts, upsertArtifact } from '../storage/auth-store.js';
 import { buildProvider, clientScopes, csrfKey, type SmartContext } from './provider.js';
 import { NON_CLINICAL_SCOPES } from './clients.js';
@@ -35,15 +36,7 @@ const LAUNCH_TTL_S = 300;
 const PICK_TTL_S = 900;
 const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
 
-export interface SmartEndpoints {
-  authorize: string;
-  token: string;
-  introspect: string;
-  revoke: string;
-  launch: string;
-  jwks: string;
-  openidConfiguration: string;
-}
+export type SmartEndpoints = ReturnType<typeof smartEndpoints>;
 
 export class SmartAuthServer {
   readonly provider: Provider;
@@ -83,7 +76,7 @@ export class SmartAuthServer {
     private readonly svc: Services,
     provider: Provider,
   ) {
-    const { config, log } = svc;
+    const { config } = svc;
     this.fhirBase = config.baseUrl;
     this.authBase = `${config.baseUrl}/auth`;
     const ring = svc.auth.signingRing();
@@ -93,15 +86,7 @@ export class SmartAuthServer {
       maxPerAddress: config.authLoginMaxFailuresAddress,
       windowMs: config.authLoginWindowMs,
     });
-    this.endpoints = {
-      authorize: `${this.authBase}/authorize`,
-      token: `${this.authBase}/token`,
-      introspect: `${this.authBase}/introspect`,
-      revoke: `${this.authBase}/revoke`,
-      launch: `${this.authBase}/launch`,
-      jwks: `${config.baseUrl}/.well-known/jwks.json`,
-      openidConfiguration: `${config.baseUrl}/.well-known/openid-configuration`,
-    };
+    this.endpoints = smartEndpoints(config.baseUrl);
     this.provider = provider;
     this.wireProvider();
     this.router = this.buildRouter();

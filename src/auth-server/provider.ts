@@ -3,6 +3,7 @@
 // detection, private_key_jwt client authentication, client_credentials, id_token, sessions. This
 // file configures it for SMART App Launch 2.x and Backend Services; what oidc-provider leaves open
 // (SMART scopes, launch context, the stricter client-assertion rules) is decided here.
+import { isLoopbackHost } from '../auth/token-verifier.js';
 import { createHash, createHmac } from 'node:crypto';
 import type Provider from 'oidc-provider';
 import type { Configuration, KoaContextWithOIDC } from 'oidc-provider';
@@ -62,9 +63,6 @@ export function csrfKey(ring: SigningRingFile): Buffer {
   return createHmac('sha256', String(active.d)).update('vesta auth csrf v1').digest();
 }
 
-function isLoopbackHost(h: string): boolean {
-  return h === 'localhost' || h === '127.0.0.1' || h === '[::1]';
-}
 
 export function clientScopes(client: { [k: string]: unknown } | undefined): string {
   const s = (client as { smart_scopes?: unknown } | undefined)?.smart_scopes;

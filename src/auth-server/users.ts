@@ -70,7 +70,7 @@ export class UserDirectory {
     if ((counts.get(userKey) ?? 0) >= this.throttle.maxPerUser || (counts.get(addressKey) ?? 0) >= this.throttle.maxPerAddress) {
       return { ok: false, reason: 'throttled' };
     }
-    const user = username.length <= 128 && !/[\u0000-\u001f]/.test(username) ? await findUserRow(this.q, username) : undefined;
+    const user = await findUserRow(this.q, username);
     decoy ??= hashPassword(randomBytes(24).toString('base64url'));
     const ok = await verifyPassword(password, user?.passwordHash ?? (await decoy));
     if (!user || !ok || user.disabled) {

@@ -43,8 +43,9 @@ const CACHE_MAX = 10_000;
 const CACHE_MS = 60_000;
 const FETCH_TIMEOUT_MS = 5000;
 
-function isLoopback(u: URL): boolean {
-  return u.hostname === 'localhost' || u.hostname === '127.0.0.1' || u.hostname === '[::1]';
+/** localhost, 127.0.0.1 or [::1]: where plain http is tolerated (development and tests). */
+export function isLoopbackHost(hostname: string): boolean {
+  return hostname === 'localhost' || hostname === '127.0.0.1' || hostname === '[::1]';
 }
 
 /** Seconds a JWKS response may be kept: its Cache-Control max-age within [60 s, 24 h]; 5 minutes without one. */
@@ -75,12 +76,12 @@ class RemoteKeys {
     const url = new URL(this.issuer.issuer);
     const config = await oidc.discovery(url, 'vesta-resource-server', undefined, undefined, {
       timeout: FETCH_TIMEOUT_MS / 1000,
-      ...(url.protocol === 'http:' && isLoopback(url) ? { execute: [oidc.allowInsecureRequests] } : {}),
+      ...(url.protocol === 'http:' && isLoopbackHost(url.hostname) ? { execute: [oidc.allowInsecureRequests] } : {}),
     });
     const uri = config.serverMetadata().jwks_uri;
     if (!uri) throw new Error('the issuer publishes no jwks_uri');
     const u = new URL(uri);
-    if (u.protocol !== 'https:' && !(u.protocol === 'http:' && isLoopback(u))) throw new Error('the jwks_uri must use https');
+    if (u.protocol !== 'https:' && !(u.protocol === 'http:' && isLoopbackHost(u.hostname))) throw new Error('the jwks_uri must use https');
     this.jwksUri = u;
     return u;
   }

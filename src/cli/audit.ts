@@ -7,8 +7,7 @@ import { ConfigError, loadConfig } from '../config/config.js';
 import { checkSigningRing, publicJwks, type SigningRingFile } from '../auth/signing-keys.js';
 import { FileCheckpointSink } from '../audit/checkpoint.js';
 import { verifyLedger } from '../audit/verify.js';
-import { openDatabase } from '../storage/db.js';
-import { migrateLatest } from '../storage/migrate.js';
+import { withDatabase } from './database.js';
 import { chainHead } from '../storage/audit-store.js';
 
 /** The audit key ring the configuration names (the embedded default lives beside the data). */
@@ -40,15 +39,13 @@ export async function auditCommand(args: string[]): Promise<number> {
   const to = num(values.to, 'to');
   const config = loadConfig();
   const ring = auditRing(config);
-  const db = openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), dataDir: config.dataDir });
-  try {
-    await migrateLatest(db.knex);
-    const head = await chainHead(db.knex);
+  return withDatabase(config, async (q) => {
+    const head = await chainHead(q);
     const end = to ?? head?.position ?? 0;
     const total = Math.max(1, end - (from ?? 0) + 1);
     const sink = new FileCheckpointSink(config.auditCheckpointDir);
     let lastShown = 0;
-    const report = await verifyLedger(db.knex, {
+    const report = await verifyLedger(q, {
       ...(from !== undefined ? { from } : {}),
       ...(to !== undefined ? { to } : {}),
       sink,
@@ -74,7 +71,5 @@ export async function auditCommand(args: string[]): Promise<number> {
     if (report.firstBreak) out.write(`BROKEN at entry ${report.firstBreak.position}${report.firstBreak.eventId ? ` (AuditEvent/${report.firstBreak.eventId})` : ''}: ${report.firstBreak.problem}\n`);
     out.write(report.ok ? 'audit ledger intact\n' : 'audit ledger NOT intact\n');
     return report.ok ? 0 : 1;
-  } finally {
-    await db.close();
-  }
+  });
 }

@@ -13,8 +13,9 @@ import { buildServices, loadSigningRing } from '../server.js';
 import { checkSigningRing, generateSigningRing, rotateSigningRing, signAccessToken } from '../auth/signing-keys.js';
 import { insertRevocation } from '../storage/revocation-store.js';
 import { createLogger } from '../log/logger.js';
-import { openDatabase, type Database } from '../storage/db.js';
+import { openDatabase } from '../storage/db.js';
 import { addClient, addUser, AdminError, listClients, listUsers, setUserDisabled } from '../auth-server/admin.js';
+import { withDatabase } from './database.js';
 import type { ClientType } from '../auth-server/clients.js';
 import { auditCommand } from './audit.js';
 import { DataDirLockedError } from '../storage/data-dir-lock.js';
@@ -90,13 +91,7 @@ async function token(args: string[]): Promise<number> {
     if (!jti) throw new Error('usage: vesta token revoke <jti> [--until ISO-8601]');
     const until = values.until ? new Date(values.until) : new Date(Date.now() + 86400_000);
     if (Number.isNaN(until.getTime())) throw new Error('--until must be an ISO-8601 date-time');
-    const db = openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), dataDir: config.dataDir });
-    try {
-      await migrateLatest(db.knex);
-      await insertRevocation(db.knex, jti, until);
-    } finally {
-      await db.close();
-    }
+    await withDatabase(config, (q) => insertRevocation(q, jti, until));
     process.stdout.write(
       config.databaseUrl
         ? `revoked ${jti} until ${until.toISOString()}; every node refuses it within AUTH_REVOCATION_REFRESH seconds\n`
@@ -131,18 +126,6 @@ async function token(args: string[]): Promise<number> {
   return 0;
 }
 
-/** Opens the configured database (migrated) for a short admin command. */
-async function withDatabase<T>(fn: (q: Database['knex'], config: ReturnType<typeof loadConfig>) => Promise<T>): Promise<T> {
-  const config = loadConfig();
-  const db = openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), dataDir: config.dataDir });
-  try {
-    await migrateLatest(db.knex);
-    return await fn(db.knex, config);
-  } finally {
-    await db.close();
-  }
-}
-
 async function readPassword(fromStdin: boolean): Promise<string> {
   if (!fromStdin && process.env.VESTA_PASSWORD) return process.env.VESTA_PASSWORD;
   if (!fromStdin && process.stdin.isTTY) throw new Error('give the password on standard input (--password-stdin) or in VESTA_PASSWORD');
@@ -156,19 +139,19 @@ async function users(args: string[]): Promise<number> {
   const [sub, username] = positionals;
   if (sub === 'add' && username) {
     const password = await readPassword(values['password-stdin'] === true);
-    const r = await withDatabase((q) =>
+    const r = await withDatabase(loadConfig(), (q) =>
       addUser(q, { username, password, ...(values['fhir-user'] ? { fhirUser: values['fhir-user'] } : {}), ...(values.scope ? { scopes: values.scope } : {}) }),
     );
     process.stdout.write(`user ${username} ${r}\n`);
     return 0;
   }
   if (sub === 'list') {
-    const rows = await withDatabase((q) => listUsers(q));
+    const rows = await withDatabase(loadConfig(), (q) => listUsers(q));
     for (const u of rows) process.stdout.write(`${u.username}\t${u.fhirUser ?? '-'}\t${u.disabled ? 'disabled' : 'enabled'}\t${u.scopes}\n`);
     return 0;
   }
   if ((sub === 'disable' || sub === 'enable') && username) {
-    const ok = await withDatabase((q) => setUserDisabled(q, username, sub === 'disable'));
+    const ok = await withDatabase(loadConfig(), (q) => setUserDisabled(q, username, sub === 'disable'));
     process.stdout.write(ok ? `user ${username} ${sub}d\n` : `no user ${username}\n`);
     return ok ? 0 : 1;
   }
@@ -192,7 +175,8 @@ async function clients(args: string[]): Promise<number> {
         throw new Error(`--jwks-file: ${(e as Error).message}`);
       }
     }
-    const r = await withDatabase((q, config) =>
+    const config = loadConfig();
+    const r = await withDatabase(config, (q) =>
       addClient(
         q,
         {
@@ -211,7 +195,7 @@ async function clients(args: string[]): Promise<number> {
     return 0;
   }
   if (sub === 'list') {
-    const rows = await withDatabase((q) => listClients(q));
+    const rows = await withDatabase(loadConfig(), (q) => listClients(q));
     for (const c of rows) process.stdout.write(`${c.clientId}\t${String(c.metadata.type)}\t${String(c.metadata.scope)}\t${((c.metadata.redirect_uris as string[]) ?? []).join(' ')}\n`);
     return 0;
   }

@@ -3,11 +3,20 @@
 import type { Queryable } from './db.js';
 
 type Rows<T> = { rows: T[] };
+/**
+ * A key a request can carry (client_id, code, token, launch id, user name) that no row can have:
+ * PostgreSQL refuses NUL in text, and no stored key is that long. Lookups answer "not found".
+ */
+function unusableKey(k: string): boolean {
+  return k.length === 0 || k.length > 1024 || k.includes('\u0000');
+}
+
 const rowCount = (r: unknown): number => (r as { rowCount?: number; affectedRows?: number }).rowCount ?? (r as { affectedRows?: number }).affectedRows ?? 0;
 
 // --- clients ---------------------------------------------------------------------------------------
 
 export async function findClientRow(q: Queryable, clientId: string): Promise<Record<string, unknown> | undefined> {
+  if (unusableKey(clientId)) return undefined;
   const r = (await q.raw('select metadata from auth_client where client_id = ?', [clientId])) as Rows<{ metadata: Record<string, unknown> | string }>;
   const m = r.rows[0]?.metadata;
   return m === undefined ? undefined : typeof m === 'string' ? (JSON.parse(m) as Record<string, unknown>) : m;
@@ -43,6 +52,7 @@ export interface UserRow {
 }
 
 export async function findUserRow(q: Queryable, username: string): Promise<UserRow | undefined> {
+  if (unusableKey(username)) return undefined;
   const r = (await q.raw('select username, password_hash, fhir_user, scopes, disabled from auth_user where username = ?', [username])) as Rows<{
     username: string;
     password_hash: string;
@@ -117,21 +127,25 @@ const toArtifact = (r: ArtifactDbRow | undefined): ArtifactRow | undefined =>
   r ? { payload: typeof r.payload === 'string' ? JSON.parse(r.payload) : r.payload, consumedAt: r.consumed_at ? new Date(r.consumed_at) : undefined } : undefined;
 
 export async function findArtifact(q: Queryable, kind: string, id: string): Promise<ArtifactRow | undefined> {
+  if (unusableKey(id)) return undefined;
   const r = (await q.raw('select payload, consumed_at from oauth_artifact where kind = ? and id = ? and (expires_at is null or expires_at > now())', [kind, id])) as Rows<ArtifactDbRow>;
   return toArtifact(r.rows[0]);
 }
 
 export async function findArtifactByUid(q: Queryable, kind: string, uid: string): Promise<ArtifactRow | undefined> {
+  if (unusableKey(uid)) return undefined;
   const r = (await q.raw('select payload, consumed_at from oauth_artifact where kind = ? and uid = ? and (expires_at is null or expires_at > now()) limit 1', [kind, uid])) as Rows<ArtifactDbRow>;
   return toArtifact(r.rows[0]);
 }
 
 /** Marks an artifact consumed; true when this call consumed it (false when it already was). */
 export async function consumeArtifact(q: Queryable, kind: string, id: string): Promise<boolean> {
+  if (unusableKey(id)) return false;
   return rowCount(await q.raw('update oauth_artifact set consumed_at = now() where kind = ? and id = ? and consumed_at is null', [kind, id])) > 0;
 }
 
 export async function destroyArtifact(q: Queryable, kind: string, id: string): Promise<void> {
+  if (unusableKey(id)) return;
   await q.raw('delete from oauth_artifact where kind = ? and id = ?', [kind, id]);
 }
 

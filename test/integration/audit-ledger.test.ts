@@ -18,7 +18,6 @@
 // the tail truncated from p -> p; a perfect rewrite from q -> the last entry of the first checkpoint
 // after q (only a checkpoint can tell).
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { randomBytes } from 'node:crypto';
 import { generateSigningRing, rotateSigningRing, type SigningRingFile } from '../../src/auth/signing-keys.js';
 import { canonicalBytes, eventDigest, GENESIS, linkHash } from '../../src/audit/chain.js';
 import { checkpointKeys, MemoryCheckpointSink, signCheckpoint, type CheckpointPayload, type CheckpointSink } from '../../src/audit/checkpoint.js';
@@ -27,9 +26,10 @@ import { AuditSequencer } from '../../src/audit/sequencer.js';
 import { verifyLedger, type VerifyOptions, type VerifyReport } from '../../src/audit/verify.js';
 import { createLogger } from '../../src/log/logger.js';
 import { linkedFrom, type LedgerRow } from '../../src/storage/audit-store.js';
-import { openDatabase, withTransaction, type Database, type Queryable, type Tx } from '../../src/storage/db.js';
+import { withTransaction, type Database, type Queryable, type Tx } from '../../src/storage/db.js';
 import { migrateLatest } from '../../src/storage/migrate.js';
-import { adminQuery, concurrencyBackends } from '../support/backends.js';
+import { concurrencyBackends, openTestDatabase } from '../support/backends.js';
+import { prng } from '../support/prng.js';
 
 const backend = concurrencyBackends()[0];
 const LEDGER = 'http://vesta.test';
@@ -42,16 +42,7 @@ let drop: (() => Promise<void>) | undefined;
 let ring: SigningRingFile;
 
 beforeAll(async () => {
-  if (backend === 'pg') {
-    const name = `vesta_t_${randomBytes(6).toString('hex')}`;
-    await adminQuery(`create database ${name}`);
-    const u = new URL(process.env.TEST_DATABASE_URL!);
-    u.pathname = `/${name}`;
-    db = openDatabase({ databaseUrl: u.toString(), poolMax: 20 });
-    drop = () => adminQuery(`drop database if exists ${name} with (force)`);
-  } else {
-    db = openDatabase({ dataDir: ':memory:' });
-  }
+  ({ db, drop } = await openTestDatabase(backend));
   await migrateLatest(db.knex);
   ring = await generateSigningRing();
 }, 120_000);
@@ -63,17 +54,6 @@ afterAll(async () => {
 
 // ---- helpers ----------------------------------------------------------------------------------
 
-/** mulberry32: a small seeded PRNG, so a failing tampering can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const pick = <T>(rng: () => number, xs: readonly T[]): T => xs[Math.floor(rng() * xs.length)];
 const int = (rng: () => number, lo: number, hi: number): number => lo + Math.floor(rng() * (hi - lo + 1)); // lo..hi
 

@@ -6,6 +6,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { exportJWK, generateKeyPair, SignJWT, decodeJwt, jwtVerify, createRemoteJWKSet, type JWK } from 'jose';
 import { concurrencyBackends, startTestServer, type TestServer, authed } from '../support/backends.js';
 import { Browser, hidden, action } from '../support/browser.js';
+import { prng } from '../support/prng.js';
 import { addClient, addUser } from '../../src/auth-server/admin.js';
 import { pino } from 'pino';
 import { RevocationList } from '../../src/auth/revocations.js';
@@ -348,8 +349,7 @@ describe(`attacks on the authorization server, each refused (${backend})`, () =>
   });
 
   test('300 random token, introspection, revocation and launch requests: 4xx or 200, never 5xx', async () => {
-    let seed = 1515;
-    const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    const rnd = prng(1515);
     const pick = <T>(xs: T[]): T => xs[Math.floor(rnd() * xs.length)];
     const junk = () => pick(['', 'x', '%00', 'a'.repeat(3000), '{"a":1}', 'eyJhbGciOiJub25lIn0.e30.', 'eyJhbGciOiJFUzM4NCJ9.eyJpc3MiOiJiYWNrZW5kIn0.AAAA', '\u0000', '../../etc/passwd', ' ', '🙂', 'null', '[]']);
     const fields = ['grant_type', 'code', 'redirect_uri', 'client_id', 'code_verifier', 'refresh_token', 'scope', 'client_assertion', 'client_assertion_type', 'resource', 'token', 'aud', 'patient'];

@@ -107,20 +107,19 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
+/** A fresh, empty database of the given backend (a new database on the pg server, dropped by drop()). */
+export async function openTestDatabase(backend: BackendName): Promise<{ db: Database; drop?: () => Promise<void> }> {
+  if (backend !== 'pg') return { db: openDatabase({ dataDir: ':memory:' }) };
+  const name = `vesta_t_${randomBytes(6).toString('hex')}`;
+  await adminQuery(`create database ${name}`);
+  const u = new URL(process.env.TEST_DATABASE_URL!);
+  u.pathname = `/${name}`;
+  return { db: openDatabase({ databaseUrl: u.toString(), poolMax: 20 }), drop: () => adminQuery(`drop database if exists ${name} with (force)`) };
+}
+
 /** A server on a random port over a fresh database of the given backend. */
 export async function startTestServer(backend: BackendName, env: Record<string, string> = {}, opts: { log?: Logger } = {}): Promise<TestServer> {
-  let db: Database;
-  let drop: (() => Promise<void>) | undefined;
-  if (backend === 'pg') {
-    const name = `vesta_t_${randomBytes(6).toString('hex')}`;
-    await adminQuery(`create database ${name}`);
-    const u = new URL(process.env.TEST_DATABASE_URL!);
-    u.pathname = `/${name}`;
-    db = openDatabase({ databaseUrl: u.toString(), poolMax: 20 });
-    drop = () => adminQuery(`drop database if exists ${name} with (force)`);
-  } else {
-    db = openDatabase({ dataDir: ':memory:' });
-  }
+  const { db, drop } = await openTestDatabase(backend);
   const config = await testConfig(env);
   const svc = await buildServices(config, opts.log ?? createLogger('silent'), db);
   const running = await startServer(svc);
