@@ -264,6 +264,23 @@ describe(`SMART authorization server (${backend})`, () => {
     expect(typeof r.body.refresh_token).toBe('string');
   });
 
+  test('the picker offers and accepts only patients the user may read: a posted id cannot get around it', async () => {
+    // The nurse may read one patient (pt1), not pt2.
+    await addUser(t.svc.db.knex, { username: 'nurse', password: 'nurse-password-1', fhirUser: 'Practitioner/p2', scopes: 'user/Patient.rs?_id=pt1 patient/*.rs' });
+    const b = new Browser();
+    const p = new URLSearchParams({ response_type: 'code', client_id: 'app-public', redirect_uri: REDIRECT, scope: 'launch/patient patient/*.rs', state: 's', aud: base, code_challenge: pkce().challenge, code_challenge_method: 'S256' });
+    const login = await b.go(`${base}/auth/authorize?${p}`);
+    const picker = await b.go(action(login.html, '/login'), { form: { csrf: hidden(login.html, 'csrf'), username: 'nurse', password: 'nurse-password-1' } });
+    expect(picker.html).toContain('Choose a patient');
+    const self = picker.url.replace(/\?.*$/, '');
+    expect((await b.go(`${self}?name=Other`)).html).not.toContain('<table>');
+    const found = await b.go(`${self}?name=Picker`);
+    expect(found.html).toContain('value="pt1"');
+    const forged = await b.fetch(action(found.html, '/patient'), { form: { csrf: hidden(found.html, 'csrf'), patient: 'pt2' } });
+    expect(forged.status).toBe(400);
+    expect(await forged.text()).toContain('That patient cannot be chosen.');
+  });
+
   test('a patient user needs no picker and gets their own record; never user/ scopes', async () => {
     const { verifier, challenge } = pkce();
     const { location, pages } = await authorize({ scope: 'launch/patient patient/*.rs user/*.rs', challenge, user: 'pat', password: 'pat-password-1' });
