@@ -96,7 +96,7 @@ export async function ledgerBench(o: { databaseUrl: string; seconds: number; rou
     const eventBytes = canonicalBytes(event(0)).length;
     let n = 0;
     const once = async (design: 'unlinked' | 'serialized', concurrency: number, workMs: number) => {
-      await db.knex.raw('truncate audit_ledger');
+      await db.knex.raw('truncate audit_ledger, audit_search');
       const seq = new AuditSequencer(db.knex, { ledger: 'http://bench', ring, sink: new MemoryCheckpointSink(), intervalMs: design === 'unlinked' ? 100 : 0, checkpointEvery: 1000, checkpointMs: 60_000, log: createLogger('silent') });
       await seq.start();
       const { lat, secs } = await timedLoop(concurrency, o.seconds, async () => {
@@ -148,7 +148,7 @@ export async function ledgerBench(o: { databaseUrl: string; seconds: number; rou
       const per: number[] = [];
       for (let r = 0; r < o.rounds; r++) {
         o.log(`bench: ledger group append at concurrency ${concurrency}, round ${r + 1}\n`);
-        await db.knex.raw('truncate audit_ledger');
+        await db.knex.raw('truncate audit_ledger, audit_search');
         const g = new GroupAppender(db.knex, { maxBatch: 500 });
         const { lat, secs } = await timedLoop(concurrency, o.seconds, () => g.append(event(n++)));
         rates.push(lat.length / secs);
@@ -158,7 +158,7 @@ export async function ledgerBench(o: { databaseUrl: string; seconds: number; rou
       }
       runs.push({ design: 'group (reads)', concurrency, workMs: 0, txPerSecond: round1(median(rates)), p50: round1(median(p50s)), p99: round1(median(p99s)), insertsPerRecord: Math.round(median(per) * 1000) / 1000 });
     }
-    await db.knex.raw('truncate audit_ledger');
+    await db.knex.raw('truncate audit_ledger, audit_search');
     return { seconds: o.seconds, rounds: o.rounds, eventBytes, runs };
   } finally {
     await db.close();

@@ -19,9 +19,9 @@
 //   BENCH_TOKEN_REQUESTS  token requests per round and concurrency of the token phase (default 2000;
 //                    bench/token.ts: Backend Services tokens/s against in-process ES256 signing)
 import { fork, spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { Agent } from 'node:http';
-import { cpus, totalmem } from 'node:os';
+import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { findPackageRoot } from '../src/fhir/package-root.js';
@@ -35,6 +35,7 @@ import { buildCodec } from '../src/server.js';
 import { bareLoad, freshLoadQueries, resourceCounts, syntheaFiles, verifyCounts, vestaLoad, type FreshQuery, type IngestRun } from './ingest.js';
 import { searchMix, type MixResult, type PatientScopeResult } from './search-mix.js';
 import { phiCost } from './phi-cost.js';
+import { auditCost, type CostRow } from './audit-cost.js';
 import type { ValidationBench } from './validation.js';
 import { stallProbe, type StallResult } from './stall.js';
 import { tokenBench, type TokenResult } from './token.js';
@@ -53,8 +54,12 @@ const PHI = process.env.BENCH_PHI === 'off' ? 'off' : 'on';
 const KEYS = JSON.stringify(generateKeyRing());
 /** The token-signing key ring of every Vesta of the run (AUTH_KEYS). */
 const SIGNING_RING = await generateSigningRing();
+/** The audit checkpoint-signing ring of every Vesta of the run (AUDIT_KEYS); checkpoints in a temporary folder. */
+const AUDIT_RING = await generateSigningRing();
+/** AUDIT for the Vesta under test (BENCH_AUDIT=on|off; on by default, bench/audit-cost.ts compares both). */
+const AUDIT = process.env.BENCH_AUDIT === 'off' ? 'off' : 'on';
 const SYSTEM_SCOPE = 'system/*.cruds';
-const PHASES = ['validation', 'ingest', 'cold', 'stall', 'token', 'ledger', 'read', 'crud', 'search'];
+const PHASES = ['validation', 'ingest', 'cold', 'stall', 'token', 'ledger', 'audit', 'read', 'crud', 'search'];
 const ONLY = process.env.BENCH_ONLY?.trim() ? new Set(process.env.BENCH_ONLY.split(',').map((x) => x.trim()).filter(Boolean)) : undefined;
 for (const p of ONLY ?? []) if (!PHASES.includes(p)) throw new Error(`BENCH_ONLY: unknown phase ${p} (phases: ${PHASES.join(', ')})`);
 const phase = (p: string) => !ONLY || ONLY.has(p);
@@ -110,7 +115,7 @@ const baseUrlOf = (port: number) => `http://127.0.0.1:${port}`;
 function startVesta(port: number, env: Record<string, string>): { child: ChildProcess; started: number } {
   const started = Date.now();
   const child = spawn(process.execPath, [join(root, 'dist/src/main.js')], {
-    env: { PATH: process.env.PATH ?? '', PORT: String(port), HOST: '127.0.0.1', BASE_URL: baseUrlOf(port), LOG_LEVEL: 'info', NODE_ENV: 'production', PAGE_TOKEN_SECRET: 'bench-secret-bench-secret-bench-secret', PHI_ENCRYPTION: PHI, PHI_KEYS: KEYS, AUTH: 'on', AUTH_KEYS: JSON.stringify(SIGNING_RING), ...env },
+    env: { PATH: process.env.PATH ?? '', PORT: String(port), HOST: '127.0.0.1', BASE_URL: baseUrlOf(port), LOG_LEVEL: 'info', NODE_ENV: 'production', PAGE_TOKEN_SECRET: 'bench-secret-bench-secret-bench-secret', PHI_ENCRYPTION: PHI, PHI_KEYS: KEYS, AUTH: 'on', AUTH_KEYS: JSON.stringify(SIGNING_RING), AUDIT, AUDIT_KEYS: JSON.stringify(AUDIT_RING), AUDIT_CHECKPOINT_DIR: mkdtempSync(join(tmpdir(), 'vesta-bench-checkpoints-')), ...env },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   return { child, started };
@@ -218,6 +223,33 @@ async function main(): Promise<void> {
     if (phase('ledger')) {
       // The audit ledger's write design: unlinked appends + sequencer against a serialized chain head (bench/ledger.ts).
       results.ledger = await ledgerBench({ databaseUrl, seconds: SECONDS, rounds: ROUNDS, log: (m) => process.stderr.write(m) });
+    }
+
+    if (phase('audit') && AUDIT === 'on') {
+      // The cost of the audit ledger: AUDIT=on against AUDIT=off, alternating rounds (bench/audit-cost.ts).
+      const agent = new Agent({ keepAlive: true, maxSockets: 64 });
+      results.auditCost = await auditCost({
+        start: (port, env) => {
+          const v = startVesta(port, env);
+          children.push(v.child);
+          return v;
+        },
+        waitReady,
+        bearer: (port) => bearer(port),
+        stop,
+        database: async (suffix) => {
+          const name = `${dbName}_${suffix}`;
+          await admin(`create database ${name}`);
+          const au = new URL(ADMIN);
+          au.pathname = `/${name}`;
+          return { url: au.toString(), drop: () => admin(`drop database if exists ${name} with (force)`) };
+        },
+        agent,
+        files: syntheaFiles(bundleDir(SYNTHEA)),
+        seconds: SECONDS,
+        rounds: ROUNDS,
+      });
+      agent.destroy();
     }
 
     if (phase('read') || phase('crud') || phase('search')) {
@@ -427,6 +459,18 @@ async function main(): Promise<void> {
     lines.push(
       '',
       `Worst event-loop stall: /healthz waited ${stall.worstMs} ms (${stall.worstBody}); per body: ${stall.cases.map((c) => `${c.body} (${(c.bytes / 1e6).toFixed(1)} MB) ${c.status} in ${c.requestMs} ms, /healthz ${c.healthzMs} ms`).join('; ')}.`,
+    );
+  }
+  const ac = results.auditCost as { rows: CostRow[]; latency: Record<string, { on: { p95: number; p99: number }; off: { p95: number; p99: number } }> } | undefined;
+  if (ac) {
+    lines.push(
+      '',
+      `Cost of the audit ledger: AUDIT=on against AUDIT=off, each on its own database loaded with the same bundles (${SYNTHEA}), alternating rounds, medians of ${ROUNDS}:`,
+      '',
+      '| workload | audit on | audit off | ratio on/off | target | per-round ratios |',
+      '|---|---|---|---|---|---|',
+      ...ac.rows.map((r) => `| ${r.workload} | ${r.on} | ${r.off} | ${r.ratio} | ${r.target ? `>= ${r.target}${r.ratio >= r.target ? '' : ' (missed)'}` : ''} | ${r.perRoundRatios.join(', ')} |`),
+      ...Object.entries(ac.latency).map(([k, v]) => `| ${k}: p95 / p99 ms | ${v.on.p95} / ${v.on.p99} | ${v.off.p95} / ${v.off.p99} | | | |`),
     );
   }
   const tok = results.token as TokenResult | undefined;

@@ -12,6 +12,7 @@ import * as m0008 from './0008_text_index.js';
 import * as m0009 from './0009_revoked_tokens.js';
 import * as m0010 from './0010_auth_server.js';
 import * as m0011 from './0011_audit_ledger.js';
+import * as m0012 from './0012_audit_search.js';
 
 export interface Migration {
   name: string;
@@ -31,4 +32,5 @@ export const MIGRATIONS: Migration[] = [
   { name: '0009_revoked_tokens', ...m0009 },
   { name: '0010_auth_server', ...m0010 },
   { name: '0011_audit_ledger', ...m0011 },
+  { name: '0012_audit_search', ...m0012 },
 ];

@@ -3,7 +3,10 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Config } from './config/config.js';
-import { LogAuditSink } from './audit/audit-sink.js';
+import { Auditor } from './audit/auditor.js';
+import { AuditSequencer } from './audit/sequencer.js';
+import { FileCheckpointSink } from './audit/checkpoint.js';
+import { ConfigError } from './config/config.js';
 import { PlaintextCodec, type PhiCodec } from './crypto/phi-codec.js';
 import { JweCodec } from './crypto/jwe-codec.js';
 import { checkRing, LocalKeyRing, readOrCreateRingFile, type KeyRingFile } from './crypto/key-ring.js';
@@ -33,6 +36,23 @@ export async function loadSigningRing(config: Readonly<Config>, log: Logger): Pr
   const r = await readOrCreateSigningRing(path, true);
   if (r.created) log.warn({ path }, 'generated a new token-signing key ring beside the embedded database; tokens signed with it stop verifying if it is lost');
   return r.ring;
+}
+
+/**
+ * The audit checkpoint-signing key ring (AUDIT_KEYS or AUDIT_KEYS_FILE; the embedded default lives
+ * beside the data and is created on first start, as the other rings are).
+ */
+export async function loadAuditRing(config: Readonly<Config>, log: Logger | undefined, create: boolean): Promise<SigningRingFile> {
+  try {
+    if (config.auditKeys) return checkSigningRing(JSON.parse(config.auditKeys));
+    if (config.auditKeysFile) return (await readOrCreateSigningRing(config.auditKeysFile, false)).ring;
+    const path = join(config.dataDir, 'audit-keys.json');
+    const r = await readOrCreateSigningRing(path, create && !config.databaseUrl);
+    if (r.created) log?.warn({ path }, 'generated a new audit checkpoint key ring beside the embedded database; checkpoints signed with it cannot be checked without it');
+    return r.ring;
+  } catch (e) {
+    throw new ConfigError(config.auditKeys ? 'AUDIT_KEYS' : 'AUDIT_KEYS_FILE', (e as Error).message.replace('vesta keys init-signing', 'vesta keys init-audit'));
+  }
 }
 
 /** The resource server's authentication: own key ring, trusted external issuers, shared revocations. */
@@ -81,12 +101,14 @@ export async function buildServices(config: Readonly<Config>, log: Logger = crea
     // Migrations may rebuild index tables; plans should not wait for autovacuum to see them.
     await analyzeTables(database.knex, SEARCHED_TABLES).catch((e: unknown) => log.warn({ err: { message: (e as Error)?.message } }, 'ANALYZE after migrations failed'));
   }
+  if (!config.audit) log.warn('AUDIT=off: no AuditEvent is recorded; for benchmarks and local development only');
+  const codec = await buildCodec(config, log);
   if (!config.pageTokenSecret) log.warn('PAGE_TOKEN_SECRET is not set: paging links are signed with a per-process key and stop working on restart or on another node');
   return {
     config,
     db: database,
-    store: new ResourceStore(await buildCodec(config, log)),
-    audit: new LogAuditSink(log),
+    store: new ResourceStore(codec),
+    audit: new Auditor(database.knex, codec, { baseUrl: config.baseUrl, enabled: config.audit, log }),
     pageTokens: new PageTokens(config.pageTokenSecret),
     validator: new R4Validator({ unknownExtensions: config.unknownExtensions, maxIssues: config.validationMaxIssues }),
     auth: await buildAuth(config, log, database),
@@ -101,11 +123,26 @@ export interface Running {
   url: string;
   /** Background ANALYZE after large writes (storage/planner-stats.ts). */
   stats: PlannerStats;
+  /** Links the audit ledger and writes its checkpoints (undefined with AUDIT=off). */
+  sequencer: AuditSequencer | undefined;
   close(): Promise<void>;
 }
 
 /** Starts listening; close() drains in-flight requests (bounded by shutdownTimeoutMs) and closes the pool. */
 export async function startServer(svc: Services): Promise<Running> {
+  const sequencer = svc.config.audit
+    ? new AuditSequencer(svc.db.knex, {
+        ledger: svc.config.baseUrl,
+        ring: await loadAuditRing(svc.config, svc.log, true),
+        sink: new FileCheckpointSink(svc.config.auditCheckpointDir),
+        intervalMs: svc.config.auditLinkIntervalMs,
+        checkpointEvery: svc.config.auditCheckpointEvery,
+        checkpointMs: svc.config.auditCheckpointMs,
+        log: svc.log,
+      })
+    : undefined;
+  // Entries a previous process appended but did not link (a crash) are linked now.
+  await sequencer?.start();
   const authServer = svc.config.authServer ? await SmartAuthServer.create(svc) : undefined;
   const app = createApp(svc, authServer ? { authServer } : {});
   const server = createServer(app);
@@ -149,9 +186,12 @@ export async function startServer(svc: Services): Promise<Running> {
       authServer?.close();
       svc.auth.close();
       await stats.close();
+      // Every record appended is linked and checkpointed before the pool closes.
+      await svc.audit.drain();
+      await sequencer?.stop();
       await svc.db.close();
     })();
     return closing;
   };
-  return { server, authServer, url: `http://127.0.0.1:${addr.port}`, stats, close };
+  return { server, authServer, url: `http://127.0.0.1:${addr.port}`, stats, sequencer, close };
 }

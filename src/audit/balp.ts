@@ -1,7 +1,7 @@
 // AuditEvents in the shape of IHE Basic Audit Log Patterns (BALP) for FHIR R4: one per interaction
 // (and per entry of a transaction or batch), success or failure. Pure: the caller says what happened;
-// this builds the resource. No token, no resource content, no query values: the query is recorded by
-// its parameter names (values can be PHI) and the token by its jti.
+// this builds the resource. No token and no resource content: the token is recorded by its jti; the
+// query by its parameter names in clear and in full in entity.query, which the PHI policy seals.
 import { randomUUID } from 'node:crypto';
 import type { LedgerEvent } from './ledger.js';
 
@@ -69,14 +69,17 @@ export interface AuditFacts {
   resources?: { type: string; id: string; version?: string }[];
   /** Patients whose compartment the resources are in. */
   patients?: string[];
-  /** Searches: the resource type and the parameter names (never values). */
-  query?: { type?: string; parameters: string[] };
+  /**
+   * Searches: the resource type, the parameter names, and the query string itself (`text`), which
+   * goes into entity.query: a PHI-bearing element the PHI policy seals before the record is stored.
+   */
+  query?: { type?: string; parameters: string[]; text?: string };
   /** Set for a background job instead of a token's client. */
   job?: string;
 }
 
 export function buildAuditEvent(f: AuditFacts): LedgerEvent {
-  const restful = !f.interaction.startsWith('auth:') && !f.interaction.startsWith('job:');
+  const restful = !/^(auth|job|request):/.test(f.interaction);
   const subtypeCode = f.interaction.startsWith('operation:') ? 'operation' : f.interaction.replace(/^search-compartment$/, 'search-type');
   const agents: Record<string, unknown>[] = [];
   agents.push({
@@ -118,6 +121,7 @@ export function buildAuditEvent(f: AuditFacts): LedgerEvent {
       role: { system: OBJECT_ROLE, code: '24', display: 'Query' },
       // Parameter names only: values can be PHI (a name, an identifier).
       description: `${f.query.type ?? '*'}?${[...new Set(f.query.parameters)].sort().join('&')}`,
+      ...(f.query.text ? { query: Buffer.from(f.query.text, 'utf8').toString('base64') } : {}),
     });
   }
   entities.push({
@@ -135,7 +139,8 @@ export function buildAuditEvent(f: AuditFacts): LedgerEvent {
     outcome: outcomeOf(f.status),
     outcomeDesc: f.description ? `${f.status} ${f.description}` : String(f.status),
     agent: agents,
-    source: { site: f.server, observer: { display: 'Vesta FHIR server' }, type: [{ system: SOURCE_TYPE, code: '4', display: 'Application Server' }] },
+    // The observer by identifier (its base URL): `source:identifier=urn:ietf:rfc:3986|<base>` finds this server's records.
+    source: { site: f.server, observer: { identifier: { system: 'urn:ietf:rfc:3986', value: f.server }, display: 'Vesta FHIR server' }, type: [{ system: SOURCE_TYPE, code: '4', display: 'Application Server' }] },
     entity: entities,
   };
 }

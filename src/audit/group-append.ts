@@ -3,12 +3,14 @@
 // append is running go together in the next one, so under load one INSERT carries many requests'
 // records and a lone request pays one round trip. A failed append rejects every caller of that group:
 // their responses fail instead of leaving unrecorded.
-import type { Queryable } from '../storage/db.js';
+import { detached, type Queryable } from '../storage/db.js';
 import { appendEvents, type LedgerEvent } from './ledger.js';
 
 export interface GroupAppendOptions {
   /** Most records per INSERT. */
   maxBatch: number;
+  /** This server's base URL (appendEvents indexes its absolute references as relative ones). */
+  baseUrl?: string;
 }
 
 interface Waiting {
@@ -38,12 +40,13 @@ export class GroupAppender {
 
   private kick(): void {
     if (this.flushing) return;
-    this.flushing = (async () => {
+    // Outside the caller's request scope: the group carries other requests' records too.
+    this.flushing = detached(async () => {
       try {
         while (this.queue.length) {
           const group = this.queue.splice(0, this.o.maxBatch);
           try {
-            await appendEvents(this.q, group.map((w) => w.event));
+            await appendEvents(this.q, group.map((w) => w.event), this.o.baseUrl ? { baseUrl: this.o.baseUrl } : {});
             this.appends++;
             for (const w of group) w.resolve();
           } catch (e) {
@@ -53,7 +56,7 @@ export class GroupAppender {
       } finally {
         this.flushing = undefined;
       }
-    })();
+    });
   }
 
   /** Waits until every record handed in so far is appended (shutdown). */

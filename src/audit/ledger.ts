@@ -1,11 +1,13 @@
 // The audit ledger's write side (issue 16): AuditEvents appended as unlinked entries, in the caller's
 // transaction when it has one (a write's record commits or rolls back with the write). The sequencer
 // links them; verify checks them. What an AuditEvent holds (BALP shape, sealed PHI) is decided by
-// the code that builds it; the ledger stores it as given and chains its canonical bytes.
+// the code that builds it; the ledger stores it as given and chains its canonical bytes, beside the
+// search columns derived from it (search-columns.ts) that the /AuditEvent API selects by.
 import { randomUUID } from 'node:crypto';
 import type { Queryable } from '../storage/db.js';
 import { insertEntries, type NewEntry } from '../storage/audit-store.js';
 import { canonicalBytes, canonicalDigest } from './chain.js';
+import { searchColumns } from './search-columns.js';
 
 export interface LedgerEvent {
   resourceType: 'AuditEvent';
@@ -14,12 +16,17 @@ export interface LedgerEvent {
   [k: string]: unknown;
 }
 
-/** Appends AuditEvents (ids assigned where missing); returns them as stored. */
-export async function appendEvents(q: Queryable, events: LedgerEvent[]): Promise<LedgerEvent[]> {
+export interface AppendOptions {
+  /** This server's base URL: absolute references on it are indexed as the relative ones they stand for. */
+  baseUrl?: string;
+}
+
+/** Appends AuditEvents (ids assigned where missing), with their search columns; returns them as stored. */
+export async function appendEvents(q: Queryable, events: LedgerEvent[], opts: AppendOptions = {}): Promise<LedgerEvent[]> {
   const stored = events.map((e) => (e.id ? e : { ...e, id: randomUUID() }));
   const rows: NewEntry[] = stored.map((e) => {
     const canonical = canonicalBytes(e).toString('utf8');
-    return { canonical, digest: canonicalDigest(canonical) };
+    return { canonical, digest: canonicalDigest(canonical), columns: searchColumns(e, opts.baseUrl) };
   });
   await insertEntries(q, rows);
   return stored;

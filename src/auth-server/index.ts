@@ -11,6 +11,7 @@ import type { KoaContextWithOIDC } from 'oidc-provider';
 import type { Services, RequestContext } from '../interactions/context.js';
 import { search } from '../interactions/search.js';
 import { read } from '../interactions/read.js';
+import { audited, newTrail } from '../interactions/audit.js';
 import type { Principal } from '../auth/principal.js';
 import { parseScopes } from '../auth/scopes.js';
 import { isFhirError } from '../fhir/errors.js';
@@ -163,11 +164,42 @@ export class SmartAuthServer {
       ctx.set('Cache-Control', 'no-store');
       ctx.set('Pragma', 'no-cache');
       const body = ctx.body as Record<string, unknown> | undefined;
-      if (ctx.status !== 200 || !body || typeof body.access_token !== 'string') return;
+      const issued = ctx.status === 200 && body && typeof body.access_token === 'string' ? decodeJwt(body.access_token) : undefined;
+      // Every token issued or refused is recorded before the answer leaves (issue 16).
+      const requestId = (ctx.res as unknown as { locals?: { requestId?: string } }).locals?.requestId;
+      await this.record('auth:token', {
+        clientId: ctx.oidc?.client?.clientId ?? (typeof ctx.oidc?.params?.client_id === 'string' ? ctx.oidc.params.client_id : undefined),
+        user: typeof issued?.sub === 'string' && issued.sub !== ctx.oidc?.client?.clientId ? issued.sub : undefined,
+        status: ctx.status,
+        description: issued ? `issued (${String(ctx.oidc?.params?.grant_type ?? 'token')})` : typeof body?.error === 'string' ? body.error : 'refused',
+        address: ctx.req.socket.remoteAddress,
+        tokenId: typeof issued?.jti === 'string' ? issued.jti : undefined,
+        requestId,
+      });
+      if (!issued || !body) return;
       await this.flush();
-      const claims = decodeJwt(body.access_token);
-      for (const k of ['patient', 'encounter', 'fhirContext', 'need_patient_banner'] as const) if (claims[k] !== undefined) body[k] = claims[k];
+      for (const k of ['patient', 'encounter', 'fhirContext', 'need_patient_banner'] as const) if (issued[k] !== undefined) body[k] = issued[k];
     });
+  }
+
+  /**
+   * Appends the AuditEvent of an authorization-server event (sign-in, token, revocation, launch),
+   * durable when it resolves. The user is named by account; never a password or a token, only its jti.
+   */
+  async record(
+    interaction: 'auth:login' | 'auth:token' | 'auth:revoke' | 'auth:launch',
+    o: { clientId?: string | undefined; user?: string | undefined; status: number; description?: string; address?: string | undefined; tokenId?: string | undefined; requestId?: string | undefined },
+  ): Promise<void> {
+    const principal: Principal = {
+      kind: 'token',
+      clientId: o.clientId ?? 'unknown',
+      ...(o.user ? { subject: o.user } : {}),
+      ...(o.tokenId ? { tokenId: o.tokenId } : {}),
+      scope: '',
+      grants: [],
+    };
+    const origin = { principal, requestId: o.requestId ?? randomBytes(8).toString('hex'), clock: () => new Date(), ...(o.address ? { address: o.address } : {}) };
+    await this.svc.audit.appendNow([this.svc.audit.event(origin, newTrail(interaction), o.status, o.description)]);
   }
 
   private csrfToken(uid: string): string {
@@ -397,26 +429,31 @@ export class SmartAuthServer {
     };
   }
 
-  private requestContext(principal: Principal): RequestContext {
-    return { requestId: randomBytes(8).toString('hex'), principal, clock: () => new Date(), baseUrl: this.fhirBase };
+  /** The picker's searches and reads are interactions like any other: authorized and audited. */
+  private requestContext(principal: Principal, interaction: string): RequestContext {
+    return { requestId: randomBytes(8).toString('hex'), principal, clock: () => new Date(), baseUrl: this.fhirBase, audit: newTrail(interaction, 'Patient') };
   }
 
   /** Patients the user may see whose name matches (the search runs with the user's own scopes). */
   private async findPatients(user: { username: string; fhirUser?: string | undefined; scopes: string }, name: string): Promise<PatientRow[]> {
-    const r = await search(this.svc, this.requestContext(this.userPrincipal(user)), {
-      type: 'Patient',
-      query: [
-        ['name', name],
-        ['_count', '20'],
-      ],
-    });
+    const ctx = this.requestContext(this.userPrincipal(user), 'search-type');
+    const r = await audited(this.svc, () => ctx, () =>
+      search(this.svc, ctx, {
+        type: 'Patient',
+        query: [
+          ['name', name],
+          ['_count', '20'],
+        ],
+      }),
+    );
     const bundle = r.body as { entry?: { resource?: Record<string, unknown>; search?: { mode?: string } }[] } | undefined;
     return (bundle?.entry ?? []).filter((e) => e.resource?.resourceType === 'Patient' && e.search?.mode !== 'outcome').map((e) => patientRow(e.resource!));
   }
 
   private async patientLabel(user: { username: string; fhirUser?: string | undefined; scopes: string }, id: string): Promise<string | undefined> {
     try {
-      const r = await read(this.svc, this.requestContext(this.userPrincipal(user)), { type: 'Patient', id });
+      const ctx = this.requestContext(this.userPrincipal(user), 'read');
+      const r = await audited(this.svc, () => ctx, () => read(this.svc, ctx, { type: 'Patient', id }));
       const row = r.body ? patientRow(r.body as unknown as Record<string, unknown>) : undefined;
       return row ? `${row.name}${row.birthDate ? `, born ${row.birthDate}` : ''}` : undefined;
     } catch {
@@ -439,8 +476,11 @@ export class SmartAuthServer {
     const password = typeof body.password === 'string' ? body.password : '';
     if (!username || !password) return page(res, 400, loginPage({ action: u.login, csrf, clientName, username, error: 'Enter your user name and password.' }));
     const result = await this.users.login(username, password, this.clientAddress(req));
+    const requestId = (res.locals as { requestId?: string }).requestId;
+    const clientId = typeof details.params.client_id === 'string' ? details.params.client_id : undefined;
     if (!result.ok) {
       this.svc.log.warn({ event: result.reason === 'throttled' ? 'login.throttled' : 'login.failed', clientId: details.params.client_id }, 'login refused');
+      await this.record('auth:login', { clientId, user: username, status: result.reason === 'throttled' ? 429 : 401, description: result.reason === 'throttled' ? 'sign-in throttled' : 'sign-in failed', address: this.clientAddress(req), requestId });
       if (result.reason === 'throttled') {
         res.setHeader('Retry-After', String(Math.ceil(this.svc.config.authLoginWindowMs / 1000)));
         return page(res, 429, loginPage({ action: u.login, csrf, clientName, username, error: 'Too many failed sign-ins. Try again later.' }));
@@ -448,6 +488,7 @@ export class SmartAuthServer {
       return page(res, 401, loginPage({ action: u.login, csrf, clientName, username, error: 'The user name or password is not correct.' }));
     }
     this.svc.log.info({ event: 'login.succeeded', clientId: details.params.client_id, account: result.user.username }, 'login succeeded');
+    await this.record('auth:login', { clientId, user: result.user.username, status: 200, description: 'signed in', address: this.clientAddress(req), requestId });
     await this.provider.interactionFinished(req, res, { login: { accountId: result.user.username } }, { mergeWithLastSubmission: false });
   }
 
@@ -558,10 +599,14 @@ export class SmartAuthServer {
       if (!ok) return this.oauthError(res, 400, 'invalid_request', 'fhirContext must be an array of at most 20 objects with reference, canonical, identifier, type or role');
       fhirContext = b.fhirContext as unknown[];
     }
-    const ctx = this.requestContext(principal);
     try {
-      if (patient) await read(this.svc, ctx, { type: 'Patient', id: patient });
-      if (encounter) await read(this.svc, ctx, { type: 'Encounter', id: encounter });
+      // Each check is a read by the launching system's token, audited as such.
+      for (const [type, id] of [['Patient', patient], ['Encounter', encounter]] as const) {
+        if (!id) continue;
+        const ctx = this.requestContext(principal, 'read');
+        ctx.audit.resourceType = type;
+        await audited(this.svc, () => ctx, () => read(this.svc, ctx, { type, id }));
+      }
     } catch (e) {
       if (!isFhirError(e)) throw e;
       return this.oauthError(res, e.status === 404 || e.status === 410 ? 400 : e.status, 'invalid_request', e.status === 404 || e.status === 410 ? 'the patient or encounter is not known' : e.message);
@@ -577,6 +622,7 @@ export class SmartAuthServer {
     };
     await upsertArtifact(this.svc.db.knex, 'SmartLaunch', id, record as unknown as Record<string, unknown>, undefined, undefined, new Date(Date.now() + LAUNCH_TTL_S * 1000));
     this.svc.log.info({ event: 'launch.created', clientId: principal.clientId }, 'EHR launch context created');
+    await this.record('auth:launch', { clientId: principal.clientId, status: 200, description: 'EHR launch context created', address: req.socket.remoteAddress, tokenId: principal.tokenId, requestId: (res.locals as { requestId?: string }).requestId });
     res.status(201).setHeader('Cache-Control', 'no-store');
     res.json({ launch: id, expires_in: LAUNCH_TTL_S });
   }
@@ -646,6 +692,7 @@ export class SmartAuthServer {
       if (p.clientId !== client.clientId) return this.oauthError(res, 400, 'unauthorized_client', 'the token was not issued to this client');
       if (p.tokenId && p.expiresAt) await this.svc.auth.revocations.revoke(p.tokenId, p.expiresAt);
       this.svc.log.info({ event: 'token.revoked', kind: 'access_token', clientId: client.clientId, jti: p.tokenId }, 'token revoked');
+      await this.record('auth:revoke', { clientId: client.clientId, user: p.subject !== client.clientId ? p.subject : undefined, status: 200, description: 'access token revoked', address: req.socket.remoteAddress, tokenId: p.tokenId, requestId: (res.locals as { requestId?: string }).requestId });
       res.status(200).end();
       return;
     }
@@ -657,6 +704,7 @@ export class SmartAuthServer {
         await destroyArtifactsOfGrant(this.svc.db.knex, rt.grantId);
       }
       this.svc.log.info({ event: 'token.revoked', kind: 'refresh_token', clientId: client.clientId }, 'token revoked');
+      await this.record('auth:revoke', { clientId: client.clientId, user: rt.accountId, status: 200, description: 'refresh token revoked with its grant', address: req.socket.remoteAddress, requestId: (res.locals as { requestId?: string }).requestId });
     }
     res.status(200).end();
   }

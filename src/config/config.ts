@@ -54,6 +54,8 @@ export interface Config {
   authLoginWindowMs: number;
   /** Client JWKS URLs on http://localhost (AUTH_JWKS_URI_LOOPBACK=on): development and tests only. */
   authJwksUriLoopback: boolean;
+  /** Audit ledger (issue 16): AUDIT=off records nothing (benchmarks and local development only; warned at start). */
+  audit: boolean;
   /** Audit ledger (issue 16): checkpoint-signing key ring (AUDIT_KEYS_FILE or AUDIT_KEYS; embedded default beside the data). */
   auditKeysFile: string | undefined;
   auditKeys: string | undefined;
@@ -250,6 +252,11 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     throw new ConfigError('AUTH_KEYS_FILE', 'must name the token-signing key ring when DATABASE_URL is set (or set AUTH_KEYS; create one with: vesta keys init-signing)');
   }
   const authIssuers = issuers(env);
+  const auditRaw = env.AUDIT?.trim().toLowerCase() || 'on';
+  if (auditRaw !== 'on' && auditRaw !== 'off') throw new ConfigError('AUDIT', 'must be on or off');
+  if (auditRaw === 'on' && databaseUrl && !env.AUDIT_KEYS?.trim() && !env.AUDIT_KEYS_FILE?.trim()) {
+    throw new ConfigError('AUDIT_KEYS_FILE', 'must name the audit checkpoint key ring when DATABASE_URL is set (or set AUDIT_KEYS; create one with: vesta keys init-audit)');
+  }
 
   return Object.freeze({
     port,
@@ -288,6 +295,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     authLoginMaxFailuresAddress: int(env, 'AUTH_LOGIN_MAX_FAILURES_ADDRESS', 20, 1, 100000),
     authLoginWindowMs: int(env, 'AUTH_LOGIN_WINDOW', 900, 10, 86400) * 1000,
     authJwksUriLoopback: onOff(env, 'AUTH_JWKS_URI_LOOPBACK', false),
+    audit: auditRaw === 'on',
     auditKeysFile: env.AUDIT_KEYS_FILE?.trim() ? resolve(env.AUDIT_KEYS_FILE.trim()) : undefined,
     auditKeys: env.AUDIT_KEYS?.trim() || undefined,
     auditCheckpointDir: resolve(env.AUDIT_CHECKPOINT_DIR?.trim() || join(resolve(env.DATA_DIR?.trim() || './data'), 'audit-checkpoints')),

@@ -15,6 +15,9 @@ export const PROTECTED_SEARCH_PARAMS: Readonly<Record<string, readonly string[]>
   Person: ['name', 'identifier', 'birthdate', 'telecom', 'phone', 'email', 'address', 'address-city', 'address-country', 'address-postalcode', 'address-state', 'address-use', 'phonetic'],
   // "*": note.text reaches List.note.text.
   List: ['notes'],
+  // agent.name, agent.network and entity.name are sealed. AuditEvents are ledger entries, not in the
+  // resource index: /AuditEvent search (interactions/audit-events.ts) does not serve these parameters.
+  AuditEvent: ['address', 'agent-name', 'entity-name'],
 };
 
 export function isProtectedParam(type: string, param: string): boolean {

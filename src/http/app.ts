@@ -2,7 +2,7 @@
 // Handlers only translate HTTP <-> interaction inputs; interactions hold the behaviour.
 import express, { type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import { randomUUID } from 'node:crypto';
-import { audited } from '../audit/audit-sink.js';
+import { audited, auditUnavailable, newTrail, recordRefused } from '../interactions/audit.js';
 import { FhirError } from '../fhir/errors.js';
 import { capabilities } from '../interactions/capabilities.js';
 import { onlyOnce, parseIfMatch } from '../interactions/common.js';
@@ -20,6 +20,7 @@ import { validateOperation } from '../operations/validate/validate.js';
 import { ANONYMOUS, type Principal } from '../auth/principal.js';
 import { smartConfiguration } from '../auth/smart-configuration.js';
 import type { SmartAuthServer } from '../auth-server/index.js';
+import type { AuditTrail } from '../audit/trail.js';
 import { bodyKind, parseForm, parseJson, parseJsonPaced, type BodyKind } from './body.js';
 import { toErrorResponse } from './errors.js';
 import { requestDeadline } from './deadline.js';
@@ -146,13 +147,16 @@ export function createApp(svc: Services, opts: { authServer?: SmartAuthServer } 
   fhir.use(express.raw({ type: () => true, limit: config.maxBodyBytes }));
   // After the body is read, so the rest of the request runs in the deadline's async context.
   fhir.use(requestDeadline(config.requestTimeoutMs));
-  const context = (req: Request, res: Response, principal: Principal): RequestContext => {
+  const context = (req: Request, res: Response, principal: Principal, trail: AuditTrail): RequestContext => {
     const prefer = parsePrefer(typeof req.headers.prefer === 'string' ? req.headers.prefer : undefined);
+    const address = req.socket.remoteAddress;
     return {
       requestId: locals(res).requestId,
       principal,
       clock: () => new Date(),
       baseUrl: config.baseUrl,
+      audit: trail,
+      ...(address ? { address } : {}),
       ...(prefer.ret ? { preferReturn: prefer.ret } : {}),
       ...(prefer.handling ? { preferHandling: prefer.handling } : {}),
     };
@@ -221,31 +225,19 @@ export function createApp(svc: Services, opts: { authServer?: SmartAuthServer } 
     (interaction: string, run: (ctx: RequestContext, req: Request, res: Response) => Promise<InteractionResult>, opts: { public?: boolean } = {}): RequestHandler =>
     async (req, res) => {
       const format = locals(res).format ?? { mime: 'application/fhir+json', pretty: false };
-      let ctx = context(req, res, ANONYMOUS);
+      const trail = newTrail(interaction, params(req).type);
+      let ctx = context(req, res, ANONYMOUS, trail);
       try {
-        const resourceType = params(req).type;
-        const result = await audited(
-          svc.audit,
-          {
-            interaction,
-            ...(resourceType ? { resourceType } : {}),
-            requestId: ctx.requestId,
-            // The verified client, once run() has authenticated it ('anonymous' when it could not).
-            get principal() {
-              return ctx.principal.clientId;
-            },
-            clock: ctx.clock,
-          },
-          async () => {
-            const principal = opts.public ? ANONYMOUS : await svc.auth.authenticate(header(req, 'Authorization'));
-            if (!opts.public && principal.kind === 'anonymous') {
-              throw new FhirError('unauthorized', 'this request needs a bearer token (Authorization: Bearer <token>)', { headers: { 'WWW-Authenticate': 'Bearer' } });
-            }
-            ctx = context(req, res, principal);
-            await preParse(req);
-            return run(ctx, req, res);
-          },
-        );
+        // The record names the verified principal once run() has authenticated it (anonymous when it could not).
+        const result = await audited(svc, () => ctx, async () => {
+          const principal = opts.public ? ANONYMOUS : await svc.auth.authenticate(header(req, 'Authorization'));
+          if (!opts.public && principal.kind === 'anonymous') {
+            throw new FhirError('unauthorized', 'this request needs a bearer token (Authorization: Bearer <token>)', { headers: { 'WWW-Authenticate': 'Bearer' } });
+          }
+          ctx = context(req, res, principal, trail);
+          await preParse(req);
+          return run(ctx, req, res);
+        });
         respond(req, res, result, format);
       } catch (e) {
         respondError(res, toErrorResponse(e, log, ctx.requestId), format);
@@ -399,9 +391,18 @@ export function createApp(svc: Services, opts: { authServer?: SmartAuthServer } 
   app.use((req, _res, next) => next(new FhirError('unknown-route', 'not found')));
 
   // Errors raised outside interactions (body limits, negotiation, unknown routes).
-  app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+  // Such a request never reached an interaction, yet it is recorded too (unauthenticated: the token
+  // is not looked at), before the answer goes out.
+  app.use(async (err: unknown, req: Request, res: Response, _next: NextFunction) => {
     const format = locals(res).format ?? { mime: 'application/fhir+json', pretty: false };
-    respondError(res, toErrorResponse(err, log, locals(res).requestId ?? 'unknown'), format);
+    const requestId = locals(res).requestId ?? 'unknown';
+    let answer = err;
+    try {
+      await recordRefused(svc, { principal: ANONYMOUS, requestId, clock: () => new Date(), ...(req.socket.remoteAddress ? { address: req.socket.remoteAddress } : {}) }, err);
+    } catch (e) {
+      answer = auditUnavailable(log, requestId, e);
+    }
+    respondError(res, toErrorResponse(answer, log, requestId), format);
   });
   return app;
 }

@@ -1,7 +1,7 @@
 // The only writer of FHIR responses: status, headers and the JSON body in the negotiated format.
 import type { Request, Response } from 'express';
 import type { Resource } from 'fhir/r4.js';
-import type { Audited } from '../audit/audit-sink.js';
+import type { Audited } from '../interactions/audit.js';
 import type { InteractionResult } from '../interactions/context.js';
 import type { ErrorResponse } from './errors.js';
 import type { Format } from './format.js';

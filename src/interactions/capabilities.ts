@@ -5,6 +5,7 @@ import { smartEndpoints } from '../auth/smart-configuration.js';
 import type { CapabilityStatement, CapabilityStatementRestResource, CapabilityStatementRestSecurity } from 'fhir/r4.js';
 import { compartmentDefinitions, resourceTypeInfo } from '../fhir/definitions.js';
 import { paramsOf, supportedSearchParams } from '../search/registry.js';
+import { AUDIT_SEARCH_PARAMS } from './audit-events.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 
 /** Type-level interactions the router serves for every resource type. */
@@ -24,6 +25,7 @@ let cached: { key: string; statement: CapabilityStatement } | undefined;
 function build(svc: Services, ctx: RequestContext): CapabilityStatement {
   const phi = svc.store.phiIndexMode;
   const resources: CapabilityStatementRestResource[] = resourceTypeInfo().map(({ type }) => {
+    if (type === 'AuditEvent') return auditEventResource();
     const params = supportedSearchParams(type, phi);
     const refs = [...paramsOf(type).supported.values()].filter((p) => p.kind === 'reference').map((p) => `${type}:${p.code}`);
     return {
@@ -45,13 +47,15 @@ function build(svc: Services, ctx: RequestContext): CapabilityStatement {
   // _revinclude names the referring type's parameters: list each type's incoming reference parameters.
   const incoming = new Map<string, string[]>();
   for (const { type } of resourceTypeInfo()) {
+    // AuditEvents live in the ledger, outside the index that _include and _revinclude walk.
+    if (type === 'AuditEvent') continue;
     for (const p of paramsOf(type).supported.values()) {
       if (p.kind !== 'reference') continue;
       for (const target of p.def.target.length ? p.def.target : resourceTypeInfo().map((t) => t.type)) incoming.set(target, [...(incoming.get(target) ?? []), `${type}:${p.code}`]);
     }
   }
   for (const r of resources) {
-    const rev = incoming.get(r.type) ?? [];
+    const rev = r.type === 'AuditEvent' ? [] : (incoming.get(r.type) ?? []);
     if (rev.length) r.searchRevInclude = rev;
     else delete r.searchRevInclude;
   }
@@ -89,6 +93,30 @@ function build(svc: Services, ctx: RequestContext): CapabilityStatement {
         compartment: compartmentDefinitions().map((c) => c.url),
       },
     ],
+  };
+}
+
+/**
+ * AuditEvent (issue 16 item 7): the ledger's entries, read and searched by audit-events.ts, created by
+ * clients (appended like any other record); never updated, patched or deleted, one version each.
+ */
+function auditEventResource(): CapabilityStatementRestResource {
+  return {
+    type: 'AuditEvent',
+    profile: 'http://hl7.org/fhir/StructureDefinition/AuditEvent',
+    documentation:
+      'AuditEvents are entries of the tamper-evident audit ledger: one per interaction, appended by the server (IHE BALP shape), and those clients create. ' +
+      'They are never updated, patched or deleted (405) and have one version. Search is over the ledger: no _include, _revinclude, chains or _has.',
+    interaction: (['read', 'vread', 'search-type', 'create'] as const).map((code) => ({ code })),
+    versioning: 'versioned',
+    readHistory: false,
+    updateCreate: false,
+    conditionalCreate: false,
+    conditionalRead: 'not-supported',
+    conditionalUpdate: false,
+    conditionalDelete: 'not-supported',
+    operation: [{ name: 'validate', definition: 'http://hl7.org/fhir/OperationDefinition/Resource-validate' }],
+    searchParam: AUDIT_SEARCH_PARAMS.map((p) => ({ name: p.name, type: p.type, definition: p.definition, documentation: p.documentation })),
   };
 }
 

@@ -2,7 +2,8 @@
 import type { Resource } from 'fhir/r4.js';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
-import type { AuditSink } from '../audit/audit-sink.js';
+import type { Auditor } from '../audit/auditor.js';
+import type { AuditTrail } from '../audit/trail.js';
 import type { Database } from '../storage/db.js';
 import type { ResourceStore } from '../storage/resource-store.js';
 import type { PageTokens } from '../search/page-token.js';
@@ -19,7 +20,8 @@ export interface Services {
   config: Readonly<Config>;
   db: Database;
   store: ResourceStore;
-  audit: AuditSink;
+  /** The audit path: builds, seals and appends AuditEvents (audit/auditor.ts). */
+  audit: Auditor;
   pageTokens: PageTokens;
   validator: ResourceValidator;
   auth: AuthService;
@@ -34,6 +36,10 @@ export interface RequestContext {
   principal: Principal;
   clock: () => Date;
   baseUrl: string;
+  /** What this interaction touches, for its AuditEvent (interactions/audit.ts records it). */
+  audit: AuditTrail;
+  /** Network address of the client, for the AuditEvent. */
+  address?: string;
   preferReturn?: PreferReturn;
   preferHandling?: 'strict' | 'lenient';
 }

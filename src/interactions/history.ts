@@ -2,6 +2,7 @@
 // _since, _at and _count, newest first, paged by a signed keyset cursor (stable under writes). _summary
 // and _elements shape each entry's resource as on search (search.html#summary, #elements); deletions
 // have no resource and stay as they are. _summary=count gives the total of an instance history only.
+import { patientsOfResource } from '../audit/patients.js';
 import type { Bundle, BundleEntry, BundleLink } from 'fhir/r4.js';
 import { FhirError } from '../fhir/errors.js';
 import { parseShaping, parseSummary, shapeResource, type Shaping } from '../search/shape.js';
@@ -37,6 +38,10 @@ function entry(ctx: RequestContext, v: StoredVersion, shaping: Shaping): BundleE
 }
 
 export async function history(svc: Services, ctx: RequestContext, input: HistoryInput): Promise<InteractionResult> {
+  ctx.audit.search(input.type, input.query);
+  if (input.type && input.id) ctx.audit.resource(input.type, input.id, undefined, input.type === 'Patient' ? [input.id] : []);
+  // A ledger entry has one version and no history of its own.
+  if (input.type === 'AuditEvent') throw new FhirError('method-not-allowed', 'AuditEvents have no history: each is one append-only ledger entry (read or search them instead)', { headers: { Allow: 'GET, HEAD' } });
   checkHistoryBudget(input.query, svc.config.searchBudgets);
   if (input.type) requireType(input.type);
   if (input.id) requireId(input.id);
@@ -114,6 +119,8 @@ export async function history(svc: Services, ctx: RequestContext, input: History
     const seen = await visible(svc, ctx, svc.db.knex, [letter], unfiltered.map((v) => ({ resourceType: v.resourceType, id: v.id, resource: v.resource, lastUpdated: v.lastUpdated, current: false })));
     page = unfiltered.filter((_v, k) => seen.has(k));
   }
+  // Instance history reads one resource: its record names the patients of the versions returned.
+  if (input.id) for (const v of page) if (v.resource) for (const p of patientsOfResource(v.resource)) ctx.audit.patient(p);
   const link: BundleLink[] = [];
   const self = new URLSearchParams(selfQuery);
   if (params._page !== undefined) self.set('_page', params._page);

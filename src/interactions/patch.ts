@@ -1,10 +1,12 @@
 // patch: PATCH [base]/[type]/[id] with a JSON Patch document (RFC 6902;
 // https://hl7.org/fhir/R4/http.html#patch), and conditional patch PATCH [base]/[type]?criteria.
+import { refuseLedgerChange } from './audit-event-create.js';
 import type { Resource } from 'fhir/r4.js';
 import jsonpatch from 'fast-json-patch';
 import { findBadString } from '../fhir/strings.js';
 import { FhirError } from '../fhir/errors.js';
-import { withTransaction, type Tx } from '../storage/db.js';
+import type { AuditedTx } from '../storage/resource-store.js';
+import { auditedTransaction } from './audit.js';
 import { checkResourceShape } from '../validation/shape.js';
 import { requireId, requireType, writeResult, type IfMatch } from './common.js';
 import { lockAndMatch, matchScope } from './conditional.js';
@@ -59,7 +61,7 @@ function applyTo(current: Resource, ops: Operation[]): unknown {
   }
 }
 
-async function patchIn(svc: Services, ctx: RequestContext, tx: Tx, type: string, id: string, ops: Operation[], ifMatch: IfMatch | undefined): Promise<InteractionResult> {
+async function patchIn(svc: Services, ctx: RequestContext, tx: AuditedTx, type: string, id: string, ops: Operation[], ifMatch: IfMatch | undefined): Promise<InteractionResult> {
   const head = await visibleHead(svc, ctx, tx, 'u', type, id, await svc.store.lockCurrent(tx, type, id));
   if (!head) throw new FhirError('not-found', `${type}/${id} is not known`);
   if (head.deleted) throw new FhirError('gone', `${type}/${id} was deleted`);
@@ -75,17 +77,19 @@ async function patchIn(svc: Services, ctx: RequestContext, tx: Tx, type: string,
 export async function patch(svc: Services, ctx: RequestContext, input: { type: string; id: string; body: unknown; ifMatch?: IfMatch }): Promise<InteractionResult> {
   requireType(input.type);
   requireId(input.id);
+  refuseLedgerChange(input.type, 'patch');
   allow(ctx, input.type, 'u', 'patch');
   const ops = checkPatchDocument(input.body);
-  return withTransaction(svc.db.knex, (tx) => patchIn(svc, ctx, tx, input.type, input.id, ops, input.ifMatch));
+  return auditedTransaction(svc, ctx, (tx) => patchIn(svc, ctx, tx, input.type, input.id, ops, input.ifMatch));
 }
 
 export async function conditionalPatch(svc: Services, ctx: RequestContext, input: { type: string; criteria: string; body: unknown; ifMatch?: IfMatch }): Promise<InteractionResult> {
   requireType(input.type);
+  refuseLedgerChange(input.type, 'conditional patch', 'GET, HEAD, POST');
   allow(ctx, input.type, 'u', 'conditional patch');
   const ops = checkPatchDocument(input.body);
   const scope = matchScope(svc, ctx, input.type, 'conditional patch');
-  return withTransaction(svc.db.knex, async (tx) => {
+  return auditedTransaction(svc, ctx, async (tx) => {
     const matches = await lockAndMatch(tx, input.type, input.criteria, svc.store.phiIndexMode, scope);
     if (matches.length > 1) throw new FhirError('multiple-matches', 'the criteria match more than one resource');
     if (matches.length === 0) throw new FhirError('not-found', 'no resource matches the criteria');

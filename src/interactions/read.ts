@@ -1,10 +1,12 @@
 // read: GET [base]/[type]/[id] (https://hl7.org/fhir/R4/http.html#read), with If-None-Match and
 // If-Modified-Since (https://hl7.org/fhir/R4/http.html#cread), _summary and _elements.
+import { readAuditEvent } from './audit-events.js';
 import { FhirError } from '../fhir/errors.js';
 import { parseReadSummary, parseShaping, shapeResource } from '../search/shape.js';
 import { parseVersionEtag, requireId, requireType, versionHeaders } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { allow, currentWithinReach, reachesAll } from './authorize.js';
+import { patientsOfResource } from '../audit/patients.js';
 
 export interface ReadInput {
   type: string;
@@ -20,7 +22,9 @@ export interface ReadInput {
 export async function read(svc: Services, ctx: RequestContext, input: ReadInput): Promise<InteractionResult> {
   requireType(input.type);
   requireId(input.id);
+  if (input.type === 'AuditEvent') return readAuditEvent(svc, ctx, input);
   allow(ctx, input.type, 'r', 'read');
+  ctx.audit.resource(input.type, input.id);
   const shaping = parseShaping(parseReadSummary(input.summary), input.elements);
   const v = await svc.store.readCurrent(svc.db.knex, input.type, input.id);
   const notFound = () => new FhirError('not-found', `${input.type}/${input.id} is not known`);
@@ -32,6 +36,7 @@ export async function read(svc: Services, ctx: RequestContext, input: ReadInput)
   if (v.deleted) {
     throw new FhirError('gone', `${input.type}/${input.id} was deleted`, { headers: { ETag: `W/"${v.versionId}"` } });
   }
+  ctx.audit.resource(input.type, input.id, v.versionId, v.resource ? patientsOfResource(v.resource) : []);
   const headers = versionHeaders(ctx, v, false);
   const inm = input.ifNoneMatch?.trim();
   if (inm) {

@@ -3,6 +3,7 @@
 // GET [base]/[compartment]/[id]/[type]. Every official parameter Vesta indexes (search/registry.ts),
 // chains and _has, _sort, _total, _summary, _elements, _include/_revinclude, and signed keyset paging
 // with self, next and previous links.
+import { searchAuditEvents } from './audit-events.js';
 import type { Bundle, BundleEntry, BundleLink, Resource } from 'fhir/r4.js';
 import { FhirError } from '../fhir/errors.js';
 import { isResourceType, resourceTypeInfo } from '../fhir/definitions.js';
@@ -232,11 +233,15 @@ async function run(svc: Services, ctx: RequestContext, scope: Scope, query: [str
 /** search-type: GET [base]/[type]?params and POST [base]/[type]/_search. */
 export async function search(svc: Services, ctx: RequestContext, input: { type: string; query: [string, string][] }): Promise<InteractionResult> {
   requireType(input.type);
+  ctx.audit.search(input.type, input.query);
+  // AuditEvents live in the audit ledger, searched on its own columns.
+  if (input.type === 'AuditEvent') return searchAuditEvents(svc, ctx, { query: input.query });
   return run(svc, ctx, { types: [input.type], allTypes: false, path: input.type, keep: [] }, input.query);
 }
 
 /** search-system: GET [base]?params and POST [base]/_search, over the types in _type or all types. */
 export async function searchSystem(svc: Services, ctx: RequestContext, input: { query: [string, string][] }): Promise<InteractionResult> {
+  ctx.audit.search(undefined, input.query);
   const typeParams = input.query.filter(([k]) => k === '_type');
   if (typeParams.length > 1) throw new FhirError('invalid-search', 'parameter _type may appear only once');
   const query = input.query.filter(([k]) => k !== '_type');
@@ -251,6 +256,7 @@ export async function searchSystem(svc: Services, ctx: RequestContext, input: { 
   const types = [...new Set(typeParams[0][1].split(',').map((t) => t.trim()))];
   const unknown = types.find((t) => !isResourceType(t));
   if (unknown !== undefined) throw new FhirError('invalid-search', `_type names an unknown resource type (${unknown.slice(0, 64)})`);
+  if (types.includes('AuditEvent')) throw new FhirError('unsupported-search', 'AuditEvents are not part of system search; search them at [base]/AuditEvent');
   return run(svc, ctx, { types, allTypes: false, path: '', keep: [['_type', types.join(',')]] }, query);
 }
 
@@ -258,6 +264,13 @@ export async function searchSystem(svc: Services, ctx: RequestContext, input: { 
 export async function searchCompartment(svc: Services, ctx: RequestContext, input: { compartment: string; id: string; type: string; query: [string, string][] }): Promise<InteractionResult> {
   requireType(input.compartment);
   if (!/^[A-Za-z0-9\-.]{1,64}$/.test(input.id)) throw new FhirError('invalid-request', 'invalid id');
+  ctx.audit.search(input.type === '*' ? undefined : input.type, input.query);
+  ctx.audit.resource(input.compartment, input.id);
+  if (input.compartment === 'Patient') ctx.audit.patient(input.id);
+  if (input.type === 'AuditEvent') {
+    if (input.compartment !== 'Patient') throw new FhirError('unsupported-search', 'AuditEvents are searched in the Patient compartment only (or at [base]/AuditEvent)');
+    return searchAuditEvents(svc, ctx, { query: input.query, patient: input.id });
+  }
   const path = `${input.compartment}/${input.id}/${input.type}`;
   if (input.type === '*') {
     // Every member type: the compartment condition differs per type, so each type is a branch.

@@ -2,15 +2,15 @@
 // DELETE [type]/[id] (https://hl7.org/fhir/R4/http.html#transaction): the heads of all of them are
 // locked in one statement and the new versions written with multi-row statements, with the same
 // checks, versions and answers as update and delete give one entry at a time.
+import { refuseLedgerChange } from './audit-event-create.js';
 import type { Resource } from 'fhir/r4.js';
-import type { Tx } from '../storage/db.js';
-import type { NewVersion } from '../storage/resource-store.js';
+import type { AuditedTx, NewVersion } from '../storage/resource-store.js';
 import type { ParsedEntry } from './bundle-entry.js';
 import { parseIfMatch, requireId, requireType, type IfMatch } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { deleted } from './delete.js';
 import { checkUpdate, updateResult } from './update.js';
-import { checkIfMatch, prepareNext } from './write.js';
+import { checkIfMatch, formerPatientsMany, prepareNext } from './write.js';
 import { allow, checkTarget, requireNewVersions, visibleHead, writeLetters } from './authorize.js';
 import { FhirError } from '../fhir/errors.js';
 import { pace } from '../fhir/pacer.js';
@@ -31,7 +31,7 @@ type Checked = { ifMatch: IfMatch | undefined; resource?: Resource } | { error: 
 export async function writeKeyedEntries(
   svc: Services,
   ctx: RequestContext,
-  tx: Tx,
+  tx: AuditedTx,
   entries: ParsedEntry[],
   fail: (err: unknown, e: ParsedEntry) => unknown,
 ): Promise<Map<number, InteractionResult>> {
@@ -45,6 +45,7 @@ export async function writeKeyedEntries(
       else {
         requireType(e.type);
         requireId(e.id!);
+        refuseLedgerChange(e.type, 'delete');
         checked.push({ ifMatch });
       }
     } catch (error) {
@@ -105,6 +106,12 @@ export async function writeKeyedEntries(
     }
   }
   await requireNewVersions(svc, ctx, tx, reach);
+  // Deletions: their AuditEvents name the patients of the versions they end (one statement per type).
+  const deletions = versions.filter((v) => !v.resource);
+  if (deletions.length) {
+    const patients = await formerPatientsMany(tx, deletions);
+    for (const v of deletions) v.formerPatients = patients.get(`${v.resourceType}/${v.id}`) ?? [];
+  }
   await svc.store.writeVersions(tx, versions);
   return out;
 }

@@ -8,7 +8,9 @@ import { operationOutcome, outcomeId } from '../fhir/outcome.js';
 import { due, pace, pause } from '../fhir/pacer.js';
 import { conditionalReferences, rewriteReferences } from '../fhir/references.js';
 import { isResourceType } from '../fhir/definitions.js';
-import { advisoryXactLocks, withTransaction } from '../storage/db.js';
+import { advisoryXactLocks } from '../storage/db.js';
+import { audited, auditedTransaction, entryContext, recordedEntries, trailRecorder, type Audited } from './audit.js';
+import type { AuditTrail } from '../audit/trail.js';
 import { parseEntry, statusText, type ParsedEntry } from './bundle-entry.js';
 import { lockKey, onlyOnce, parseIfMatch, writeResult } from './common.js';
 import { checkResourceShape } from '../validation/shape.js';
@@ -63,6 +65,25 @@ function authorizeEntry(ctx: RequestContext, e: ParsedEntry): void {
       const type = ref.slice(0, ref.indexOf('?'));
       if (isResourceType(type)) allow(ctx, type, 's', 'a conditional reference (its criteria are a search)');
     }
+  }
+}
+
+/** The restful interaction an entry's request is (its AuditEvent subtype). */
+function entryInteraction(e: ParsedEntry): string {
+  switch (e.method) {
+    case 'POST':
+      return e.id === '_search' ? 'search-type' : 'create';
+    case 'PUT':
+      return 'update';
+    case 'PATCH':
+      return 'patch';
+    case 'DELETE':
+      return 'delete';
+    default:
+      if (e.id === undefined) return 'search-type';
+      if (e.id === '_history') return 'history-type';
+      if (e.tail === '_history') return e.vid !== undefined ? 'vread' : 'history-instance';
+      return 'read';
   }
 }
 
@@ -123,7 +144,7 @@ async function runEntry(svc: Services, ctx: RequestContext, e: ParsedEntry, assi
   }
 }
 
-function responseEntry(ctx: RequestContext, r: InteractionResult, e: ParsedEntry): BundleEntry {
+function responseEntry(ctx: RequestContext, r: Audited<InteractionResult>, e: ParsedEntry): BundleEntry {
   const h = r.headers ?? {};
   const lastModified = h['Last-Modified'] ? new Date(h['Last-Modified']).toISOString() : undefined;
   const isOutcome = r.body?.resourceType === 'OperationOutcome' && !(e.method === 'GET' && e.type === 'OperationOutcome');
@@ -166,6 +187,7 @@ function checkBundle(svc: Services, body: unknown): { bundle: Bundle; entries: u
 /** POST [base] with a transaction or batch Bundle. */
 export async function transactionOrBatch(svc: Services, ctx: RequestContext, body: unknown): Promise<InteractionResult> {
   const { bundle, entries } = checkBundle(svc, body);
+  ctx.audit.interaction = bundle.type;
   return bundle.type === 'batch' ? batch(svc, ctx, entries) : transaction(svc, ctx, entries);
 }
 
@@ -173,15 +195,25 @@ async function batch(svc: Services, ctx: RequestContext, raw: unknown[]): Promis
   const out: BundleEntry[] = [];
   for (let i = 0; i < raw.length; i++) {
     await pace();
+    // Each entry is an interaction of its own, with its own record (written with its write, or
+    // appended before its answer is added), success or failure.
+    const ectx = entryContext(ctx, 'batch-entry', undefined, false);
     try {
-      const e = parseEntry(raw[i], i, ctx.baseUrl);
-      if (!isResourceType(e.type)) throw new FhirError('unknown-type', `entry ${i}: unknown resource type`);
-      try {
-        authorizeEntry(ctx, e);
-      } catch (err) {
-        throw failure(err, e);
-      }
-      out.push(responseEntry(ctx, await runEntry(svc, ctx, e), e));
+      let parsed: ParsedEntry | undefined;
+      const r = await audited(svc, () => ectx, async () => {
+        const e = parseEntry(raw[i], i, ctx.baseUrl);
+        parsed = e;
+        ectx.audit.interaction = entryInteraction(e);
+        ectx.audit.resourceType = e.type;
+        if (!isResourceType(e.type)) throw new FhirError('unknown-type', `entry ${i}: unknown resource type`);
+        try {
+          authorizeEntry(ectx, e);
+        } catch (err) {
+          throw failure(err, e);
+        }
+        return runEntry(svc, ectx, e);
+      });
+      out.push(responseEntry(ctx, r, parsed!));
     } catch (err) {
       const fe = isFhirError(err) ? err : new FhirError('internal', `entry ${i}: internal error (request ${ctx.requestId})`);
       if (!isFhirError(err)) svc.log.error({ requestId: ctx.requestId, entry: i, err: { message: (err as Error)?.message } }, 'batch entry failed');
@@ -200,6 +232,10 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
     if (due()) await pause();
     entries.push(parseEntry(raw[i], i, ctx.baseUrl));
   }
+  // One record per entry, appended with the Bundle's own in its database transaction (or, if it
+  // rolls back, as failures after it).
+  const trails: AuditTrail[] = entries.map((e) => ctx.audit.entry(entryInteraction(e), e.type, true));
+  const entryCtx = (e: ParsedEntry): RequestContext => ({ ...ctx, audit: trails[e.index] });
   const seenFullUrls = new Set<string>();
   for (const e of entries) {
     if (!isResourceType(e.type)) throw new FhirError('unknown-type', `entry ${e.index}: unknown resource type`);
@@ -227,7 +263,15 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
   // Reference rewrites of an attempt that is retried (serialization failure, deadlock, id collision)
   // are undone first, so the retry resolves every reference afresh.
   const undo: [Record<string, unknown>, string, unknown][] = [];
-  const results = await withTransaction(svc.db.knex, async (tx) => {
+  // Versions written by the batched paths below go to the trail of the entry that targets them.
+  let targetsOfAttempt = new Map<string, number>();
+  const recorder = {
+    wrote(v: NewVersion) {
+      const i = targetsOfAttempt.get(`${v.resourceType}/${v.id}`);
+      if (i !== undefined) trailRecorder(trails[i]).wrote(v);
+    },
+  };
+  const results = await auditedTransaction(svc, ctx, async (tx) => {
     for (let i = undo.length - 1; i >= 0; i--) undo[i][0][undo[i][1]] = undo[i][2];
     undo.length = 0;
     // Entries resolved in this attempt (conditional patch/delete get their target's id) stay local to it.
@@ -237,6 +281,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
     const map = new Map<string, string>();
     const assigned = new Map<number, string>();
     const targets = new Map<string, number>();
+    targetsOfAttempt = targets;
     const claim = (e: ParsedEntry, ref: string) => {
       const prev = targets.get(ref);
       if (prev !== undefined) throw new FhirError('invalid-request', `entries ${prev} and ${e.index} resolve to the same resource ${ref}`);
@@ -338,7 +383,8 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
     // together when their stage is reached (transaction-writes.ts); the rest runs entry by entry.
     const bulk = new Map<number, NewVersion>();
     for (const e of entries) {
-      if (e.method !== 'POST' || e.id !== undefined || preExisting.has(e.index)) continue;
+      // AuditEvents are appended to the ledger by create (runEntry), never written as resources.
+      if (e.method !== 'POST' || e.id !== undefined || preExisting.has(e.index) || e.type === 'AuditEvent') continue;
       try {
         const body = checkResourceShape(e.resource, e.type);
         const { version, stored } = await prepareNew(txSvc, ctx, e.type, assigned.get(e.index)!, body);
@@ -381,18 +427,22 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
       try {
         const existing = preExisting.get(e.index);
         if (existing !== undefined) {
-          const r = await read(txSvc, ctx, { type: e.type, id: existing });
+          const r = await read(txSvc, entryCtx(e), { type: e.type, id: existing });
           out[e.index] = { ...r, status: 200 };
-        } else out[e.index] = await runEntry(txSvc, ctx, e, assigned.get(e.index));
+        } else out[e.index] = await runEntry(txSvc, entryCtx(e), e, assigned.get(e.index));
       } catch (err) {
         throw failure(err, e);
       }
     }
     return out;
     // Two transactions creating the same new id collide on its primary key; the retry updates it.
-  }, { retryOnUniqueViolation: true });
+  }, {
+    retryOnUniqueViolation: true,
+    recorder,
+    records: (out: InteractionResult[]) => [...trails.map((t, i) => svc.audit.event(ctx, t, out[i].status)), svc.audit.event(ctx, ctx.audit, 200)],
+  });
   const answers: BundleEntry[] = [];
-  for (const [i, r] of results.entries()) {
+  for (const [i, r] of recordedEntries(ctx, results).entries()) {
     if (due()) await pause();
     answers.push(responseEntry(ctx, r, entries[i]));
   }

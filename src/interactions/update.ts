@@ -1,9 +1,11 @@
 // update: PUT [base]/[type]/[id] (https://hl7.org/fhir/R4/http.html#update), update-as-create,
 // version-aware update with If-Match, and conditional update PUT [base]/[type]?criteria (#cond-update).
+import { refuseLedgerChange } from './audit-event-create.js';
 import type { Resource } from 'fhir/r4.js';
 import { FhirError, type Issue } from '../fhir/errors.js';
 import type { StoredVersion, VersionHead } from '../storage/resource-store.js';
-import { withTransaction, type Tx } from '../storage/db.js';
+import type { AuditedTx } from '../storage/resource-store.js';
+import { auditedTransaction } from './audit.js';
 import { checkResourceShape } from '../validation/shape.js';
 import { randomUUID } from 'node:crypto';
 import { requireId, requireType, writeResult, type IfMatch } from './common.js';
@@ -19,7 +21,7 @@ export interface UpdateInput {
   ifMatch?: IfMatch;
 }
 
-async function updateIn(svc: Services, ctx: RequestContext, tx: Tx, type: string, id: string, resource: Resource, ifMatch: IfMatch | undefined): Promise<InteractionResult> {
+async function updateIn(svc: Services, ctx: RequestContext, tx: AuditedTx, type: string, id: string, resource: Resource, ifMatch: IfMatch | undefined): Promise<InteractionResult> {
   const head = await svc.store.lockCurrent(tx, type, id);
   if (head && !head.deleted && (await checkTarget(svc, ctx, tx, 'u', type, id, head.lastUpdated)) === 'hidden') {
     // The id is taken by a resource this token may not read: it can neither update nor create it.
@@ -33,6 +35,7 @@ async function updateIn(svc: Services, ctx: RequestContext, tx: Tx, type: string
 /** What update checks before touching the database (also the batched transaction path's checks). */
 export function checkUpdate(input: { type: string; id: string; body: unknown }): Resource {
   requireType(input.type);
+  refuseLedgerChange(input.type, 'update');
   requireId(input.id);
   const resource = checkResourceShape(input.body, input.type);
   if (resource.id === undefined) throw new FhirError('invalid-resource', 'the resource must carry an id equal to the id in the URL');
@@ -50,7 +53,7 @@ export async function update(svc: Services, ctx: RequestContext, input: UpdateIn
   const resource = checkUpdate(input);
   allow(ctx, input.type, 'u', 'update');
   // Two concurrent update-as-creates of one id collide on the primary key; the retry becomes an update.
-  return withTransaction(svc.db.knex, (tx) => updateIn(svc, ctx, tx, input.type, input.id, resource, input.ifMatch), {
+  return auditedTransaction(svc, ctx, (tx) => updateIn(svc, ctx, tx, input.type, input.id, resource, input.ifMatch), {
     retryOnUniqueViolation: true,
   });
 }
@@ -64,10 +67,12 @@ export interface ConditionalUpdateInput {
 
 export async function conditionalUpdate(svc: Services, ctx: RequestContext, input: ConditionalUpdateInput): Promise<InteractionResult> {
   requireType(input.type);
+  refuseLedgerChange(input.type, 'conditional update', 'GET, HEAD, POST');
   allow(ctx, input.type, 'u', 'conditional update');
   const resource = checkResourceShape(input.body, input.type);
-  return withTransaction(
-    svc.db.knex,
+  return auditedTransaction(
+    svc,
+    ctx,
     async (tx) => {
       const matches = await lockAndMatch(tx, input.type, input.criteria, svc.store.phiIndexMode, matchScope(svc, ctx, input.type, 'conditional update'));
       if (matches.length > 1) throw new FhirError('multiple-matches', 'the criteria match more than one resource');

@@ -4,11 +4,34 @@ import type { Resource } from 'fhir/r4.js';
 import { FhirError, type Issue } from '../fhir/errors.js';
 import { extractIndexRowsPaced } from '../search/index-extract.js';
 import { pace } from '../fhir/pacer.js';
-import type { Tx } from '../storage/db.js';
-import type { NewVersion, StoredVersion, VersionHead, WriteMethod } from '../storage/resource-store.js';
+import type { AuditedTx, NewVersion, StoredVersion, VersionHead, WriteMethod } from '../storage/resource-store.js';
 import { stamp, type IfMatch } from './common.js';
 import type { RequestContext, Services } from './context.js';
 import { allow, requireNewVersions, writeLetters } from './authorize.js';
+import { patientParamsOf } from '../audit/patients.js';
+import { targetsBySource } from '../storage/search-store.js';
+import type { Queryable } from '../storage/db.js';
+
+/** The patients whose compartment holds the current version of a resource about to be deleted (its AuditEvent names them). */
+export async function formerPatients(q: Queryable, type: string, id: string): Promise<string[]> {
+  return (await formerPatientsMany(q, [{ resourceType: type, id }])).get(`${type}/${id}`) ?? [];
+}
+
+/** formerPatients for many resources: one statement per type (the batched Bundle paths). */
+export async function formerPatientsMany(q: Queryable, refs: { resourceType: string; id: string }[]): Promise<Map<string, string[]>> {
+  const out = new Map<string, string[]>();
+  const byType = new Map<string, string[]>();
+  for (const r of refs) {
+    if (r.resourceType === 'Patient') out.set(`Patient/${r.id}`, [r.id]);
+    else byType.set(r.resourceType, [...(byType.get(r.resourceType) ?? []), r.id]);
+  }
+  for (const [type, ids] of byType) {
+    const params = patientParamsOf(type);
+    if (!params.length) continue;
+    for (const [id, targets] of await targetsBySource(q, type, ids, params, 'Patient')) out.set(`${type}/${id}`, targets.slice(0, 50));
+  }
+  return out;
+}
 
 /** Checks If-Match against the current head (https://hl7.org/fhir/R4/http.html#concurrency). */
 export function checkIfMatch(type: string, id: string, head: VersionHead | undefined, ifMatch: IfMatch | undefined): void {
@@ -100,7 +123,7 @@ export async function prepareNext(
 export async function writeNext(
   svc: Services,
   ctx: RequestContext,
-  tx: Tx,
+  tx: AuditedTx,
   head: VersionHead | undefined,
   method: WriteMethod,
   type: string,
@@ -108,6 +131,7 @@ export async function writeNext(
   body: Resource | undefined,
 ): Promise<StoredVersion & { warnings: Issue[] }> {
   const { version, stored } = await prepareNext(svc, ctx, head, method, type, id, body);
+  if (!version.resource && head) version.formerPatients = await formerPatients(tx, type, id);
   // The content written must be within the token's reach (a patient/ token cannot write into another
   // compartment, a constrained token outside its constraints).
   const letters = writeLetters(method, !head || head.deleted);

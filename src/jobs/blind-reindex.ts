@@ -8,7 +8,9 @@ import { PhiIntegrityError } from '../crypto/jwe-codec.js';
 import type { Services } from '../interactions/context.js';
 import { extractIndexRows } from '../search/index-extract.js';
 import { claimBlindStale, countBlindStale } from '../storage/blind-index-store.js';
+import { randomUUID } from 'node:crypto';
 import { withTransaction } from '../storage/db.js';
+import { recordJobStep } from '../interactions/audit.js';
 import { writeIndexRows, type IndexWrite } from '../storage/search-store.js';
 import type { ResealProgress } from './reseal.js';
 
@@ -22,7 +24,7 @@ export async function countBlindReindex(svc: Pick<Services, 'db' | 'store'>): Pr
 }
 
 export async function runBlindReindex(
-  svc: Pick<Services, 'db' | 'store' | 'log'>,
+  svc: Pick<Services, 'db' | 'store' | 'log' | 'audit'>,
   opts: { batchSize?: number; onProgress?: (p: ReindexProgress) => void; shouldStop?: () => boolean } = {},
 ): Promise<ReindexProgress> {
   const mode = svc.store.phiIndexMode;
@@ -36,6 +38,7 @@ export async function runBlindReindex(
   // Resources that do not open are skipped for this run (logged); the cursor moves past them.
   let after: { type: string; id: string } | undefined;
   let wrotePass = false;
+  const job = { name: 'blind-reindex', runId: randomUUID(), scope: 'system/*.u' };
   opts.onProgress?.({ done, total, failed });
   while (!opts.shouldStop?.()) {
     const n = await withTransaction(svc.db.knex, async (tx) => {
@@ -53,6 +56,7 @@ export async function runBlindReindex(
         }
       }
       await writeIndexRows(tx, writes, mode);
+      if (writes.length) await recordJobStep(svc, tx, job, writes.map((w) => ({ type: w.resourceType, id: w.id })), `re-indexed the blind index rows of ${writes.length} resources`);
       return { claimed, written: writes.length, bad };
     });
     if (!n.claimed.length) {

@@ -26,7 +26,7 @@ export interface PhiMaintenanceOptions {
   onProgress?: (job: PhiJobName, p: PhiJobProgress) => void;
 }
 
-type JobServices = Pick<Services, 'db' | 'store' | 'log'>;
+type JobServices = Pick<Services, 'db' | 'store' | 'log' | 'audit'>;
 
 /** Work left per job (0 when none). */
 export async function pendingPhiWork(svc: JobServices): Promise<Record<PhiJobName, number>> {

@@ -3,7 +3,9 @@
 // resumable: it only ever looks for rows not on the active key, so a re-run continues where a
 // stopped one ended (safe under at-least-once delivery).
 import type { Services } from '../interactions/context.js';
+import { randomUUID } from 'node:crypto';
 import { withTransaction } from '../storage/db.js';
+import { recordJobStep } from '../interactions/audit.js';
 
 export interface ResealProgress {
   done: number;
@@ -11,7 +13,7 @@ export interface ResealProgress {
 }
 
 export async function runReseal(
-  svc: Pick<Services, 'db' | 'store' | 'log'>,
+  svc: Pick<Services, 'db' | 'store' | 'log' | 'audit'>,
   opts: { batchSize?: number; onProgress?: (p: ResealProgress) => void; shouldStop?: () => boolean } = {},
 ): Promise<ResealProgress> {
   const batch = opts.batchSize ?? 200;
@@ -21,9 +23,15 @@ export async function runReseal(
   // Passes in seq order; rows another worker or a writer held (SKIP LOCKED) are left behind by a
   // pass and picked up by the next, which starts over; a pass that re-seals nothing ends the job.
   let after = 0;
+  const job = { name: 'reseal', runId: randomUUID(), scope: 'system/*.u' };
   while (!opts.shouldStop?.()) {
     const from = after;
-    const n = await withTransaction(svc.db.knex, (tx) => svc.store.resealSome(tx, batch, from));
+    // Each batch's AuditEvent commits with it: the job as agent, the versions it re-sealed.
+    const n = await withTransaction(svc.db.knex, async (tx) => {
+      const r = await svc.store.resealSome(tx, batch, from);
+      if (r.claimed) await recordJobStep(svc, tx, job, r.versions, `re-sealed ${r.claimed} versions with the active key`);
+      return r;
+    });
     if (n.claimed === 0) {
       if (after === 0) break; // this pass, from the start, found nothing
       after = 0;

@@ -1,5 +1,9 @@
-// The audit_ledger table (migration 0011): append, link, read in chain order. Knex stays here; the
-// chain rules live in src/audit/.
+// The audit_ledger table (migration 0011): append, link, read in chain order; and its search rows
+// (audit_search, migration 0012), by which the /AuditEvent API finds entries. Knex stays here; the
+// chain rules and what the search columns hold (src/audit/search-columns.ts) live in src/audit/.
+import type { AuditSearchColumns } from '../audit/search-columns.js';
+import { instantCondition, type DateQuery } from '../search/types/date.js';
+import { and, frag, or, type SqlFragment } from '../search/sql.js';
 import type { Queryable } from './db.js';
 
 type Rows<T> = { rows: T[] };
@@ -9,15 +13,49 @@ export interface NewEntry {
   /** The AuditEvent as RFC 8785 canonical JSON: the bytes the digest covers. */
   canonical: string;
   digest: Buffer;
+  /** Its search columns (audit_search); without them the entry is chained but no search finds it. */
+  columns?: AuditSearchColumns;
 }
 
-/** Appends unlinked entries (in the caller's transaction, when it has one). */
+/** The array columns of audit_search (migration 0012), by AuditSearchColumns key. */
+const ARRAY_COLUMNS = {
+  type: 'type_tokens',
+  subtype: 'subtype_tokens',
+  agent: 'agent_refs',
+  agentIdentifier: 'agent_idents',
+  entity: 'entity_refs',
+  entityIdentifier: 'entity_idents',
+  patient: 'patient_refs',
+  source: 'source_refs',
+  sourceIdentifier: 'source_idents',
+} as const;
+export type AuditArrayColumn = keyof typeof ARRAY_COLUMNS;
+const ARRAY_KEYS = Object.keys(ARRAY_COLUMNS) as AuditArrayColumn[];
+const ARRAY_NAMES = ARRAY_KEYS.map((k) => ARRAY_COLUMNS[k]);
+const ENTRY_ROW = `(?::int, ?::text, ?::bytea, ?::boolean, ?::timestamptz, ?::text, ?::text, ${ARRAY_KEYS.map(() => '?::text[]').join(', ')})`;
+
+/**
+ * Appends unlinked entries (in the caller's transaction, when it has one) and their search rows, in
+ * one statement: the ledger rows in the order given, then a search row for each that has columns,
+ * matched to its entry by digest (distinct within a batch: each event has its own id). A search row
+ * left by an entry that is gone (a test truncating the ledger restarts seq) is replaced.
+ */
 export async function insertEntries(q: Queryable, entries: NewEntry[]): Promise<void> {
+  // 14 bindings a row: 500 rows stay far below PostgreSQL's 65,535 bindings per statement.
   for (let i = 0; i < entries.length; i += 500) {
     const part = entries.slice(i, i + 500);
     await q.raw(
-      `insert into audit_ledger (canonical, digest) values ${part.map(() => '(?, ?)').join(', ')}`,
-      part.flatMap((e) => [e.canonical, e.digest]),
+      `with v (ord, canonical, digest, searchable, recorded, action, outcome, ${ARRAY_NAMES.join(', ')}) as (values ${part.map(() => ENTRY_ROW).join(', ')}),
+       l as (insert into audit_ledger (canonical, digest) select canonical, digest from v order by ord returning seq, digest)
+       insert into audit_search (seq, digest, recorded, action, outcome, ${ARRAY_NAMES.join(', ')})
+       select l.seq, l.digest, v.recorded, v.action, v.outcome, ${ARRAY_NAMES.map((c) => `v.${c}`).join(', ')}
+       from l join v on v.digest = l.digest where v.searchable
+       on conflict (seq) do update set digest = excluded.digest, recorded = excluded.recorded, action = excluded.action, outcome = excluded.outcome,
+         ${ARRAY_NAMES.map((c) => `${c} = excluded.${c}`).join(', ')}`,
+      part.flatMap((e, k) => {
+        const c = e.columns;
+        return [k, e.canonical, e.digest, c !== undefined, c?.recorded ?? null, c?.action ?? null, c?.outcome ?? null, ...ARRAY_KEYS.map((key) => c?.[key] ?? [])];
+      }),
     );
   }
 }
@@ -94,4 +132,96 @@ export async function unlinkedSummary(q: Queryable): Promise<{ count: number; ol
 export async function trySequencerLock(q: Queryable, key: bigint): Promise<boolean> {
   const r = (await q.raw('select pg_try_advisory_xact_lock(?::bigint) as ok', [key.toString()])) as Rows<{ ok: boolean }>;
   return r.rows[0]?.ok === true;
+}
+
+// ---- the /AuditEvent API ------------------------------------------------------------------------
+
+/** One condition of an AuditEvent search; a search ANDs them. */
+export type AuditCondition =
+  /** The column holds any of the keys (one parameter's OR values). No keys: nothing matches. */
+  | { kind: 'keys'; column: AuditArrayColumn; keys: string[] }
+  /** action or outcome is one of the codes. */
+  | { kind: 'code'; column: 'action' | 'outcome'; codes: string[] }
+  /** The AuditEvent id is one of these. */
+  | { kind: 'id'; ids: string[] }
+  /** recorded satisfies any of the date comparisons (search/types/date.ts), `now` anchoring `ap`. */
+  | { kind: 'recorded'; any: DateQuery[]; now: number };
+
+function conditionSql(c: AuditCondition): SqlFragment {
+  switch (c.kind) {
+    case 'keys':
+      return c.keys.length ? frag(`s.${ARRAY_COLUMNS[c.column]} && array[${c.keys.map(() => '?').join(', ')}]::text[]`, ...c.keys) : frag('false');
+    case 'code':
+      return c.codes.length ? frag(`s.${c.column} in (${c.codes.map(() => '?').join(', ')})`, ...c.codes) : frag('false');
+    case 'id':
+      // The expression of the unique index audit_ledger_event_id (migration 0011).
+      return c.ids.length ? frag(`((a.canonical::jsonb) ->> 'id') in (${c.ids.map(() => '?').join(', ')})`, ...c.ids) : frag('false');
+    case 'recorded':
+      return or(c.any.map((d) => instantCondition('s.recorded', d, c.now)));
+  }
+}
+
+function whereOf(conds: AuditCondition[]): SqlFragment {
+  return and(conds.map(conditionSql));
+}
+
+export interface AuditEventRow {
+  seq: number;
+  /** From the search row; null when the entry has none or its event has no valid recorded. */
+  recorded: Date | null;
+  /** The stored (sealed) AuditEvent as canonical JSON text. */
+  canonical: string;
+}
+
+/** A search row applies to the entry it was derived from: same seq, same bytes. */
+const JOIN = 's.seq = a.seq and s.digest = a.digest';
+const FROM = `audit_search s join audit_ledger a on ${JOIN}`;
+
+type EventRows = Rows<{ seq: string | number; recorded: Date | string | null; canonical: string }>;
+const eventRow = (x: EventRows['rows'][number]): AuditEventRow => ({ seq: Number(x.seq), recorded: x.recorded == null ? null : new Date(x.recorded), canonical: x.canonical });
+
+/** The entry of an AuditEvent id (searchable or not). */
+export async function eventById(q: Queryable, id: string): Promise<AuditEventRow | undefined> {
+  const r = (await q.raw(`select a.seq, s.recorded, a.canonical from audit_ledger a left join audit_search s on ${JOIN} where ((a.canonical::jsonb) ->> 'id') = ?`, [id])) as EventRows;
+  return r.rows[0] && eventRow(r.rows[0]);
+}
+
+/** Where a page starts: just after this entry in the page's order. */
+export interface AuditPosition {
+  recorded: Date | null;
+  seq: number;
+}
+
+/**
+ * Matching entries in `order` of recorded (entries without one first in ascending order), then seq,
+ * starting after `after`. Keyset paging: each page is one index range, however deep.
+ */
+export async function searchEvents(q: Queryable, conds: AuditCondition[], opts: { order: 'asc' | 'desc'; limit: number; after?: AuditPosition }): Promise<AuditEventRow[]> {
+  const parts = [whereOf(conds)];
+  const at = opts.after;
+  if (at) {
+    const r = at.recorded;
+    if (opts.order === 'desc') parts.push(r ? frag('(s.recorded, s.seq) < (?, ?) or s.recorded is null', r, at.seq) : frag('s.recorded is null and s.seq < ?', at.seq));
+    else parts.push(r ? frag('(s.recorded, s.seq) > (?, ?)', r, at.seq) : frag('s.recorded is not null or s.seq > ?', at.seq));
+  }
+  const where = and(parts);
+  const order = opts.order === 'desc' ? 's.recorded desc nulls last, s.seq desc' : 's.recorded asc nulls first, s.seq asc';
+  const r = (await q.raw(`select s.seq, s.recorded, a.canonical from ${FROM} where ${where.sql} order by ${order} limit ?`, [...where.bindings, opts.limit])) as EventRows;
+  return r.rows.map(eventRow);
+}
+
+/** How many entries match (_total=accurate, _summary=count). */
+export async function countEvents(q: Queryable, conds: AuditCondition[]): Promise<number> {
+  const where = whereOf(conds);
+  const r = (await q.raw(`select count(*)::int as n from ${FROM} where ${where.sql}`, where.bindings)) as Rows<{ n: number | string }>;
+  return Number(r.rows[0]?.n ?? 0);
+}
+
+/** The planner's estimate of the matches (_total=estimate): no scan. */
+export async function estimateEvents(q: Queryable, conds: AuditCondition[]): Promise<number> {
+  const where = whereOf(conds);
+  const res = (await q.raw(`explain (format json) select 1 from ${FROM} where ${where.sql}`, where.bindings)) as { rows: Record<string, unknown>[] };
+  const cell = Object.values(res.rows[0] ?? {})[0];
+  const plan = (typeof cell === 'string' ? JSON.parse(cell) : cell) as { Plan?: { 'Plan Rows'?: number } }[];
+  return Math.max(0, Math.round(Number(plan?.[0]?.Plan?.['Plan Rows'] ?? 0)));
 }

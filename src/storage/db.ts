@@ -184,6 +184,14 @@ export function runWithSignal<T>(signal: AbortSignal, fn: () => T): T {
   return requestSignal.run(signal, fn);
 }
 
+/**
+ * Runs fn outside any request scope: work shared by many requests (a group append of audit records)
+ * must not be cancelled because the request that happened to start it hit its deadline.
+ */
+export function detached<T>(fn: () => T): T {
+  return requestSignal.exit(fn);
+}
+
 interface GuardedClient {
   _query(conn: unknown, obj: { sql?: string }): Promise<unknown>;
   cancelQuery(conn: unknown): Promise<unknown>;

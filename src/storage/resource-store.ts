@@ -33,6 +33,28 @@ export interface StoredVersion extends VersionHead {
   seq?: number;
 }
 
+/**
+ * Where storage reports each version it writes: the audit trail of the interaction (issue 16).
+ * Storage's write methods take only an AuditedTx, a transaction that carries one; the interaction
+ * layer's auditedTransaction (interactions/audit.ts) is what makes it, and appends the AuditEvent in
+ * the same transaction, so no write reaches the database without its record.
+ */
+export interface WriteRecorder {
+  wrote(v: NewVersion): void;
+}
+
+/** The property of a transaction that holds its WriteRecorder. */
+export const AUDIT_SCOPE: unique symbol = Symbol('vesta.audit-scope');
+
+export type AuditedTx = Tx & { readonly [AUDIT_SCOPE]: WriteRecorder };
+
+/** The transaction's recorder; a write without one is a programming error, refused before any SQL. */
+function recorderOf(tx: AuditedTx): WriteRecorder {
+  const r = (tx as unknown as Record<symbol, WriteRecorder | undefined>)[AUDIT_SCOPE];
+  if (!r || typeof r.wrote !== 'function') throw new Error('a resource write outside an audited transaction');
+  return r;
+}
+
 export interface NewVersion {
   resourceType: string;
   id: string;
@@ -44,6 +66,8 @@ export interface NewVersion {
   index?: IndexRows;
   /** The version this one replaces (undefined when the resource never existed). */
   previous?: number;
+  /** A deletion: the patients whose compartment held the version it ends (for its AuditEvent). */
+  formerPatients?: string[];
 }
 
 export interface HistoryQuery {
@@ -168,7 +192,8 @@ export class ResourceStore {
    * (type, id, version) makes a duplicate version impossible; a first version inserts the current
    * row, so two concurrent creates of the same id collide on its primary key (23505).
    */
-  async writeVersion(tx: Tx, v: NewVersion): Promise<void> {
+  async writeVersion(tx: AuditedTx, v: NewVersion): Promise<void> {
+    const recorder = recorderOf(tx);
     const ref = { resourceType: v.resourceType, id: v.id, versionId: v.versionId };
     let content: Resource | null = null;
     let sealed: string | null = null;
@@ -208,6 +233,7 @@ export class ResourceStore {
     // Index rows of the new version replace the old ones in this transaction (none for a deletion);
     // a first version has no old rows to delete.
     await writeIndexRows(tx, [{ resourceType: v.resourceType, id: v.id, ...(v.resource && v.index ? { rows: v.index } : {}), replace: v.previous !== undefined }], this.phiIndexMode);
+    recorder.wrote(v);
   }
 
   /** How PHI reaches the search index: sealed PHI parameters through blind indexes (search/blind.ts). */
@@ -220,7 +246,7 @@ export class ResourceStore {
    * current rows and index rows, so N creates cost a few statements rather than N round trips.
    * Every version must be new (versionId 1, no previous); a clash on an id fails the statement.
    */
-  async writeNewBatch(tx: Tx, versions: NewVersion[]): Promise<void> {
+  async writeNewBatch(tx: AuditedTx, versions: NewVersion[]): Promise<void> {
     for (const v of versions) if (v.previous !== undefined || !v.resource) throw new Error('writeNewBatch takes first versions of resources only');
     await this.writeVersions(tx, versions);
   }
@@ -232,8 +258,9 @@ export class ResourceStore {
    * swap: fewer rows updated than expected throws 40001, as writeVersion does). The caller holds
    * the row locks (lockCurrentMany) and gives each resource at most once.
    */
-  async writeVersions(tx: Tx, versions: NewVersion[]): Promise<void> {
+  async writeVersions(tx: AuditedTx, versions: NewVersion[]): Promise<void> {
     if (!versions.length) return;
+    const recorder = recorderOf(tx);
     // One version at a time, yielding between them (fhir/pacer.ts): sealing thousands of versions at
     // once (Promise.all) ran as one long chain of microtasks that kept the event loop from everything else.
     const rows: { resource_type: string; id: string; version_id: number; last_updated: Date; deleted: boolean; content: string | null; sealed: string | null; sealed_kid: string | null }[] = [];
@@ -275,6 +302,7 @@ export class ResourceStore {
       versions.map((v) => ({ resourceType: v.resourceType, id: v.id, ...(v.resource && v.index ? { rows: v.index } : {}), replace: v.previous !== undefined })),
       this.phiIndexMode,
     );
+    for (const v of versions) recorder.wrote(v);
   }
 
   /**
@@ -297,9 +325,9 @@ export class ResourceStore {
    * reaches stored data, and the index must follow it (words of a newly sealed element must leave
    * the full-text and plaintext index tables, its values go to the blind index).
    */
-  async resealSome(tx: Tx, limit: number, afterSeq = 0): Promise<{ claimed: number; lastSeq: number }> {
+  async resealSome(tx: Tx, limit: number, afterSeq = 0): Promise<{ claimed: number; lastSeq: number; versions: { type: string; id: string; version: number }[] }> {
     const kid = this.codec.activeKid;
-    if (kid === null) return { claimed: 0, lastSeq: afterSeq };
+    if (kid === null) return { claimed: 0, lastSeq: afterSeq, versions: [] };
     // A keyset walk over seq: each batch starts where the last one ended instead of skipping every
     // version already done (which made a pass quadratic in the number of versions).
     const rows = (await stale(tx('resource_history').select('resource_type', 'id', 'version_id', 'content', 'sealed', 'seq'), kid)
@@ -320,7 +348,7 @@ export class ResourceStore {
       if (current) reindex.push({ resourceType: row.resource_type, id: row.id, rows: extractIndexRows(resource), replace: true });
     }
     await writeIndexRows(tx, reindex, this.phiIndexMode);
-    return { claimed: rows.length, lastSeq: rows.length ? Number(rows[rows.length - 1].seq) : afterSeq };
+    return { claimed: rows.length, lastSeq: rows.length ? Number(rows[rows.length - 1].seq) : afterSeq, versions: rows.map((r) => ({ type: r.resource_type, id: r.id, version: r.version_id })) };
   }
 
   /** Versions newest first (by global sequence), filtered as the history interaction asks. */

@@ -273,6 +273,21 @@ export async function referencedTargets(q: Queryable, sourceType: string, ids: s
   return res.rows;
 }
 
+/** The targets of `targetType` that each of the given resources refers to through `params` (source id -> target ids). */
+export async function targetsBySource(q: Queryable, sourceType: string, ids: string[], params: string[], targetType: string): Promise<Map<string, string[]>> {
+  const out = new Map<string, string[]>();
+  if (!params.length) return out;
+  for (let i = 0; i < ids.length; i += 1000) {
+    const part = ids.slice(i, i + 1000);
+    const res = (await q.raw(
+      `select distinct x.resource_id as source, x.target_id as target from idx_reference x where x.resource_type = ? and x.resource_id = any(?::text[]) and x.param in (${params.map(() => '?').join(', ')}) and x.target_type = ? and x.target_id is not null`,
+      [sourceType, part, ...params, targetType],
+    )) as { rows: { source: string; target: string }[] };
+    for (const r of res.rows) out.set(r.source, [...(out.get(r.source) ?? []), r.target]);
+  }
+  return out;
+}
+
 /** _revinclude: resources of `sourceType` whose `params` refer to the given targets. */
 export async function referringSources(q: Queryable, sourceType: string, params: string[], targetType: string, ids: string[], limit: number): Promise<{ type: string; id: string }[]> {
   if (!ids.length || !params.length) return [];

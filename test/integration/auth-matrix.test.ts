@@ -4,6 +4,10 @@
 // cells must succeed; refused cells must be a 401 (no or bad token), a 403, a 404, or an answer that
 // shows and changes nothing outside the token's reach (an empty search, "nothing to delete").
 // The test prints every cell it ran.
+// Audit coverage (issue 16 acceptance): every cell, allowed or refused, leaves exactly one AuditEvent
+// for its request (a Bundle: one per entry plus one for the Bundle) with the action of the
+// interaction, the outcome of the response, the token's client as agent (anonymous without a valid
+// token) and, for allowed access to patient P's data, P as the patient entity.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
 import request from 'supertest';
@@ -42,6 +46,9 @@ const FORMS: Form[] = [
 
 type Api = ReturnType<typeof authed>;
 
+/** The client id of a form's token (its AuditEvents name it). */
+const clientOf = (f: Form) => `client-${f.name.replace(/[^a-z0-9]+/gi, '-')}`;
+
 describe.each([backends()[backends().length - 1]])('authorization matrix on %s PostgreSQL', (backend) => {
   let t: TestServer;
   let admin: Api;
@@ -57,7 +64,7 @@ describe.each([backends()[backends().length - 1]])('authorization matrix on %s P
     Q = (await admin.post('/Patient').set('Content-Type', FHIR).send({ resourceType: 'Patient', active: true }).expect(201)).body.id;
     for (const f of FORMS) {
       if (!f.scope) tokens.set(f.name, undefined);
-      else tokens.set(f.name, await tokenFor(t.url, { scope: f.scope, ...(f.patient ? { patient: f.patient === 'P' ? P : Q } : {}), ...(f.expired ? { ttlSeconds: -3600 } : {}) }));
+      else tokens.set(f.name, await tokenFor(t.url, { scope: f.scope, clientId: clientOf(f), ...(f.patient ? { patient: f.patient === 'P' ? P : Q } : {}), ...(f.expired ? { ttlSeconds: -3600 } : {}) }));
     }
   });
   afterAll(async () => {
@@ -76,10 +83,17 @@ describe.each([backends()[backends().length - 1]])('authorization matrix on %s P
   async function countIdentifier(v: string): Promise<number> {
     return (await admin.get(`/Observation?identifier=urn:matrix|${v}&_summary=count`).expect(200)).body.total;
   }
+  /** The request id of the cell running now: its request carries it, so its records can be found. */
+  let cellRequest = '';
+  /** Statuses of the cell's own requests. */
+  let cellStatuses: number[] = [];
   function as(f: Form) {
     const token = tokens.get(f.name);
     const r = request(t.url);
-    const wrap = (req: request.Test) => (token ? req.set('Authorization', `Bearer ${token}`) : req);
+    const wrap = (req: request.Test) => {
+      const x = req.set('X-Request-Id', cellRequest).on('response', (res: { status: number }) => cellStatuses.push(res.status));
+      return token ? x.set('Authorization', `Bearer ${token}`) : x;
+    };
     return {
       get: (p: string) => wrap(r.get(p)),
       post: (p: string) => wrap(r.post(p)),
@@ -298,19 +312,89 @@ describe.each([backends()[backends().length - 1]])('authorization matrix on %s P
     },
   ];
 
-  test('every interaction x every token form: 0 unauthorized 2xx, 0 missing 401, every allowed cell succeeds', async () => {
+  interface Recorded {
+    subtype: string;
+    action: string;
+    outcome: string;
+    outcomeDesc: string;
+    clients: string[];
+    patients: string[];
+    resources: string[];
+  }
+  /** The AuditEvents in the ledger that name a request id. */
+  async function recordsOf(requestId: string): Promise<Recorded[]> {
+    const rows = ((await t.svc.db.knex.raw('select canonical from audit_ledger where canonical like ?', [`%"value":"${requestId}"%`])) as { rows: { canonical: string }[] }).rows;
+    type Ev = { subtype: { code: string }[]; action: string; outcome: string; outcomeDesc: string; agent: { who?: { identifier?: { value?: string } } }[]; entity: { what?: { reference?: string; identifier?: { value?: string } }; role?: { code: string } }[] };
+    return rows
+      .map((r) => JSON.parse(r.canonical) as Ev)
+      .filter((e) => e.entity.some((x) => x.role?.code === '26' && x.what?.identifier?.value === requestId))
+      .map((e) => ({
+        subtype: e.subtype[0].code,
+        action: e.action,
+        outcome: e.outcome,
+        outcomeDesc: e.outcomeDesc,
+        clients: e.agent.flatMap((a) => (a.who?.identifier?.value ? [a.who.identifier.value] : [])),
+        patients: e.entity.filter((x) => x.role?.code === '1').map((x) => x.what!.reference!),
+        resources: e.entity.filter((x) => x.role?.code === '4').map((x) => x.what!.reference!),
+      }));
+  }
+  const ACTION: Record<string, string> = {
+    read: 'R', vread: 'R', update: 'U', patch: 'U', delete: 'D', 'history-instance': 'R', 'history-type': 'R', 'history-system': 'R', create: 'C',
+    'conditional create': 'C', 'conditional update': 'U', 'conditional delete': 'D', 'search-type': 'R', 'search-system': 'R', 'search-compartment': 'R',
+    transaction: 'E', batch: 'E', $validate: 'E',
+  };
+  /** Interactions whose allowed cell touches patient P's data, so its record names P. */
+  const ABOUT_P = new Set(['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'create', 'conditional create', 'conditional update', 'conditional delete', 'search-compartment']);
+  const outcomeOf = (status: number) => (status < 400 ? '0' : status < 500 ? '4' : '8');
+
+  /** What is wrong with the cell's records (empty when they are right). */
+  async function checkRecords(i: Interaction, f: Form, allowed: boolean): Promise<string[]> {
+    const status = cellStatuses[0];
+    const records = await recordsOf(cellRequest);
+    const bundle = i.name === 'transaction' || i.name === 'batch';
+    const problems: string[] = [];
+    // A Bundle that reached the interaction has one record per entry (each Bundle here has one).
+    const expected = bundle && status !== 401 ? 2 : 1;
+    if (cellStatuses.length !== 1) problems.push(`${cellStatuses.length} requests`);
+    if (records.length !== expected) return [...problems, `${records.length} records, expected ${expected}`];
+    // POST [base] unauthenticated is not parsed: its record cannot tell a batch from a transaction.
+    const top = bundle && status !== 401 ? records.find((r) => r.subtype === i.name) : records[0];
+    if (!top) return [...problems, `no ${i.name} record`];
+    if (top.action !== ACTION[i.name]) problems.push(`action ${top.action}`);
+    if (top.outcome !== outcomeOf(status) || !top.outcomeDesc.startsWith(String(status))) problems.push(`outcome ${top.outcome} (${top.outcomeDesc}) for status ${status}`);
+    const client = status === 401 ? 'anonymous' : clientOf(f);
+    for (const r of records) if (!r.clients.includes(client)) problems.push(`agent ${r.clients.join(',')} instead of ${client}`);
+    if (allowed && ABOUT_P.has(i.name) && !top.patients.includes(`Patient/${P}`)) problems.push(`no patient entity Patient/${P} (${top.patients.join(',')})`);
+    if (bundle && status !== 401) {
+      const entry = records.find((r) => r !== top)!;
+      if (entry.action !== (i.name === 'transaction' ? 'C' : 'R')) problems.push(`entry action ${entry.action}`);
+      if (allowed && !entry.patients.includes(`Patient/${P}`)) problems.push('entry without patient entity');
+      if (allowed && entry.outcome !== '0') problems.push(`entry outcome ${entry.outcome}`);
+    }
+    return problems;
+  }
+
+  test('every interaction x every token form: 0 unauthorized 2xx, 0 missing 401, every allowed cell succeeds, every cell audited', async () => {
     const wrong: string[] = [];
+    const audit: string[] = [];
+    let n = 0;
     for (const i of INTERACTIONS) {
       for (const f of FORMS) {
         // $validate is decided on the type alone: it validates what is sent and reads nothing stored.
         const allowed = i.needs.includes('|') ? i.needs.split('|').some((l) => [...l].every((x) => (f.typeLetters ?? f.letters).includes(x))) : has(f, i.needs);
+        cellRequest = `matrix-cell-${++n}-${randomUUID().slice(0, 8)}`;
+        cellStatuses = [];
         const got = await i.run(f);
         const expected = allowed ? 'allowed' : 'refused';
-        cells.push(`${i.name.padEnd(20)} ${f.name.padEnd(24)} expected ${expected.padEnd(8)} got ${got}`);
+        const problems = await checkRecords(i, f, allowed);
+        cells.push(`${i.name.padEnd(20)} ${f.name.padEnd(24)} expected ${expected.padEnd(8)} got ${got}${problems.length ? `  AUDIT: ${problems.join('; ')}` : '  audited'}`);
         if (got !== expected) wrong.push(`${i.name} / ${f.name}: expected ${expected}, got ${got}`);
+        if (problems.length) audit.push(`${i.name} / ${f.name}: ${problems.join('; ')}`);
       }
     }
     expect(wrong).toEqual([]);
+    // 0 missing, 0 extra, every record right.
+    expect(audit).toEqual([]);
     expect(cells).toHaveLength(INTERACTIONS.length * FORMS.length);
     // 270 cells of a few requests each in one test: 15-40 s here; bounded generously for a loaded machine.
   }, 240_000);

@@ -634,6 +634,18 @@ describe(`attacks on the authorization server, each refused (${backend})`, () =>
     expect(leaked).toEqual([]);
   });
 
+  test('the audit ledger records every sign-in, token issued or refused, revocation and launch, and no secret', async () => {
+    const rows = ((await t.svc.db.knex.raw("select canonical from audit_ledger where canonical like '%\"code\":\"auth:%'")) as { rows: { canonical: string }[] }).rows;
+    const events = rows.map((r) => JSON.parse(r.canonical) as { subtype: { code: string }[]; outcome: string; agent: { who?: { identifier?: { value?: string } }; altId?: string; policy?: string[] }[] });
+    const seen = new Set(events.map((e) => `${e.subtype[0].code} ${e.outcome === '0' ? 'success' : 'failure'}`));
+    for (const kind of ['auth:login success', 'auth:login failure', 'auth:token success', 'auth:token failure', 'auth:revoke success', 'auth:launch success']) expect([kind, seen.has(kind)]).toEqual([kind, true]);
+    // A sign-in names the account it was for; an issued token is named by its jti, never by itself.
+    expect(events.some((e) => e.subtype[0].code === 'auth:login' && e.agent.some((a) => a.altId === 'doc'))).toBe(true);
+    expect(events.some((e) => e.subtype[0].code === 'auth:token' && e.outcome === '0' && e.agent.some((a) => a.policy?.length))).toBe(true);
+    const text = rows.map((r) => r.canonical).join('\n');
+    expect(secrets.filter((sct) => sct && text.includes(sct))).toEqual([]);
+  });
+
   // Last: it leaves this server's test address throttled for the rest of the window.
   test('login is throttled per address across user names', async () => {
     const perUser = t.svc.config.authLoginMaxFailures;

@@ -2,6 +2,7 @@
 // key, wrong aud, wrong iss, expired, nbf ahead, unknown kid, a kid matching two keys, a tampered
 // payload, a revoked jti. Public endpoints answer without a token; an external issuer is discovered
 // with openid-client and its JWKS cached and refetched as configured.
+import { AuditTrail } from '../../src/audit/trail.js';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import express from 'express';
 import type { Server } from 'node:http';
@@ -255,7 +256,7 @@ describe('bearer tokens', () => {
     try {
       expect(lines.join('')).toMatch(/AUTH=off/);
       expect((await off.authenticate(undefined)).kind).toBe('open');
-      const cap = await capabilities({ ...t.svc, auth: off }, { requestId: 'x', principal: OPEN, clock: () => new Date(), baseUrl: 'http://auth-off.invalid' });
+      const cap = await capabilities({ ...t.svc, auth: off }, { requestId: 'x', principal: OPEN, clock: () => new Date(), baseUrl: 'http://auth-off.invalid', audit: new AuditTrail('capabilities') });
       const sec = (cap.body as unknown as { rest: { security: { description: string; service?: unknown } }[] }).rest[0].security;
       expect(sec.description).toMatch(/NO SECURITY APPLIES/);
       expect(sec.service).toBeUndefined();

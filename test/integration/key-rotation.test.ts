@@ -8,13 +8,13 @@ import { runReseal, type ResealProgress } from '../../src/jobs/reseal.js';
 import { createLogger } from '../../src/log/logger.js';
 import { buildServices, startServer, type Running } from '../../src/server.js';
 import type { Services } from '../../src/interactions/context.js';
-import { concurrencyBackends, freePort, startTestServer, TEST_KEY_RING, type TestServer, authed, agentFor, TEST_SIGNING_RING } from '../support/backends.js';
+import { concurrencyBackends, freePort, startTestServer, TEST_KEY_RING, type TestServer, authed, agentFor, TEST_SIGNING_RING, testAuditEnv } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 
 async function servicesWith(t: TestServer, ring: KeyRingFile): Promise<Services> {
   const port = await freePort();
-  const config = loadConfig({ PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'silent', AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING), PHI_KEYS: JSON.stringify(ring), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!', BASE_URL: `http://127.0.0.1:${port}` });
+  const config = loadConfig({ PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'silent', AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING), ...testAuditEnv(), PHI_KEYS: JSON.stringify(ring), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!', BASE_URL: `http://127.0.0.1:${port}` });
   return buildServices(config, createLogger('silent'), t.svc.db);
 }
 

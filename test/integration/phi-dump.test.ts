@@ -14,6 +14,11 @@
 // leak of that patient, but rather than skip it silently, the test computes those occurrences from the
 // loaded data with the sealed elements removed and requires that there are none: if a future fixture
 // has one, the test fails and whoever adds it must decide.
+//
+// The audit ledger (issue 16 acceptance): after the load, every patient is searched for by family name,
+// given name and identifier, so those values are in the AuditEvents' queries. The ledger rows of the
+// sealed dump, with every base64 query decoded, hold none of them; those of the plain control hold
+// every searched value.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { execFile } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
@@ -29,6 +34,8 @@ import { dateRange } from '../../src/search/types/date.js';
 import { startTestServer, type TestServer, authed } from '../support/backends.js';
 
 const run = promisify(execFile);
+/** The values the last loadAndDump searched for (they are in its audit ledger's queries). */
+let searchedValues: PhiValue[] = [];
 const FHIR = 'application/fhir+json';
 // The three bundles in test/fixtures/synthea by default; PHI_DUMP_BUNDLES=<dir> runs the same check over
 // another directory of transaction bundles, e.g. all 73 in ../shared/testdata/synthea/bundles.
@@ -127,8 +134,46 @@ function clearRemainder(): string {
   return parts.join('\n');
 }
 
+/** Searches that put patients' names and identifiers into the audit ledger's queries; the values searched. */
+async function searchPatients(t: TestServer): Promise<PhiValue[]> {
+  const searched: PhiValue[] = [];
+  for (const b of bundles) {
+    for (const e of b.entry ?? []) {
+      const p = e.resource as Patient;
+      if (p?.resourceType !== 'Patient') continue;
+      const family = p.name?.find((n) => n.family)?.family;
+      const given = p.name?.find((n) => n.given?.length)?.given?.[0];
+      const identifier = p.identifier?.find((i) => i.value && i.system);
+      if (family && given) {
+        await authed(t).get(`/Patient?family=${encodeURIComponent(family)}&given=${encodeURIComponent(given)}`).expect(200);
+        searched.push({ kind: 'family', value: family }, { kind: 'given', value: given });
+      }
+      if (identifier) {
+        await authed(t).get(`/Patient?identifier=${encodeURIComponent(`${identifier.system}|${identifier.value}`)}`).expect(200);
+        searched.push({ kind: 'identifier', value: identifier.value! });
+      }
+    }
+  }
+  return searched;
+}
+
+/** The audit ledger's rows in a dump, each base64 value (entity.query) decoded beside it. */
+function ledgerText(dump: string): string {
+  const start = dump.indexOf('COPY public.audit_ledger ');
+  if (start < 0) throw new Error('the dump has no audit_ledger data');
+  // The search rows beside the ledger (audit_search) are checked with it.
+  const search = dump.indexOf('COPY public.audit_search ');
+  const rows = dump.slice(start, dump.indexOf('\n\\.\n', start)) + (search >= 0 ? dump.slice(search, dump.indexOf('\n\\.\n', search)) : '');
+  const decoded = [...rows.matchAll(/"query":"([A-Za-z0-9+/=]+)"/g)].map((m) => {
+    const query = Buffer.from(m[1], 'base64').toString('utf8');
+    return `${query}\n${[...new URLSearchParams(query).values()].join('\n')}`;
+  });
+  return `${rows}\n${decoded.join('\n')}`;
+}
+
 async function loadAndDump(t: TestServer): Promise<string> {
   for (const b of bundles) await authed(t).post('/').set('Content-Type', FHIR).send(b).expect(200);
+  searchedValues = await searchPatients(t);
   const db = ((await t.svc.db.knex.raw('select current_database() as d')) as { rows: { d: string }[] }).rows[0].d;
   const u = new URL(process.env.TEST_DATABASE_URL!);
   u.pathname = `/${db}`;
@@ -185,8 +230,18 @@ describe('pg_dump of a database loaded with the Synthea bundles', () => {
     // Reported by kind only: a failure message must not print PHI either.
     const found = checked.filter((v) => occurrences(dump, v.value) > 0).map((v) => v.kind);
     expect(found).toEqual([]);
+    // The audit ledger, its queries decoded: none of the values searched for, nor any other.
+    const searched = searchedValues;
+    expect(searched.length).toBeGreaterThanOrEqual(3 * bundles.length);
+    const ledger = ledgerText(dump);
+    expect(ledger.length).toBeGreaterThan(10_000);
+    expect(searched.filter((v) => occurrences(ledger, v.value) > 0).map((v) => v.kind)).toEqual([]);
+    expect(checked.filter((v) => occurrences(ledger, v.value) > 0).map((v) => v.kind)).toEqual([]);
 
     const control = await loadAndDump(plain!);
+    // Without sealing the same searches leave every value in the ledger's queries: the check above looks in the right place.
+    const controlLedger = ledgerText(control);
+    expect(searchedValues.filter((v) => occurrences(controlLedger, v.value) === 0).map((v) => v.kind)).toEqual([]);
     const missing = checked.filter((v) => v.kind !== 'birthDate (epoch ms)' && occurrences(control, v.value) === 0).map((v) => v.kind);
     expect(missing).toEqual([]);
     // idx_date keeps birth dates as epoch milliseconds when they are in the clear

@@ -13,7 +13,7 @@ import { countBlindReindex, runBlindReindex, type ReindexProgress } from '../../
 import { PHI_QUEUE, PhiMaintenance, type PhiJobName, type PhiJobProgress } from '../../src/jobs/phi-maintenance.js';
 import { createLogger } from '../../src/log/logger.js';
 import { buildServices, startServer, type Running } from '../../src/server.js';
-import { concurrencyBackends, freePort, startTestServer, TEST_KEY_RING, type TestServer, authed, agentFor, TEST_SIGNING_RING } from '../support/backends.js';
+import { concurrencyBackends, freePort, startTestServer, TEST_KEY_RING, type TestServer, authed, agentFor, TEST_SIGNING_RING, testAuditEnv } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -37,7 +37,7 @@ function redisUp(): Promise<boolean> {
 /** Services over the same database with another key ring (a node restarted after a rotation). */
 async function servicesWith(t: TestServer, ring: KeyRingFile): Promise<Services> {
   const port = await freePort();
-  const config = loadConfig({ PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'silent', AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING), PHI_KEYS: JSON.stringify(ring), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!', BASE_URL: `http://127.0.0.1:${port}` });
+  const config = loadConfig({ PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'silent', AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING), ...testAuditEnv(), PHI_KEYS: JSON.stringify(ring), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!', BASE_URL: `http://127.0.0.1:${port}` });
   return buildServices(config, createLogger('silent'), t.svc.db);
 }
 
@@ -55,6 +55,18 @@ async function createPatients(url: string, n: number, tag: string): Promise<stri
 }
 
 const matches = (body: { entry?: { search: { mode: string }; resource: { id: string } }[] }) => (body.entry ?? []).filter((e) => e.search.mode === 'match').map((e) => e.resource.id);
+
+/** Resources named by the AuditEvents of a job's batches (subtype `job:<name>`, agent `vesta-job:<name>`). */
+async function jobRecords(t: TestServer, subtype: string): Promise<number> {
+  const rows = ((await t.svc.db.knex.raw('select canonical from audit_ledger where canonical like ?', [`%"code":"${subtype}"%`])) as { rows: { canonical: string }[] }).rows;
+  let named = 0;
+  for (const r of rows) {
+    const e = JSON.parse(r.canonical) as { agent: { who?: { display?: string } }[]; entity: { role?: { code?: string } }[] };
+    expect(e.agent[0].who?.display).toBe(`vesta-job:${subtype.slice(4)}`);
+    named += e.entity.filter((x) => x.role?.code === '4').length;
+  }
+  return named;
+}
 
 describe.each(concurrencyBackends())('PHI maintenance jobs on %s PostgreSQL', (backend) => {
   let t: TestServer;
@@ -101,6 +113,8 @@ describe.each(concurrencyBackends())('PHI maintenance jobs on %s PostgreSQL', (b
     expect(matches((await authed(t).get('/Patient?identifier=urn:Legacy|3').expect(200)).body)).toEqual([ids[3]]);
     // idempotent: a second run finds nothing to do
     expect((await runBlindReindex(t.svc)).done).toBe(0);
+    // Each batch left its AuditEvent, the job as agent and the resources it re-indexed as entities.
+    expect(await jobRecords(t, 'job:blind-reindex')).toBeGreaterThanOrEqual(result.done);
   });
 
   test('a new blind key re-indexes everything; searches then match on the new key', async () => {
@@ -136,6 +150,7 @@ describe.each(concurrencyBackends())('PHI maintenance jobs on %s PostgreSQL', (b
     const last = seen.filter(([j]) => j === 'reseal').pop()![1];
     expect(last.done).toBe(last.total);
     expect(last.total).toBeGreaterThan(0);
+    expect(await jobRecords(t, 'job:reseal')).toBe(last.total);
   });
 
   test('BullMQ: re-seal under concurrent writes on two workers, scheduled once, progress reported', async () => {

@@ -15,7 +15,7 @@ import { rotate } from '../../src/crypto/key-ring.js';
 import { runReseal } from '../../src/jobs/reseal.js';
 import { createLogger } from '../../src/log/logger.js';
 import { buildServices, startServer } from '../../src/server.js';
-import { backends, freePort, startTestServer, TEST_KEY_RING, type TestServer, authed, agentFor, TEST_SIGNING_RING } from '../support/backends.js';
+import { backends, freePort, startTestServer, TEST_KEY_RING, type TestServer, authed, agentFor, TEST_SIGNING_RING, testAuditEnv } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 const q = encodeURIComponent;
@@ -226,7 +226,7 @@ describe.each(backends())('switching sealing on: the re-seal seals data written 
       return parts.join('\n');
     };
     expect(await dump()).toMatch(/offwriter/i);
-    const config = loadConfig({ PORT: String(await freePort()), HOST: '127.0.0.1', LOG_LEVEL: 'silent', AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING), PHI_KEYS: JSON.stringify(TEST_KEY_RING), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!' });
+    const config = loadConfig({ PORT: String(await freePort()), HOST: '127.0.0.1', LOG_LEVEL: 'silent', AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING), ...testAuditEnv(), PHI_KEYS: JSON.stringify(TEST_KEY_RING), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!' });
     const svc2 = await buildServices(config, createLogger('silent'), t.svc.db);
     expect(await svc2.store.countStale(svc2.db.knex)).toBe(2);
     expect((await runReseal(svc2)).done).toBe(2);
@@ -263,7 +263,7 @@ describe.each(backends())('a changed PHI policy reaches the full-text index on r
     expect(await words()).toMatch(/confidenti/);
     // The default policy (notes and narratives sealed) with a rotated ring; the re-seal applies it.
     const port = await freePort();
-    const config = loadConfig({ PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'silent', AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING), PHI_KEYS: JSON.stringify(rotate(TEST_KEY_RING)), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!', BASE_URL: `http://127.0.0.1:${port}` });
+    const config = loadConfig({ PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'silent', AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING), ...testAuditEnv(), PHI_KEYS: JSON.stringify(rotate(TEST_KEY_RING)), PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!', BASE_URL: `http://127.0.0.1:${port}` });
     const svc2 = await buildServices(config, createLogger('silent'), t.svc.db);
     const result = await runReseal(svc2);
     expect(result.done).toBeGreaterThanOrEqual(1);

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { adminQuery as admin, backends, freePort, startTestServer, TEST_KEY_RING, type TestServer } from '../support/backends.js';
+import { adminQuery as admin, backends, freePort, startTestServer, TEST_KEY_RING, type TestServer, testAuditEnv } from '../support/backends.js';
 
 const STALL_LIMIT_MS = 1000;
 
@@ -94,6 +94,7 @@ pgOnly('large requests to a server in its own process (pg)', () => {
         BASE_URL: base,
         DATABASE_URL: url.toString(),
         PHI_KEYS: JSON.stringify(TEST_KEY_RING),
+        ...testAuditEnv(),
         PAGE_TOKEN_SECRET: randomBytes(24).toString('hex'),
         // The bound is about the server's CPU work; a token check adds nothing to it.
         AUTH: 'off',

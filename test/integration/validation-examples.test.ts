@@ -4,6 +4,7 @@
 // specification ships invalid (test/fixtures/known-invalid-examples.json, a reason each) are rejected.
 // One backend (real PostgreSQL when TEST_DATABASE_URL names one, as in CI; else the embedded one): the
 // package holds 5,306 resources, 188 MB, and the embedded database takes several times longer over it.
+import { AuditTrail } from '../../src/audit/trail.js';
 import { OPEN } from '../../src/auth/principal.js';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -31,7 +32,8 @@ const backend = concurrencyBackends()[0];
 
 describe(`the official R4 examples round-trip (${backend})`, () => {
   let t: TestServer;
-  const ctx: RequestContext = { requestId: 'examples', principal: OPEN, clock: () => new Date(), baseUrl: 'http://localhost', preferReturn: 'minimal' };
+  // Called directly, as interactions (each update records its AuditEvent in its transaction).
+  const ctx = (): RequestContext => ({ requestId: 'examples', principal: OPEN, clock: () => new Date(), baseUrl: 'http://localhost', preferReturn: 'minimal', audit: new AuditTrail('create') });
   beforeAll(async () => {
     t = await startTestServer(backend);
   });
@@ -57,7 +59,7 @@ describe(`the official R4 examples round-trip (${backend})`, () => {
       const errors = () => t.svc.validator.validate(resource).filter((i) => i.severity === 'error');
       let rejected: string | undefined;
       try {
-        await update(t.svc, ctx, { type: resource.resourceType, id: resource.id, body: resource });
+        await update(t.svc, ctx(), { type: resource.resourceType, id: resource.id, body: resource });
       } catch (e) {
         if (!isFhirError(e)) throw e;
         rejected = `${e.status} ${e.message}`;
@@ -70,7 +72,7 @@ describe(`the official R4 examples round-trip (${backend})`, () => {
         unexpected.push(`${f}: rejected (${rejected}): ${errors().slice(0, 3).map((i) => `${i.expression?.[0]} ${i.diagnostics}`).join('; ')}`);
         continue;
       }
-      const back = await read(t.svc, ctx, { type: resource.resourceType, id: resource.id });
+      const back = await read(t.svc, ctx(), { type: resource.resourceType, id: resource.id });
       try {
         expect(withoutMeta(back.body)).toEqual(withoutMeta(resource));
       } catch {

@@ -1,6 +1,9 @@
 // Test backends: the embedded PostgreSQL (PGlite, in memory) always; real PostgreSQL when
 // TEST_DATABASE_URL names a server, each test file in its own fresh database.
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createServer } from 'node:net';
 import pg from 'pg';
 import { loadConfig, type Config } from '../../src/config/config.js';
@@ -16,6 +19,8 @@ import request from 'supertest';
 export const TEST_KEY_RING = generateKeyRing();
 /** One token-signing ring per test process: every test server verifies bearer tokens as production does. */
 export const TEST_SIGNING_RING = await generateSigningRing();
+/** One audit checkpoint-signing ring per test process. */
+export const TEST_AUDIT_RING = await generateSigningRing();
 
 export interface TokenOptions {
   scope?: string;
@@ -52,6 +57,11 @@ export function authed(t: { url: string; token: string }, token = t.token) {
 
 export type BackendName = 'embedded' | 'pg';
 
+/** The audit settings of a test server: the test ring, and checkpoints in a folder of its own outside the repository. */
+export function testAuditEnv(): Record<string, string> {
+  return { AUDIT_KEYS: JSON.stringify(TEST_AUDIT_RING), AUDIT_CHECKPOINT_DIR: mkdtempSync(join(tmpdir(), 'vesta-checkpoints-')) };
+}
+
 /** The configuration of a test server on a free port: the test key rings, silent logs, then `env`. */
 export async function testConfig(env: Record<string, string> = {}): Promise<Config> {
   const port = String(await freePort());
@@ -63,6 +73,7 @@ export async function testConfig(env: Record<string, string> = {}): Promise<Conf
     PAGE_TOKEN_SECRET: 'test-secret-test-secret-test-secret!',
     PHI_KEYS: JSON.stringify(TEST_KEY_RING),
     AUTH_KEYS: JSON.stringify(TEST_SIGNING_RING),
+    ...testAuditEnv(),
     ...env,
   });
 }

@@ -87,7 +87,7 @@ describe('protected parameters derived from the policy', () => {
       expect([type, [...blind].sort()]).toEqual([type, [...(PROTECTED_SEARCH_PARAMS[type] ?? [])].sort()]);
       expect([type, withheld]).toEqual([type, []]);
     }
-    expect([...index.protectedTypes()].sort()).toEqual(['List', 'Patient', 'Person', 'RelatedPerson']);
+    expect([...index.protectedTypes()].sort()).toEqual(['AuditEvent', 'List', 'Patient', 'Person', 'RelatedPerson']);
     expect(isProtectedParam('Patient', 'gender')).toBe(false);
     expect(index.isProtected('Patient', 'identifier:of-type')).toBe(true);
     expect(index.isProtected('Patient', 'general-practitioner')).toBe(false);

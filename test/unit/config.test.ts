@@ -4,7 +4,7 @@ import { ConfigError, loadConfig } from '../../src/config/config.js';
 describe('configuration', () => {
   test('PHI keys must be configured with DATABASE_URL (the embedded default generates them)', () => {
     expect(() => loadConfig({ DATABASE_URL: 'postgres://x@localhost/db' })).toThrow(/^PHI_KEYS_FILE:/);
-    expect(loadConfig({ DATABASE_URL: 'postgres://x@localhost/db', PHI_ENCRYPTION: 'off', AUTH_KEYS_FILE: '/etc/vesta/auth-keys.json' }).phiEncryption).toBe(false);
+    expect(loadConfig({ DATABASE_URL: 'postgres://x@localhost/db', PHI_ENCRYPTION: 'off', AUTH_KEYS_FILE: '/etc/vesta/auth-keys.json', AUDIT_KEYS_FILE: '/etc/vesta/audit-keys.json' }).phiEncryption).toBe(false);
     expect(loadConfig({}).unknownExtensions).toBe('accept');
     expect(loadConfig({ VALIDATION_UNKNOWN_EXTENSIONS: 'REJECT' }).unknownExtensions).toBe('reject');
     expect(loadConfig({}).phiEncryption).toBe(true);
@@ -15,7 +15,7 @@ describe('configuration', () => {
     expect(loadConfig({ AUTH: 'off' }).auth).toBe(false);
     expect(() => loadConfig({ AUTH: 'maybe' })).toThrow(/^AUTH:/);
     expect(() => loadConfig({ DATABASE_URL: 'postgres://x@localhost/db', PHI_ENCRYPTION: 'off' })).toThrow(/^AUTH_KEYS_FILE:/);
-    expect(loadConfig({ DATABASE_URL: 'postgres://x@localhost/db', PHI_ENCRYPTION: 'off', AUTH: 'off' }).auth).toBe(false);
+    expect(loadConfig({ DATABASE_URL: 'postgres://x@localhost/db', PHI_ENCRYPTION: 'off', AUTH: 'off', AUDIT: 'off' }).auth).toBe(false);
     expect(() => loadConfig({ AUTH_KEYS: '{nope' })).toThrow(/^AUTH_KEYS:/);
     expect(loadConfig({ AUTH_ISSUERS: '[{"issuer":"https://idp.example.org","audience":"https://fhir.example.org"}]' }).authIssuers).toEqual([{ issuer: 'https://idp.example.org', audience: 'https://fhir.example.org' }]);
     expect(() => loadConfig({ AUTH_ISSUERS: '[{"issuer":"http://idp.example.org","audience":"a"}]' })).toThrow(/^AUTH_ISSUERS: .*https/);
@@ -23,6 +23,16 @@ describe('configuration', () => {
     expect(() => loadConfig({ AUTH_ISSUERS: '{}' })).toThrow(/^AUTH_ISSUERS:/);
     expect(loadConfig({}).authClockSkewSeconds).toBe(30);
     expect(() => loadConfig({ AUTH_CLOCK_SKEW: '61' })).toThrow(/^AUTH_CLOCK_SKEW:/);
+  });
+
+  test('the audit ledger is on by default; with DATABASE_URL its checkpoint key ring must be configured', () => {
+    expect(loadConfig({}).audit).toBe(true);
+    expect(loadConfig({ AUDIT: 'off' }).audit).toBe(false);
+    expect(() => loadConfig({ AUDIT: 'sometimes' })).toThrow(/^AUDIT:/);
+    const db = { DATABASE_URL: 'postgres://x@localhost/db', PHI_ENCRYPTION: 'off', AUTH: 'off' };
+    expect(() => loadConfig(db)).toThrow(/^AUDIT_KEYS_FILE: .*vesta keys init-audit/);
+    expect(loadConfig({ ...db, AUDIT_KEYS_FILE: '/etc/vesta/audit-keys.json' }).auditKeysFile).toBe('/etc/vesta/audit-keys.json');
+    expect(loadConfig({ ...db, AUDIT: 'off' }).audit).toBe(false);
   });
 
   test('defaults', () => {

@@ -48,6 +48,7 @@ function unwrap(body: unknown): { resource?: unknown; mode: Mode } {
 export async function validateOperation(svc: Services, ctx: RequestContext, input: { type: string; id?: string; body: unknown }): Promise<InteractionResult> {
   requireType(input.type);
   if (input.id !== undefined) requireId(input.id);
+  if (input.id !== undefined) ctx.audit.resource(input.type, input.id);
   const { resource, mode } = unwrap(input.body);
   const issues: Issue[] = [];
   // Authorization: validating for a delete is a delete question (d, and the resource within reach);
