@@ -32,19 +32,16 @@ const MAX_QUERY = 8192;
 const BAD = /[\u0000-\u001f\u007f]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 const BAD_ALL = new RegExp(BAD.source, 'g');
 
-const bounded = (s: string, max = MAX_STRING): string => (s.length > max ? `${s.slice(0, max)}…` : s);
-
 /**
- * The record with every string made storable: what a request says about itself (a client_id, a user
- * name, a parameter name) may hold NUL or lone surrogates, which PostgreSQL's jsonb refuses. A record
- * must never fail to append because of what it records.
+ * A string a request says about itself (a client_id, a user name, a path segment, a parameter name),
+ * made storable and bounded: NUL and lone surrogates, which PostgreSQL's jsonb refuses, are replaced.
+ * A record must never fail to append because of what it records. Every string of a record that does
+ * not come from the configuration or a validated id passes here (the query itself goes in base64).
  */
-function recordable<T>(value: T): T {
-  if (typeof value === 'string') return (BAD.test(value) ? value.replace(BAD_ALL, '\ufffd') : value) as T;
-  if (Array.isArray(value)) return value.map(recordable) as T;
-  if (value && typeof value === 'object') return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, recordable(v)])) as T;
-  return value;
-}
+const bounded = (s: string, max = MAX_STRING): string => {
+  const b = s.length > max ? `${s.slice(0, max)}…` : s;
+  return BAD.test(b) ? b.replace(BAD_ALL, '\ufffd') : b;
+};
 
 export interface AuditorOptions {
   baseUrl: string;
@@ -85,16 +82,19 @@ export class Auditor {
       resources: trail.resources.map((r) => ({ type: bounded(r.type, 64), id: bounded(r.id, 64), ...(r.version ? { version: bounded(r.version, 16) } : {}) })),
       patients: [...trail.patients].map((p) => bounded(p, 64)),
       ...(trail.query
-        ? { query: { ...(trail.query.type ? { type: bounded(trail.query.type, 64) } : {}), parameters: trail.query.pairs.map(([k]) => bounded(k, 64)), text: bounded(new URLSearchParams(trail.query.pairs).toString(), MAX_QUERY) } }
+        ? { query: { ...(trail.query.type ? { type: bounded(trail.query.type, 64) } : {}), parameters: trail.query.pairs.map(([k]) => bounded(k, 64)), text: new URLSearchParams(trail.query.pairs).toString().slice(0, MAX_QUERY) } }
         : {}),
       ...(p.kind === 'job' ? { job: p.clientId } : {}),
     };
-    return recordable(buildAuditEvent(facts)) as unknown as AuditEvent;
+    return buildAuditEvent(facts) as unknown as AuditEvent;
   }
 
-  /** The stored form: PHI-bearing elements sealed into one JWE carried by an extension. */
+  /**
+   * The stored form: PHI-bearing elements sealed into one JWE carried by an extension. The event is
+   * consumed (its sealed elements are removed in place): records are built for this and nothing else.
+   */
   async seal(event: AuditEvent): Promise<LedgerEvent> {
-    const s = await this.codec.seal(event, { resourceType: 'AuditEvent', id: event.id!, versionId: 1 });
+    const s = await this.codec.sealOwned(event, { resourceType: 'AuditEvent', id: event.id!, versionId: 1 });
     if (s.sealed === null) return s.content as unknown as LedgerEvent;
     const content = s.content as AuditEvent;
     return { ...content, extension: [...(content.extension ?? []), { url: SEALED_EXTENSION, valueString: s.sealed }] } as unknown as LedgerEvent;
@@ -111,13 +111,13 @@ export class Auditor {
     return (await this.codec.open(plain, ext.valueString ?? null, { resourceType: 'AuditEvent', id: event.id!, versionId: 1 })) as AuditEvent;
   }
 
-  /** Appends records in the caller's transaction (they commit or roll back with it). */
+  /** Appends records in the caller's transaction (they commit or roll back with it); consumes the events. */
   async appendInTx(tx: Queryable, events: AuditEvent[]): Promise<void> {
     if (!events.length || this.o.enabled === false) return;
     await appendEvents(tx, await Promise.all(events.map((e) => this.seal(e))), { baseUrl: this.o.baseUrl });
   }
 
-  /** Appends records on their own, grouped with concurrent ones; resolves once they are committed. */
+  /** Appends records on their own, grouped with concurrent ones; resolves once they are committed. Consumes the events. */
   async appendNow(events: AuditEvent[]): Promise<void> {
     if (!events.length || this.o.enabled === false) return;
     const sealed = await Promise.all(events.map((e) => this.seal(e)));

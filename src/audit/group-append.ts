@@ -9,6 +9,12 @@ import { appendEvents, type LedgerEvent } from './ledger.js';
 export interface GroupAppendOptions {
   /** Most records per INSERT. */
   maxBatch: number;
+  /**
+   * Most INSERTs in flight at once (default 1). With more than one, a record that arrives while a
+   * group is being committed goes out in the next group at once instead of waiting for that commit:
+   * shorter waits for reads, at the cost of smaller groups.
+   */
+  concurrency?: number;
   /** This server's base URL (appendEvents indexes its absolute references as relative ones). */
   baseUrl?: string;
 }
@@ -21,7 +27,7 @@ interface Waiting {
 
 export class GroupAppender {
   private queue: Waiting[] = [];
-  private flushing: Promise<void> | undefined;
+  private readonly flushers = new Set<Promise<void>>();
   /** Appends made (INSERT groups), for the bench and tests. */
   appends = 0;
 
@@ -39,9 +45,9 @@ export class GroupAppender {
   }
 
   private kick(): void {
-    if (this.flushing) return;
+    if (this.flushers.size >= (this.o.concurrency ?? 1)) return;
     // Outside the caller's request scope: the group carries other requests' records too.
-    this.flushing = detached(async () => {
+    const flusher: Promise<void> = detached(async () => {
       try {
         while (this.queue.length) {
           const group = this.queue.splice(0, this.o.maxBatch);
@@ -54,13 +60,14 @@ export class GroupAppender {
           }
         }
       } finally {
-        this.flushing = undefined;
+        this.flushers.delete(flusher);
       }
     });
+    this.flushers.add(flusher);
   }
 
   /** Waits until every record handed in so far is appended (shutdown). */
   async drain(): Promise<void> {
-    while (this.flushing) await this.flushing;
+    while (this.flushers.size) await Promise.all([...this.flushers]);
   }
 }

@@ -18,6 +18,8 @@ import { eqKey } from '../search/keys.js';
 import { parseTokenQuery } from '../search/types/token.js';
 
 export interface AuditSearchColumns {
+  /** AuditEvent.id (unique across the ledger). */
+  eventId: string | null;
   /** AuditEvent.recorded; null when it is not a valid instant. */
   recorded: Date | null;
   action: string | null;
@@ -134,6 +136,7 @@ export function searchColumns(event: Record<string, unknown>, baseUrl?: string):
   const ms = recordedText === undefined ? NaN : Date.parse(recordedText);
   const codings = (v: unknown) => list(v).flatMap((c) => tokenKeys(str(c.system), str(c.code)));
   const out: AuditSearchColumns = {
+    eventId: str(event.id) ?? null,
     recorded: Number.isNaN(ms) ? null : new Date(ms),
     action: str(event.action) ?? null,
     outcome: str(event.outcome) ?? null,

@@ -37,10 +37,16 @@ export class JweCodec implements PhiCodec {
   }
 
   async seal(resource: Resource, ref: VersionRef): Promise<Sealed> {
-    const copy = structuredClone(resource) as unknown as Record<string, unknown>;
+    const copy = structuredClone(resource);
     // Each step is proportional to the resource (30 MB of notes take a second in all): the event loop
     // gets a turn between them (fhir/pacer.ts).
     await pace();
+    const s = await this.sealOwned(copy, ref);
+    return s.sealed === null ? { ...s, content: resource } : s;
+  }
+
+  async sealOwned(resource: Resource, ref: VersionRef): Promise<Sealed> {
+    const copy = resource as unknown as Record<string, unknown>;
     const extracted = extractProtected(copy, this.policy);
     // Nothing to seal under this policy: the version is still marked as examined under the active key,
     // so a re-seal after a policy change (or after sealing was switched on) knows what it has seen.

@@ -32,6 +32,11 @@ export interface PhiCodec {
   /** The blind-index HMAC key (separate from the encryption keys) and its kid; null without sealing. */
   readonly blind: { indexer: BlindIndexer; kid: string } | null;
   seal(resource: Resource, ref: VersionRef): Promise<Sealed>;
+  /**
+   * seal() of a resource the caller hands over: its protected elements may be removed in place (no
+   * copy). For objects built for the purpose and used for nothing else (the audit path's records).
+   */
+  sealOwned(resource: Resource, ref: VersionRef): Promise<Sealed>;
   open(content: Resource, sealed: string | null, ref: VersionRef): Promise<Resource>;
 }
 
@@ -43,6 +48,10 @@ export class PlaintextCodec implements PhiCodec {
   readonly blind = null;
 
   async seal(resource: Resource): Promise<Sealed> {
+    return { content: resource, sealed: null, kid: null };
+  }
+
+  async sealOwned(resource: Resource): Promise<Sealed> {
     return { content: resource, sealed: null, kid: null };
   }
 

@@ -52,7 +52,8 @@ export async function createAuditEvent(svc: Services, ctx: RequestContext, body:
     throw new FhirError('forbidden', "the AuditEvent would be outside what this token may create: a patient/ AuditEvent scope creates only events that name the token's patient and no other");
   }
   return auditedTransaction(svc, ctx, async (tx) => {
-    await svc.audit.appendInTx(tx, [event]);
+    // A copy goes to the ledger: appending consumes it, and the event is also the response.
+    await svc.audit.appendInTx(tx, [structuredClone(event)]);
     ctx.audit.resource('AuditEvent', id, 1, patients);
     const stored = { resourceType: 'AuditEvent', id, versionId: 1, lastUpdated: new Date(event.meta!.lastUpdated!), deleted: false, method: 'POST' as const, resource: event, warnings };
     return writeResult(ctx, 201, stored, `recorded AuditEvent/${id} in the audit ledger`);
