@@ -12,6 +12,7 @@ import { buildAuditEvent, type AuditFacts } from './balp.js';
 import { GroupAppender } from './group-append.js';
 import { appendEvents, type LedgerEvent } from './ledger.js';
 import type { AuditTrail } from './trail.js';
+import { due, pause } from '../fhir/pacer.js';
 
 /** Extension of a stored AuditEvent holding its sealed elements (one compact JWE). */
 export const SEALED_EXTENSION = 'https://vesta.dev/fhir/StructureDefinition/sealed-elements';
@@ -114,13 +115,27 @@ export class Auditor {
   /** Appends records in the caller's transaction (they commit or roll back with it); consumes the events. */
   async appendInTx(tx: Queryable, events: AuditEvent[]): Promise<void> {
     if (!events.length || this.o.enabled === false) return;
-    await appendEvents(tx, await Promise.all(events.map((e) => this.seal(e))), { baseUrl: this.o.baseUrl });
+    await appendEvents(tx, await this.sealAll(events), { baseUrl: this.o.baseUrl });
+  }
+
+  /**
+   * Seals records one after the other, yielding to the event loop between slices (fhir/pacer.ts): a
+   * Bundle of 5,000 entries has 5,001 records, and sealing them at once (Promise.all) ran as one long
+   * chain of microtasks that kept /healthz waiting for 1.7 s (test/integration/stall.test.ts).
+   */
+  async sealAll(events: AuditEvent[]): Promise<LedgerEvent[]> {
+    const out: LedgerEvent[] = [];
+    for (const e of events) {
+      if (due()) await pause();
+      out.push(await this.seal(e));
+    }
+    return out;
   }
 
   /** Appends records on their own, grouped with concurrent ones; resolves once they are committed. Consumes the events. */
   async appendNow(events: AuditEvent[]): Promise<void> {
     if (!events.length || this.o.enabled === false) return;
-    const sealed = await Promise.all(events.map((e) => this.seal(e)));
+    const sealed = await this.sealAll(events);
     await Promise.all(sealed.map((e) => this.group.append(e)));
   }
 

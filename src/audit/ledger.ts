@@ -8,6 +8,7 @@ import type { Queryable } from '../storage/db.js';
 import { insertEntries, type NewEntry } from '../storage/audit-store.js';
 import { canonicalBytes, canonicalDigest } from './chain.js';
 import { searchColumns } from './search-columns.js';
+import { due, pause } from '../fhir/pacer.js';
 
 export interface LedgerEvent {
   resourceType: 'AuditEvent';
@@ -24,10 +25,13 @@ export interface AppendOptions {
 /** Appends AuditEvents (ids assigned where missing), with their search columns; returns them as stored. */
 export async function appendEvents(q: Queryable, events: LedgerEvent[], opts: AppendOptions = {}): Promise<LedgerEvent[]> {
   const stored = events.map((e) => (e.id ? e : { ...e, id: randomUUID() }));
-  const rows: NewEntry[] = stored.map((e) => {
+  // Paced (fhir/pacer.ts): a large Bundle's thousands of records must not hold the event loop.
+  const rows: NewEntry[] = [];
+  for (const e of stored) {
+    if (due()) await pause();
     const canonical = canonicalBytes(e).toString('utf8');
-    return { canonical, digest: canonicalDigest(canonical), columns: searchColumns(e, opts.baseUrl) };
-  });
+    rows.push({ canonical, digest: canonicalDigest(canonical), columns: searchColumns(e, opts.baseUrl) });
+  }
   await insertEntries(q, rows);
   return stored;
 }

@@ -17,6 +17,7 @@ import { patientsOfVersion } from '../audit/patients.js';
 import { AuditTrail } from '../audit/trail.js';
 import { AUDIT_SCOPE, type AuditedTx, type WriteRecorder } from '../storage/resource-store.js';
 import { withTransaction, type Tx } from '../storage/db.js';
+import { due, pause } from '../fhir/pacer.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 
 declare const auditedBrand: unique symbol;
@@ -97,6 +98,7 @@ async function recordFailure(svc: Services, ctx: RequestContext, e: unknown): Pr
   const description = failureOf(e);
   const events: AuditEvent[] = [];
   for (const t of ctx.audit.entries) {
+    if (due()) await pause();
     // A transaction's entries committed nothing: each one's record says it was rolled back.
     if (!t.recorded) events.push(svc.audit.event(ctx, t, status, `rolled back with the Bundle: ${description}`));
   }
@@ -131,13 +133,13 @@ export async function auditedTransaction<T>(
   svc: Services,
   ctx: RequestContext,
   fn: (tx: AuditedTx) => Promise<T>,
-  opts: { retryOnUniqueViolation?: boolean; recorder?: WriteRecorder; records: (result: T) => AuditEvent[] },
+  opts: { retryOnUniqueViolation?: boolean; recorder?: WriteRecorder; records: (result: T) => Promise<AuditEvent[]> },
 ): Promise<T>;
 export async function auditedTransaction<T>(
   svc: Services,
   ctx: RequestContext,
   fn: (tx: AuditedTx) => Promise<T>,
-  opts: { retryOnUniqueViolation?: boolean; recorder?: WriteRecorder; records?: (result: T) => AuditEvent[] } = {},
+  opts: { retryOnUniqueViolation?: boolean; recorder?: WriteRecorder; records?: (result: T) => Promise<AuditEvent[]> } = {},
 ): Promise<T> {
   const trail = ctx.audit;
   return withTransaction(
@@ -147,7 +149,7 @@ export async function auditedTransaction<T>(
       const atx = withRecorder(tx, opts.recorder ?? trailRecorder(trail));
       const result = await fn(atx);
       if (!trail.deferred) {
-        const events = opts.records ? opts.records(result) : [svc.audit.event(ctx, trail, (result as InteractionResult).status)];
+        const events = opts.records ? await opts.records(result) : [svc.audit.event(ctx, trail, (result as InteractionResult).status)];
         await svc.audit.appendInTx(tx, events);
       }
       return result;

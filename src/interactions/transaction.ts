@@ -2,7 +2,7 @@
 // https://hl7.org/fhir/R4/bundle.html#transaction). A transaction is one database transaction:
 // all entries succeed or none do; a batch processes each entry on its own.
 import { randomUUID } from 'node:crypto';
-import type { Bundle, BundleEntry, OperationOutcome, Resource } from 'fhir/r4.js';
+import type { AuditEvent, Bundle, BundleEntry, OperationOutcome, Resource } from 'fhir/r4.js';
 import { FhirError, isFhirError } from '../fhir/errors.js';
 import { operationOutcome, outcomeId } from '../fhir/outcome.js';
 import { due, pace, pause } from '../fhir/pacer.js';
@@ -439,7 +439,14 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
   }, {
     retryOnUniqueViolation: true,
     recorder,
-    records: (out: InteractionResult[]) => [...trails.map((t, i) => svc.audit.event(ctx, t, out[i].status)), svc.audit.event(ctx, ctx.audit, 200)],
+    records: async (out: InteractionResult[]) => {
+      const events: AuditEvent[] = [];
+      for (const [i, t] of trails.entries()) {
+        if (due()) await pause();
+        events.push(svc.audit.event(ctx, t, out[i].status));
+      }
+      return [...events, svc.audit.event(ctx, ctx.audit, 200)];
+    },
   });
   const answers: BundleEntry[] = [];
   for (const [i, r] of recordedEntries(ctx, results).entries()) {

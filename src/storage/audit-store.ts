@@ -5,6 +5,7 @@ import type { AuditSearchColumns } from '../audit/search-columns.js';
 import { instantCondition, type DateQuery } from '../search/types/date.js';
 import { and, frag, or, type SqlFragment } from '../search/sql.js';
 import { preparedRows, type Queryable } from './db.js';
+import { pace } from '../fhir/pacer.js';
 
 type Rows<T> = { rows: T[] };
 const buf = (v: unknown): Buffer => (v instanceof Buffer ? v : Buffer.from(v as Uint8Array));
@@ -44,8 +45,11 @@ const ARRAY_NAMES = ARRAY_KEYS.map((k) => ARRAY_COLUMNS[k]);
  * replaced.
  */
 export async function insertEntries(q: Queryable, entries: NewEntry[]): Promise<void> {
-  for (let i = 0; i < entries.length; i += 2000) {
-    const part = entries.slice(i, i + 2000);
+  // Chunks of 500: the driver serializes a statement's parameters in one synchronous step (1.3 MB of
+  // records per chunk), and the loop yields between chunks (fhir/pacer.ts).
+  for (let i = 0; i < entries.length; i += 500) {
+    if (i > 0) await pace();
+    const part = entries.slice(i, i + 500);
     const search = part.flatMap((e, k) => {
       const c = e.columns;
       if (!c) return [];

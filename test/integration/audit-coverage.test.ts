@@ -4,6 +4,7 @@
 // ledger's refusal to change. Each request carries its own X-Request-Id and its records are found by it.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
+import { emptyRows } from '../../src/search/index-rows.js';
 import { authed, concurrencyBackends, startTestServer, type TestServer } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
@@ -127,6 +128,14 @@ describe(`audit coverage (${backend})`, () => {
       expect([name, recs.map((x) => `${x.subtype} ${x.outcome} ${x.client}`)]).toEqual([name, [`request:refused 4 anonymous`]]);
       expect(recs[0].outcomeDesc.startsWith(String(res.status))).toBe(true);
     }
+  });
+
+  test('storage refuses a write in a transaction that carries no audit recorder (whatever the types say)', async () => {
+    const id = randomUUID();
+    const version = { resourceType: 'Basic', id, versionId: 1, lastUpdated: new Date(), method: 'POST' as const, resource: { resourceType: 'Basic', id, code: { text: 'x' } } as never, index: emptyRows() };
+    await expect(t.svc.db.knex.transaction((tx) => t.svc.store.writeVersion(tx as never, version))).rejects.toThrow(/outside an audited transaction/);
+    await expect(t.svc.db.knex.transaction((tx) => t.svc.store.writeVersions(tx as never, [version]))).rejects.toThrow(/outside an audited transaction/);
+    expect((await authed(t).get(`/Basic/${id}`)).status).toBe(404);
   });
 
   test('an AuditEvent created in a transaction goes to the ledger; changing one is 405 in a Bundle too', async () => {

@@ -47,6 +47,16 @@ describe('architecture', () => {
     expect(bad).toEqual([]);
   });
 
+  test('only the audit path makes the transaction storage writes take (AuditedTx): no write without its AuditEvent', () => {
+    const text = (f: string) => readFileSync(join(src, f), 'utf8');
+    const setters = all.filter((f) => /\[AUDIT_SCOPE\]\s*=/.test(text(f.file))).map((f) => f.file);
+    expect(setters).toEqual(['interactions/audit.ts']);
+    const casts = all.filter((f) => /as AuditedTx\b/.test(text(f.file))).map((f) => f.file);
+    expect(casts).toEqual(['interactions/audit.ts']);
+    // storage/ refuses a write whose transaction carries no recorder, whatever the types say.
+    expect(text('storage/resource-store.ts')).toMatch(/a resource write outside an audited transaction/);
+  });
+
   test('only the composition root, cli/ and http/ import auth-server/ (an edge like http/)', () => {
     const allowed = (f: { file: string; area: string }) => f.area === 'auth-server' || f.area === 'http' || f.area === 'cli' || f.file === 'server.ts';
     const bad = all.filter((f) => !allowed(f)).flatMap((f) => f.imports.filter((i) => /(^|\/)auth-server\//.test(i)).map((i) => `${f.file} -> ${i}`));
