@@ -13,6 +13,7 @@ import * as m0009 from './0009_revoked_tokens.js';
 import * as m0010 from './0010_auth_server.js';
 import * as m0011 from './0011_audit_ledger.js';
 import * as m0012 from './0012_audit_search.js';
+import * as m0013 from './0013_registry_sync.js';
 
 export interface Migration {
   name: string;
@@ -33,4 +34,5 @@ export const MIGRATIONS: Migration[] = [
   { name: '0010_auth_server', ...m0010 },
   { name: '0011_audit_ledger', ...m0011 },
   { name: '0012_audit_search', ...m0012 },
+  { name: '0013_registry_sync', ...m0013 },
 ];
