@@ -5,6 +5,7 @@ import { buildServices, startServer } from './server.js';
 import { PhiMaintenance } from './jobs/phi-maintenance.js';
 import { stopOnSignals } from './shutdown.js';
 import { DataDirLockedError } from './storage/data-dir-lock.js';
+import { loadRegistries, RegistryConfigError, type RegistryConfig } from './jobs/registry/config.js';
 import { primeValidators, warmUpValidators } from './validation/validator.js';
 
 export async function serve(): Promise<void> {
@@ -18,7 +19,19 @@ export async function serve(): Promise<void> {
     }
     throw e;
   }
+  // The registries (issue 17) are checked before anything starts: every problem on a line of its own.
+  let registries: RegistryConfig[] = [];
+  try {
+    registries = config.registryConfigFile ? loadRegistries(config.registryConfigFile) : [];
+  } catch (e) {
+    if (e instanceof RegistryConfigError) {
+      for (const p of e.problems) process.stderr.write(`vesta: configuration error: REGISTRY_CONFIG_FILE: ${p}\n`);
+      process.exit(2);
+    }
+    throw e;
+  }
   const log = createLogger(config.logLevel);
+  if (registries.length) log.warn({ registries: registries.map((r) => r.id) }, 'registries configured and checked; the registry sync itself is not built yet (issue 17): nothing is exchanged');
   const svc = await buildServices(config, log);
   // The shared part of the validators' compile is too long to run beside requests: before listening.
   if (config.validatorWarmUp) primeValidators();

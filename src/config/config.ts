@@ -68,6 +68,8 @@ export interface Config {
   auditLinkIntervalMs: number;
   /** Unlinked entries older than this fail `vesta audit verify` (AUDIT_MAX_UNLINKED_SECONDS). */
   auditMaxUnlinkedMs: number;
+  /** Immunization registries to sync with (REGISTRY_CONFIG_FILE, a JSON file; issue 17): checked at start. */
+  registryConfigFile: string | undefined;
   // Request bounds (issue 14, part B): search/history budgets, statement timeout, request deadline.
   /** Limits on one search or history request, checked before any SQL (SEARCH_MAX_*). */
   searchBudgets: {
@@ -303,6 +305,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     auditCheckpointMs: int(env, 'AUDIT_CHECKPOINT_SECONDS', 60, 1, 86400) * 1000,
     auditLinkIntervalMs: int(env, 'AUDIT_LINK_INTERVAL_MS', 100, 10, 60000),
     auditMaxUnlinkedMs: int(env, 'AUDIT_MAX_UNLINKED_SECONDS', 60, 1, 86400) * 1000,
+    registryConfigFile: env.REGISTRY_CONFIG_FILE?.trim() ? resolve(env.REGISTRY_CONFIG_FILE.trim()) : undefined,
     // Request bounds (issue 14, part B). Defaults sit far above what real clients send: 30 ANDed
     // `name` values took 0.03 s, 100 took 0.66 s, 300 over 60 s (issue 14's measurements).
     searchBudgets: Object.freeze({

@@ -2,7 +2,7 @@
 // configuration errors stop it with one line; SIGTERM drains in-flight requests and exits 0.
 import { afterAll, describe, expect, test } from '@jest/globals';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { findPackageRoot } from '../../src/fhir/package-root.js';
@@ -53,6 +53,19 @@ describe('the server process', () => {
     const lines = p.err().trim().split('\n');
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(/PORT/);
+  });
+
+  test('a bad registry file stops start-up with one line per problem, each naming REGISTRY_CONFIG_FILE', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vesta-reg-'));
+    dirs.push(dir);
+    const file = join(dir, 'registries.json');
+    writeFileSync(file, JSON.stringify([{ id: 'IIS!', baseUrl: 'http://registry.example.org/fhir', direction: 'sideways', pagesize: 10 }]));
+    const p = run({ REGISTRY_CONFIG_FILE: file, DATA_DIR: dir });
+    expect(await p.exit).toBe(2);
+    const lines = p.err().trim().split('\n');
+    expect(lines.length).toBeGreaterThanOrEqual(3);
+    for (const l of lines) expect(l).toMatch(/^vesta: configuration error: REGISTRY_CONFIG_FILE: /);
+    expect(p.err()).toMatch(/pageSize/);
   });
 
   test('starts on the embedded database, serves FHIR, keeps data across restarts, drains on SIGTERM', async () => {
