@@ -443,3 +443,44 @@ export async function tryClaimRun(q: Queryable, registryId: string, direction: S
 export async function pruneRuns(q: Queryable, before: Date): Promise<number> {
   return rowCount(await q.raw('delete from registry_run where claimed_at < ?', [before]));
 }
+
+// --- push window -----------------------------------------------------------------------------------
+
+/** The head of a resource's current version: what a push needs to decide, never its content. */
+export interface ChangedVersion {
+  id: string;
+  versionId: number;
+  lastUpdated: Date;
+  deleted: boolean;
+}
+
+/**
+ * Current versions (deletion markers included) of `resourceType` changed after `after` and before
+ * `before`, ordered by (last_updated, id), at most `limit`. `after` without an id is a watermark
+ * (strictly later); with an id it is the last row of the previous batch (keyset paging).
+ */
+export async function listChangedSince(
+  q: Queryable,
+  resourceType: string,
+  after: { lastUpdated: Date; id?: string } | null,
+  before: Date,
+  limit: number,
+): Promise<ChangedVersion[]> {
+  const where = ['resource_type = ?', 'last_updated < ?'];
+  const values: unknown[] = [resourceType, before];
+  if (after && after.id !== undefined) {
+    where.push('(last_updated, id) > (?, ?)');
+    values.push(after.lastUpdated, after.id);
+  } else if (after) {
+    where.push('last_updated > ?');
+    values.push(after.lastUpdated);
+  }
+  values.push(limit);
+  const r = (await q.raw(`select id, version_id, last_updated, deleted from resource where ${where.join(' and ')} order by last_updated, id limit ?`, values as never[])) as Rows<{
+    id: string;
+    version_id: number;
+    last_updated: Date | string;
+    deleted: boolean;
+  }>;
+  return r.rows.map((x) => ({ id: x.id, versionId: Number(x.version_id), lastUpdated: date(x.last_updated)!, deleted: Boolean(x.deleted) }));
+}

@@ -1,0 +1,573 @@
+// One sync run with one immunization registry (issue 17, items 3-6): push sends the Immunizations
+// changed in Vesta since the push watermark, pull stores the registry's Immunizations changed since
+// the pull watermark for the Patients both sides know. In-process and one run at a time per registry
+// and direction; the queue and schedule around it live elsewhere. Every read and write of local data
+// goes through the interactions as the job's principal (validation, PHI sealing, authorization and an
+// AuditEvent naming vesta-job:registry-sync), and a watermark only moves over records all handled,
+// so a stopped or crashed run means a refetch, never a gap; re-sending is harmless (conditional
+// create and update on identifiers) and skipped anyway when the version was handled before.
+import { randomUUID } from 'node:crypto';
+import { setTimeout as delay } from 'node:timers/promises';
+import type { Bundle, Resource as FhirResource } from 'fhir/r4.js';
+import { jobPrincipal } from '../../auth/principal.js';
+import { isFhirError } from '../../fhir/errors.js';
+import { audited, newTrail } from '../../interactions/audit.js';
+import type { InteractionResult, RequestContext, Services } from '../../interactions/context.js';
+import { read } from '../../interactions/read.js';
+import { search } from '../../interactions/search.js';
+import { conditionalUpdate } from '../../interactions/update.js';
+import {
+  addReview,
+  advanceWatermark,
+  getRecord,
+  getState,
+  listChangedSince,
+  recordOutcome,
+  upsertState,
+  type ChangedVersion,
+  type RecordKey,
+  type RegistryCounts,
+  type RegistryRecord,
+  type ReviewReason,
+  type SyncDirection,
+} from '../../storage/registry-store.js';
+import { RegistryError, type RegistryClient, type Resource, type SearchBundle } from './client.js';
+import type { RegistryConfig } from './config.js';
+
+export const JOB_NAME = 'registry-sync';
+/** What each direction needs of local data, and nothing more (issue 17 item 5). */
+export const PUSH_SCOPE = 'system/Immunization.r system/Patient.r';
+export const PULL_SCOPE = 'system/Patient.s system/Immunization.cus';
+
+export interface SyncReport extends RegistryCounts {
+  direction: SyncDirection;
+  watermarkBefore: Date | null;
+  watermarkAfter: Date | null;
+  /** Why the run stopped before the end of its window (one line, no PHI); absent when it finished. */
+  stopped?: string;
+}
+
+export interface SyncOptions {
+  /** Push: versions written in the last lagMs are left for the next run (a write committing late keeps its earlier lastUpdated). Default 5000. */
+  lagMs?: number;
+  /** Push: local versions fetched per batch. Default 100. */
+  batchSize?: number;
+  /** Stops the run between records and cuts backoff waits short. */
+  signal?: AbortSignal;
+  /** For tests: the wall clock (ms) and the jitter source. */
+  now?: () => number;
+  random?: () => number;
+}
+
+type Registry = Pick<RegistryConfig, 'id' | 'baseUrl' | 'pageSize' | 'patientIdentifierSystem' | 'retry' | 'deadLetterAfter'>;
+
+/** The run cannot go on (registry unreachable after retries, authorization refused, local outage). */
+class RunStopped extends Error {
+  /** Push: how far the records before the stop were all handled. */
+  watermark?: Date | null;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'RunStopped';
+  }
+}
+
+// A failure that stopped a run is stored on the record (so a record failing run after run ends on
+// the dead-letter list) as an issue with this code and prefix; it is not the registry's verdict on
+// the record, so that version is tried again, unlike a rejection.
+const PENDING_CODE = 'transient';
+const PENDING_PREFIX = 'vesta: not handled yet: ';
+
+function pendingOutcome(message: string) {
+  return { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: PENDING_CODE, diagnostics: `${PENDING_PREFIX}${message}` }] };
+}
+
+function rejectedOutcome(diagnostics: string) {
+  return { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'processing', diagnostics }] };
+}
+
+/** Whether a version needs no more work: sent or stored, rejected by the registry or Vesta, or dead-lettered. */
+function settled(rec: RegistryRecord | undefined, version: string): boolean {
+  if (!rec || rec.version !== version) return false;
+  if (rec.status !== 'rejected') return true;
+  const first = rec.lastError?.issue[0];
+  return !(first?.code === PENDING_CODE && first.diagnostics?.startsWith(PENDING_PREFIX));
+}
+
+/** A registry error worth retrying: 5xx, 408, 429, timeouts and network errors. */
+function transient(e: unknown): boolean {
+  if (!(e instanceof RegistryError)) return false;
+  if (e.code === 'timeout' || e.code === 'network') return true;
+  return e.code === 'http' && e.status !== undefined && (e.status >= 500 || e.status === 408 || e.status === 429);
+}
+
+/** The registry's refusal of this record (a 4xx other than 408, 429 and the authorization ones). */
+function rejection(e: unknown): e is RegistryError {
+  return e instanceof RegistryError && e.code === 'http' && e.status !== undefined && e.status >= 400 && e.status < 500 && ![401, 403, 408, 429].includes(e.status);
+}
+
+/** A failure that says nothing about the record: the run stops and nothing is stored on it. */
+function jobWide(e: unknown): boolean {
+  if (isFhirError(e)) return e.status === 401 || e.status === 403;
+  return e instanceof RegistryError && (e.code === 'auth' || (e.code === 'http' && (e.status === 401 || e.status === 403)));
+}
+
+/** Vesta's refusal of a pulled record (invalid, several matches); not its outages or the job's own scopes. */
+function localRejection(e: unknown): boolean {
+  return isFhirError(e) && e.status < 500 && !jobWide(e) && e.code !== 'retry-exhausted';
+}
+
+/** A failure outside any record (a registry search, a page) ends the run as stopped, not as a crash. */
+function asStop(e: unknown): unknown {
+  return e instanceof RegistryError ? new RunStopped(e.message, { cause: e }) : e;
+}
+
+const running = new Set<string>();
+/** The longest Retry-After a run waits for (longer than registry.retry.maxDelayMs when that is shorter). */
+const MAX_RETRY_AFTER_MS = 60_000;
+
+class Run {
+  readonly counts: RegistryCounts = { sent: 0, stored: 0, rejected: 0, retried: 0, deadLettered: 0, unmatched: 0, skipped: 0 };
+  readonly runId = randomUUID();
+  private readonly now: () => number;
+  private readonly random: () => number;
+
+  constructor(
+    readonly svc: Services,
+    readonly registry: Registry,
+    readonly client: RegistryClient,
+    readonly direction: SyncDirection,
+    readonly scope: string,
+    readonly opts: SyncOptions,
+  ) {
+    this.now = opts.now ?? Date.now;
+    this.random = opts.random ?? Math.random;
+  }
+
+  key(resourceId: string): RecordKey {
+    return { registryId: this.registry.id, direction: this.direction, resourceType: 'Immunization', resourceId };
+  }
+
+  checkStop(): void {
+    if (this.opts.signal?.aborted) throw new RunStopped('stopped on request');
+  }
+
+  /** A local interaction as the job's principal, leaving its AuditEvent. */
+  async local(interaction: string, type: string, run: (ctx: RequestContext) => Promise<InteractionResult>): Promise<InteractionResult> {
+    const ctx: RequestContext = {
+      requestId: this.runId,
+      principal: jobPrincipal(JOB_NAME, this.scope),
+      clock: () => new Date(this.now()),
+      baseUrl: this.svc.config.baseUrl,
+      audit: newTrail(interaction, type),
+    };
+    return audited(this.svc, () => ctx, () => run(ctx));
+  }
+
+  /** Local search, every page (the next link's query carries the page token). */
+  async *localSearch(type: string, query: [string, string][]): AsyncGenerator<FhirResource> {
+    let q: [string, string][] | undefined = query;
+    while (q) {
+      const r = await this.local('search-type', type, (ctx) => search(this.svc, ctx, { type, query: q! }));
+      const bundle = r.body as Bundle;
+      for (const e of bundle.entry ?? []) if (e.resource && e.search?.mode !== 'include') yield e.resource;
+      const next = bundle.link?.find((l) => l.relation === 'next')?.url;
+      q = next ? [...new URL(next).searchParams] : undefined;
+    }
+  }
+
+  /**
+   * A registry call with retries: exponential backoff with full jitter (a Retry-After is waited
+   * instead when given), registry.retry.attempts calls in all. What keeps failing is thrown.
+   */
+  async registryCall<T>(call: () => Promise<T>): Promise<T> {
+    const { attempts, baseDelayMs, maxDelayMs } = this.registry.retry;
+    for (let attempt = 1; ; attempt++) {
+      this.checkStop();
+      try {
+        return await call();
+      } catch (e) {
+        if (!transient(e) || attempt >= attempts) throw e;
+        this.counts.retried++;
+        const backoff = this.random() * Math.min(maxDelayMs, baseDelayMs * 2 ** (attempt - 1));
+        const asked = (e as RegistryError).retryAfterMs;
+        // A registry asking for a long pause gets it from the schedule: the run stops, the next one retries.
+        if (asked !== undefined && asked > Math.max(maxDelayMs, MAX_RETRY_AFTER_MS)) throw e;
+        const wait = asked ?? backoff;
+        try {
+          await delay(wait, undefined, this.opts.signal ? { signal: this.opts.signal } : {});
+        } catch {
+          throw new RunStopped('stopped on request');
+        }
+      }
+    }
+  }
+
+  /**
+   * What to do with a failure while handling a record: a rejection is stored with the registry's
+   * OperationOutcome; anything else but a job-wide refusal counts a failed run on the record and
+   * stops the run, unless that puts the record on the dead-letter list (then the run passes it).
+   */
+  async failed(resourceId: string, version: string, e: unknown, lastUpdated?: Date | null): Promise<'rejected' | 'dead-lettered'> {
+    const key = this.key(resourceId);
+    const deadLetterAfter = this.registry.deadLetterAfter;
+    if (rejection(e)) return this.reject(resourceId, version, e.outcome ?? rejectedOutcome(e.message), lastUpdated);
+    if (localRejection(e)) return this.reject(resourceId, version, rejectedOutcome(`Vesta refused it: ${(e as { code: string }).code}`), lastUpdated);
+    if (e instanceof RunStopped || jobWide(e)) throw e instanceof RunStopped ? e : new RunStopped((e as Error).message, { cause: e });
+    // Anything else is not the registry's or Vesta's answer but a fault here: not held against the record.
+    if (!(e instanceof RegistryError) && !isFhirError(e)) throw e;
+    const message = e instanceof RegistryError ? e.message : `Vesta answered ${e.status} (${e.code})`;
+    const rec = await recordOutcome(this.svc.db.knex, key, { version, lastUpdated: lastUpdated ?? null, ok: false, error: pendingOutcome(message), deadLetterAfter });
+    if (rec.status === 'dead-letter') {
+      if (rec.deadLetteredNow) this.counts.deadLettered++;
+      return 'dead-lettered';
+    }
+    throw new RunStopped(message, { cause: e });
+  }
+
+  /** Stores the refusal of this version with its OperationOutcome; it is not tried again. */
+  async reject(resourceId: string, version: string, outcome: unknown, lastUpdated?: Date | null): Promise<'rejected' | 'dead-lettered'> {
+    const rec = await recordOutcome(this.svc.db.knex, this.key(resourceId), { version, lastUpdated: lastUpdated ?? null, ok: false, error: outcome, deadLetterAfter: this.registry.deadLetterAfter });
+    if (rec.status === 'dead-letter') {
+      if (rec.deadLetteredNow) this.counts.deadLettered++;
+      return 'dead-lettered';
+    }
+    this.counts.rejected++;
+    return 'rejected';
+  }
+
+  async ok(resourceId: string, version: string, lastUpdated?: Date | null): Promise<void> {
+    await recordOutcome(this.svc.db.knex, this.key(resourceId), { version, lastUpdated: lastUpdated ?? null, ok: true });
+  }
+}
+
+/** Runs `body` as the only run of (registry, direction) in this process, and keeps its state row. */
+async function runOnce(
+  svc: Services,
+  registry: Registry,
+  client: RegistryClient,
+  direction: SyncDirection,
+  opts: SyncOptions,
+  body: (run: Run, before: Date | null) => Promise<Date | null>,
+): Promise<SyncReport> {
+  const lock = `${registry.id}\n${direction}`;
+  if (running.has(lock)) throw new Error(`registry ${registry.id}: a ${direction} run is already in progress`);
+  running.add(lock);
+  try {
+    const run = new Run(svc, registry, client, direction, direction === 'push' ? PUSH_SCOPE : PULL_SCOPE, opts);
+    const q = svc.db.knex;
+    await upsertState(q, registry.id, direction, { lastRunStarted: new Date() });
+    const before = (await getState(q, registry.id, direction))?.watermark ?? null;
+    let stopped: string | undefined;
+    let next: Date | null = null;
+    try {
+      next = await body(run, before);
+    } catch (thrown) {
+      const e = asStop(thrown);
+      if (!(e instanceof RunStopped)) {
+        // Not a registry or record problem (the database, a bug): the caller decides; status says so.
+        await upsertState(q, registry.id, direction, { lastRunFinished: new Date(), lastOutcome: 'failed', lastError: `internal error (${(e as Error)?.name ?? 'unknown'})`, counts: run.counts });
+        throw e;
+      }
+      stopped = e.message;
+      next = e.watermark ?? null;
+    }
+    let after = before;
+    if (next && (!before || next > before)) after = (await advanceWatermark(q, registry.id, direction, before, next)).watermark;
+    await upsertState(q, registry.id, direction, {
+      lastRunFinished: new Date(),
+      lastOutcome: stopped ? 'stopped' : 'completed',
+      lastError: stopped ?? null,
+      counts: run.counts,
+    });
+    if (stopped) svc.log.warn({ registry: registry.id, direction, ...run.counts }, `registry sync stopped: ${stopped}`);
+    else svc.log.info({ registry: registry.id, direction, ...run.counts }, 'registry sync finished');
+    return { direction, ...run.counts, watermarkBefore: before, watermarkAfter: after, ...(stopped ? { stopped } : {}) };
+  } finally {
+    running.delete(lock);
+  }
+}
+
+/** The id of a `Patient/<id>` reference (relative, or absolute under `base`), else undefined. */
+function patientId(reference: unknown, base: string): string | undefined {
+  if (typeof reference !== 'string') return undefined;
+  const rel = reference.startsWith(`${base}/`) ? reference.slice(base.length + 1) : reference;
+  return /^Patient\/([A-Za-z0-9\-.]{1,64})$/.exec(rel)?.[1];
+}
+
+/** A resource as sent to the other side: its id and meta belong to the side it came from. */
+function withoutEnvelope<T extends { id?: unknown; meta?: unknown }>(r: T): Omit<T, 'id' | 'meta'> {
+  const { id: _id, meta: _meta, ...rest } = r;
+  return rest;
+}
+
+type Identifier = { system?: string; value?: string };
+
+function identifiersIn(r: object, system: string): string[] {
+  const list = (r as { identifier?: unknown }).identifier;
+  const ids = Array.isArray(list) ? (list as Identifier[]) : [];
+  return [...new Set(ids.filter((i) => i?.system === system && typeof i.value === 'string' && i.value).map((i) => i.value!))];
+}
+
+/** Token search value: `|`, `,`, `$` and `\` in a system or value are escaped (search.html#escaping). */
+function token(system: string, value: string): string {
+  const esc = (s: string) => s.replace(/[\\|,$]/g, (c) => `\\${c}`);
+  return `${esc(system)}|${esc(value)}`;
+}
+
+// --- push ------------------------------------------------------------------------------------------
+
+/**
+ * Sends the local Immunizations changed since the push watermark (up to now - lagMs), oldest first.
+ * The watermark moves to the last record such that it and all before it are handled.
+ */
+export async function pushOnce(svc: Services, registry: Registry, client: RegistryClient, opts: SyncOptions = {}): Promise<SyncReport> {
+  return runOnce(svc, registry, client, 'push', opts, async (run, before) => {
+    const cutoff = new Date((opts.now ?? Date.now)() - (opts.lagMs ?? 5000));
+    const batchSize = opts.batchSize ?? 100;
+    // Per run: local Patients read, and the registry's id of each patient identifier made present there.
+    const patients: PushCache = { local: new Map(), remote: new Map() };
+    // Versions are handled in (lastUpdated, id) order; the watermark may only name a time all of whose
+    // versions are handled, so it trails the record being handled by one distinct lastUpdated.
+    let lastHandled: Date | null = null;
+    let safe: Date | null = null;
+    let cursor: { lastUpdated: Date; id?: string } | null = before ? { lastUpdated: before } : null;
+    try {
+      for (;;) {
+        const batch = await listChangedSince(svc.db.knex, 'Immunization', cursor, cutoff, batchSize);
+        if (!batch.length) break;
+        for (const v of batch) {
+          run.checkStop();
+          if (lastHandled && lastHandled < v.lastUpdated) safe = lastHandled;
+          await pushRecord(run, v, patients);
+          lastHandled = v.lastUpdated;
+        }
+        const last = batch[batch.length - 1];
+        cursor = { lastUpdated: last.lastUpdated, id: last.id };
+        if (batch.length < batchSize) break;
+      }
+    } catch (thrown) {
+      const e = asStop(thrown);
+      if (e instanceof RunStopped) e.watermark = safe;
+      throw e;
+    }
+    return lastHandled;
+  });
+}
+
+interface PushCache {
+  local: Map<string, FhirResource>;
+  remote: Map<string, string>;
+}
+
+async function pushRecord(run: Run, v: ChangedVersion, patients: PushCache): Promise<void> {
+  const { svc, registry, client } = run;
+  const rec = await getRecord(svc.db.knex, run.key(v.id));
+  if (settled(rec, String(v.versionId))) {
+    run.counts.skipped++;
+    return;
+  }
+  const ours = { identifier: token(`${svc.config.baseUrl}/Immunization`, v.id) };
+  if (v.deleted) {
+    try {
+      await deleteAtRegistry(run, ours);
+    } catch (e) {
+      await run.failed(v.id, String(v.versionId), e);
+      return;
+    }
+    await run.ok(v.id, String(v.versionId));
+    run.counts.sent++;
+    return;
+  }
+  let imm: FhirResource & { patient?: { reference?: string }; meta?: { versionId?: string; source?: string } };
+  try {
+    imm = (await run.local('read', 'Immunization', (ctx) => read(svc, ctx, { type: 'Immunization', id: v.id }))).body as typeof imm;
+  } catch (e) {
+    // Deleted or gone since it was listed: its deletion is a later version, handled when reached.
+    if (isFhirError(e) && (e.status === 404 || e.status === 410)) {
+      run.counts.skipped++;
+      return;
+    }
+    throw new RunStopped(isFhirError(e) ? `reading a local Immunization failed (${e.code})` : 'reading a local Immunization failed', { cause: e });
+  }
+  const version = imm.meta?.versionId ?? String(v.versionId);
+  if (version !== String(v.versionId) && settled(await getRecord(svc.db.knex, run.key(v.id)), version)) {
+    run.counts.skipped++;
+    return;
+  }
+  // Pulled from this registry: sending it back would make it the registry's own duplicate.
+  const source = imm.meta?.source;
+  if (typeof source === 'string' && (source === registry.baseUrl || source.startsWith(`${registry.baseUrl}/`))) {
+    run.counts.skipped++;
+    return;
+  }
+  const reject = async (why: string) => void (await run.reject(v.id, version, rejectedOutcome(why)));
+  const pid = patientId(imm.patient?.reference, svc.config.baseUrl);
+  if (!pid) return reject('the Immunization does not reference a local Patient (Patient/<id>); not sent');
+  let patient = patients.local.get(pid);
+  try {
+    patient ??= (await run.local('read', 'Patient', (ctx) => read(svc, ctx, { type: 'Patient', id: pid }))).body as FhirResource;
+    patients.local.set(pid, patient);
+  } catch (e) {
+    if (isFhirError(e) && (e.status === 404 || e.status === 410)) return reject(`its Patient/${pid} does not exist here; not sent`);
+    throw new RunStopped(isFhirError(e) ? `reading a local Patient failed (${e.code})` : 'reading a local Patient failed', { cause: e });
+  }
+  const value = identifiersIn(patient, registry.patientIdentifierSystem)[0];
+  if (value === undefined) return reject(`its Patient/${pid} has no identifier in ${registry.patientIdentifierSystem}, which identifies patients at registry ${registry.id}; not sent`);
+  try {
+    const criteria = token(registry.patientIdentifierSystem, value);
+    let remote = patients.remote.get(criteria);
+    if (!remote) {
+      remote = await presentPatient(run, patient, criteria);
+      patients.remote.set(criteria, remote);
+    }
+    const ownSystem = `${svc.config.baseUrl}/Immunization`;
+    const body = withoutEnvelope(imm) as Resource & { identifier?: Identifier[] };
+    const others = (Array.isArray(body.identifier) ? body.identifier : []).filter((i) => i?.system !== ownSystem);
+    const sent: Resource = { ...body, resourceType: 'Immunization', identifier: [...others, { system: ownSystem, value: v.id }], patient: { reference: `Patient/${remote}` } };
+    await run.registryCall(() => client.conditionalUpdate('Immunization', ours, sent, run.opts.signal ? { signal: run.opts.signal } : {}));
+  } catch (e) {
+    await run.failed(v.id, version, e);
+    return;
+  }
+  await run.ok(v.id, version);
+  run.counts.sent++;
+}
+
+/** The registry's id of the Patient, created there by a conditional create on its identifier when new. */
+async function presentPatient(run: Run, patient: FhirResource, criteria: string): Promise<string> {
+  const { client, registry } = run;
+  // References name local resources the registry does not have.
+  const { generalPractitioner: _gp, managingOrganization: _mo, link: _link, ...body } = withoutEnvelope(patient as FhirResource & Record<string, unknown>);
+  const o = run.opts.signal ? { signal: run.opts.signal } : {};
+  const r = await run.registryCall(() => client.conditionalCreate(body as Resource, { identifier: criteria }, o));
+  const id = r.resource?.id ?? (r.location ? /\/Patient\/([^/]+)/.exec(new URL(r.location, `${registry.baseUrl}/`).pathname)?.[1] : undefined);
+  if (id) return id;
+  const found = await run.registryCall(() => client.search('Patient', { identifier: criteria, _count: 2 }, o));
+  const ids = (found.entry ?? []).filter((e) => e.resource?.resourceType === 'Patient').map((e) => e.resource!.id!);
+  if (ids.length !== 1) throw new RegistryError('malformed', registry.id, `the Patient created by identifier is found ${ids.length} times`);
+  return ids[0];
+}
+
+/** Deletes the Immunization Vesta sent; where the registry refuses deletes (405), marks it entered-in-error. */
+async function deleteAtRegistry(run: Run, criteria: { identifier: string }): Promise<void> {
+  const { client } = run;
+  const o = run.opts.signal ? { signal: run.opts.signal } : {};
+  const found = await run.registryCall(() => client.search('Immunization', { ...criteria, _count: 10 }, o));
+  for (const e of found.entry ?? []) {
+    const r = e.resource;
+    if (r?.resourceType !== 'Immunization' || !r.id) continue;
+    try {
+      await run.registryCall(() => client.delete('Immunization', r.id!, o));
+    } catch (err) {
+      if (!(err instanceof RegistryError && err.code === 'http' && err.status === 405)) throw err;
+      const marked: Resource = { ...(withoutEnvelope(r) as Resource), id: r.id, resourceType: 'Immunization', status: 'entered-in-error' };
+      await run.registryCall(() => client.conditionalUpdate('Immunization', criteria, marked, o));
+    }
+  }
+}
+
+// --- pull ------------------------------------------------------------------------------------------
+
+/**
+ * Stores the registry's Immunizations changed since the pull watermark for every local Patient with
+ * an identifier in the registry's system. The watermark moves to the newest registry lastUpdated
+ * handled (no later than now - lagMs) only when the whole window is handled.
+ */
+export async function pullOnce(svc: Services, registry: Registry, client: RegistryClient, opts: SyncOptions = {}): Promise<SyncReport> {
+  return runOnce(svc, registry, client, 'pull', opts, async (run, before) => {
+    const sys = registry.patientIdentifierSystem;
+    const o = opts.signal ? { signal: opts.signal } : {};
+    const seen = new Set<string>();
+    const remotePatients = new Map<string, Resource>();
+    const localMatches = new Map<string, string[]>();
+    let newest: Date | null = null;
+    for await (const patient of run.localSearch('Patient', [
+      // `system|`: any identifier in the system (search.html#token).
+      ['identifier', token(sys, '')],
+      ['_count', '100'],
+    ])) {
+      for (const value of identifiersIn(patient, sys)) {
+        const q: Record<string, string> = { 'patient.identifier': token(sys, value), _count: String(registry.pageSize) };
+        if (before) q._lastUpdated = `gt${before.toISOString()}`;
+        let page: SearchBundle | undefined = await run.registryCall(() => client.search('Immunization', q, o));
+        while (page) {
+          // Patients the registry included in the page need no read.
+          for (const e of page.entry ?? []) if (e.resource?.resourceType === 'Patient' && e.resource.id) remotePatients.set(e.resource.id, e.resource);
+          for (const e of page.entry ?? []) {
+            const imm = e.resource;
+            if (imm?.resourceType !== 'Immunization' || !imm.id || seen.has(imm.id)) continue;
+            seen.add(imm.id);
+            run.checkStop();
+            await pullRecord(run, imm, remotePatients, localMatches);
+            const lu = imm.meta?.lastUpdated ? new Date(imm.meta.lastUpdated) : null;
+            if (lu && !Number.isNaN(lu.getTime()) && (!newest || lu > newest)) newest = lu;
+          }
+          const current: SearchBundle = page;
+          page = await run.registryCall(() => client.nextPage(current, o));
+        }
+      }
+    }
+    // A registry write committing late may carry a lastUpdated before the newest seen: the lag keeps
+    // the watermark behind it (what is fetched again is skipped by version).
+    const limit = new Date((opts.now ?? Date.now)() - (opts.lagMs ?? 5000));
+    return newest && newest > limit ? limit : newest;
+  });
+}
+
+async function pullRecord(run: Run, imm: Resource, remotePatients: Map<string, Resource>, localMatches: Map<string, string[]>): Promise<void> {
+  const { svc, registry, client } = run;
+  const ownSystem = `${svc.config.baseUrl}/Immunization`;
+  // Vesta's own pushed records, seen again at the registry: already here.
+  if (identifiersIn(imm, ownSystem).length) {
+    run.counts.skipped++;
+    return;
+  }
+  const id = imm.id!;
+  const version = imm.meta?.versionId ?? imm.meta?.lastUpdated ?? '';
+  const lastUpdated = imm.meta?.lastUpdated ? new Date(imm.meta.lastUpdated) : null;
+  if (settled(await getRecord(svc.db.knex, run.key(id)), version)) {
+    run.counts.skipped++;
+    return;
+  }
+  const reference = `${registry.baseUrl}/Immunization/${id}`;
+  const review = async (reason: ReviewReason, detail: string) => {
+    await addReview(svc.db.knex, { registryId: registry.id, registryReference: reference, reason, detail });
+    run.counts.unmatched++;
+  };
+  try {
+    const rpid = patientId((imm.patient as { reference?: string } | undefined)?.reference, registry.baseUrl);
+    if (!rpid) return review('no-match', 'the Immunization does not reference a Patient at the registry');
+    let remote = remotePatients.get(rpid);
+    if (!remote) {
+      remote = await run.registryCall(() => client.read('Patient', rpid, run.opts.signal ? { signal: run.opts.signal } : {}));
+      remotePatients.set(rpid, remote);
+    }
+    const sys = registry.patientIdentifierSystem;
+    const values = identifiersIn(remote, sys);
+    const matches = new Set<string>();
+    for (const value of values) {
+      const t = token(sys, value);
+      let ids = localMatches.get(t);
+      if (!ids) {
+        ids = [];
+        for await (const p of run.localSearch('Patient', [['identifier', t], ['_count', '2'], ['_elements', 'identifier']])) ids.push(p.id!);
+        localMatches.set(t, ids);
+      }
+      for (const x of ids) matches.add(x);
+    }
+    if (matches.size === 0) return review('no-match', `no local Patient has the registry patient's identifier in ${sys}`);
+    if (matches.size > 1) return review('several-matches', `${matches.size} local Patients have the registry patient's identifiers in ${sys}`);
+    const local = [...matches][0];
+    const theirs = `${registry.baseUrl}/Immunization`;
+    const body = withoutEnvelope(imm) as Resource & { identifier?: Identifier[] };
+    const others = (Array.isArray(body.identifier) ? body.identifier : []).filter((i) => i?.system !== theirs);
+    const stored = { ...body, resourceType: 'Immunization', meta: { source: reference }, identifier: [...others, { system: theirs, value: id }], patient: { reference: `Patient/${local}` } };
+    const criteria = new URLSearchParams({ identifier: token(theirs, id) }).toString();
+    await run.local('update', 'Immunization', (ctx) => conditionalUpdate(svc, ctx, { type: 'Immunization', criteria, body: stored }));
+  } catch (e) {
+    await run.failed(id, version, e, lastUpdated);
+    return;
+  }
+  await run.ok(id, version, lastUpdated);
+  run.counts.stored++;
+}
