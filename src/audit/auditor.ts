@@ -144,7 +144,4 @@ export class Auditor {
     return this.group.drain();
   }
 
-  get log(): Logger {
-    return this.o.log;
-  }
 }

@@ -4,8 +4,8 @@ import type { OperationOutcome } from 'fhir/r4.js';
 import type { Logger } from 'pino';
 import { ERROR_CATALOGUE, FhirError, isFhirError } from '../fhir/errors.js';
 import { operationOutcome, outcomeId } from '../fhir/outcome.js';
-import { RequestAborted, RetryExhausted, databaseUnavailable, isStatementTimeout, pgCode } from '../storage/db.js';
 import { PhiIntegrityError } from '../crypto/jwe-codec.js';
+import { knownFailure } from '../interactions/failure.js';
 
 export interface ErrorResponse {
   status: number;
@@ -27,9 +27,6 @@ function fromHttpError(e: unknown): FhirError | undefined {
 
 export function toErrorResponse(e: unknown, log: Logger, requestId: string): ErrorResponse {
   let err: FhirError | undefined = isFhirError(e) ? e : fromHttpError(e);
-  if (!err && e instanceof RetryExhausted) {
-    err = new FhirError('retry-exhausted', 'the request conflicted with concurrent writes; retry it');
-  }
   if (!err && e instanceof PhiIntegrityError) {
     // Audit-worthy: someone moved or altered sealed PHI, or a key is missing. Ids, not content.
     log.error(
@@ -38,12 +35,7 @@ export function toErrorResponse(e: unknown, log: Logger, requestId: string): Err
     );
     err = new FhirError('integrity', `the stored protected data of this resource failed its integrity check and was not returned (request ${requestId})`);
   }
-  // The deadline's or the disconnect's own error (http/deadline.ts), not the cancelled statement's.
-  if (!err && e instanceof RequestAborted && isFhirError(e.reason)) err = e.reason;
-  if (!err && isStatementTimeout(e)) err = new FhirError('unavailable', 'the request exceeded the database statement timeout (DATABASE_STATEMENT_TIMEOUT_MS) and was cancelled; narrow the search');
-  if (!err && pgCode(e) === '57014') err = new FhirError('unavailable', 'the database cancelled the statement');
-  // An outage, a lost connection or an exhausted pool: the same request may succeed shortly.
-  if (!err && databaseUnavailable(e)) err = new FhirError('unavailable', 'the database is unavailable; retry later', { headers: { 'Retry-After': '5' } });
+  err ??= knownFailure(e);
   if (!err) {
     const x = e as { message?: string; stack?: string; code?: string; name?: string };
     // pg puts row values in `detail`; only the message, code and stack are logged.

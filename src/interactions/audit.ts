@@ -10,7 +10,8 @@
 //   without it; every version storage writes is reported to the trail (resource, version, patients).
 import type { AuditEvent } from 'fhir/r4.js';
 import type { Logger } from 'pino';
-import { FhirError, isFhirError } from '../fhir/errors.js';
+import { FhirError } from '../fhir/errors.js';
+import { knownFailure } from './failure.js';
 import type { AuditOrigin } from '../audit/auditor.js';
 import { jobPrincipal } from '../auth/principal.js';
 import { patientsOfVersion } from '../audit/patients.js';
@@ -24,17 +25,18 @@ declare const auditedBrand: unique symbol;
 /** A result whose AuditEvent is in the ledger (or committing with its write). */
 export type Audited<T> = T & { readonly [auditedBrand]: true };
 
-/** HTTP status of an error an interaction threw (500 for anything unexpected). */
+/** HTTP status of an error, as the client is answered (interactions/failure.ts; 500 for anything unexpected). */
 export function statusOf(e: unknown): number {
-  if (isFhirError(e)) return e.status;
+  const known = knownFailure(e);
+  if (known) return known.status;
+  // Express's own errors (a body over the limit) carry their status.
   const s = (e as { status?: unknown })?.status;
   return typeof s === 'number' && s >= 400 && s <= 599 ? s : 500;
 }
 
 /** A short description of a failure without PHI: the error code, never the message. */
 export function failureOf(e: unknown): string {
-  if (isFhirError(e)) return e.code;
-  return 'internal error';
+  return knownFailure(e)?.code ?? 'internal error';
 }
 
 /** The context of one Bundle entry: its own trail (deferred in a transaction), the Bundle's request. */

@@ -265,10 +265,11 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
   const undo: [Record<string, unknown>, string, unknown][] = [];
   // Versions written by the batched paths below go to the trail of the entry that targets them.
   let targetsOfAttempt = new Map<string, number>();
+  const entryRecorders = trails.map(trailRecorder);
   const recorder = {
     wrote(v: NewVersion) {
       const i = targetsOfAttempt.get(`${v.resourceType}/${v.id}`);
-      if (i !== undefined) trailRecorder(trails[i]).wrote(v);
+      if (i !== undefined) entryRecorders[i].wrote(v);
     },
   };
   const results = await auditedTransaction(svc, ctx, async (tx) => {
