@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
 import { emptyRows } from '../../src/search/index-rows.js';
-import { authed, concurrencyBackends, startTestServer, type TestServer } from '../support/backends.js';
+import { authed, concurrencyBackends, startTestServer, tokenFor, type TestServer } from '../support/backends.js';
 
 const FHIR = 'application/fhir+json';
 const backend = concurrencyBackends()[0];
@@ -128,6 +128,26 @@ describe(`audit coverage (${backend})`, () => {
       expect([name, recs.map((x) => `${x.subtype} ${x.outcome} ${x.client}`)]).toEqual([name, [`request:refused 4 anonymous`]]);
       expect(recs[0].outcomeDesc.startsWith(String(res.status))).toBe(true);
     }
+  });
+
+  test('creating an AuditEvent: a patient/ scope records only events naming its own patient; no "c" letter, no create (in a Bundle too)', async () => {
+    const ev = (patient: string) => ({
+      resourceType: 'AuditEvent',
+      type: { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110110' },
+      recorded: '2026-12-05T09:00:00Z',
+      agent: [{ requestor: true, who: { display: 'patient app' } }],
+      source: { observer: { display: 'patient app' } },
+      entity: [{ what: { reference: `Patient/${patient}` } }],
+    });
+    const own = await authed(t, await tokenFor(t.url, { scope: 'patient/AuditEvent.c', patient: 'pa' }));
+    expect((await own.post('/AuditEvent').set('Content-Type', FHIR).send(ev('pa'))).status).toBe(201);
+    const other = await own.post('/AuditEvent').set('Content-Type', FHIR).send(ev('pb'));
+    expect(other.status).toBe(403);
+    expect(JSON.stringify(other.body)).not.toContain('pb');
+    const viaBundle = await own.post('/').set('Content-Type', FHIR).send({ resourceType: 'Bundle', type: 'batch', entry: [{ resource: ev('pb'), request: { method: 'POST', url: 'AuditEvent' } }] });
+    expect(viaBundle.body.entry[0].response.status.slice(0, 3)).toBe('403');
+    const readOnly = await authed(t, await tokenFor(t.url, { scope: 'system/AuditEvent.rs' }));
+    expect((await readOnly.post('/AuditEvent').set('Content-Type', FHIR).send(ev('pa'))).status).toBe(403);
   });
 
   test('storage refuses a write in a transaction that carries no audit recorder (whatever the types say)', async () => {
