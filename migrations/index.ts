@@ -14,6 +14,7 @@ import * as m0010 from './0010_auth_server.js';
 import * as m0011 from './0011_audit_ledger.js';
 import * as m0012 from './0012_audit_search.js';
 import * as m0013 from './0013_registry_sync.js';
+import * as m0014 from './0014_registry_breaker.js';
 
 export interface Migration {
   name: string;
@@ -35,4 +36,5 @@ export const MIGRATIONS: Migration[] = [
   { name: '0011_audit_ledger', ...m0011 },
   { name: '0012_audit_search', ...m0012 },
   { name: '0013_registry_sync', ...m0013 },
+  { name: '0014_registry_breaker', ...m0014 },
 ];

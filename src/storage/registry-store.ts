@@ -40,9 +40,9 @@ export interface RegistryState {
   lastError: string | null;
   /** Totals since the registry was first synced. */
   counts: RegistryCounts;
-  breakerState: BreakerState;
-  consecutiveFailures: number;
-  breakerOpenedAt: Date | null;
+  /** The worker holding the run of this direction, while its lease lasts. */
+  runHolder: string | null;
+  runLeaseUntil: Date | null;
 }
 
 export interface StatePatch {
@@ -50,10 +50,6 @@ export interface StatePatch {
   lastRunFinished?: Date | null;
   lastOutcome?: string | null;
   lastError?: string | null;
-  breakerState?: BreakerState;
-  breakerOpenedAt?: Date | null;
-  /** A new value, or `{ add }` to the stored one (atomically). */
-  consecutiveFailures?: number | { add: number };
   /** Added to the stored counts (atomically). */
   counts?: Partial<RegistryCounts>;
 }
@@ -74,9 +70,8 @@ interface StateRow {
   last_outcome: string | null;
   last_error: string | null;
   counts: Json | string | null;
-  breaker_state: BreakerState;
-  consecutive_failures: number;
-  breaker_opened_at: Date | string | null;
+  run_holder: string | null;
+  run_lease_until: Date | string | null;
 }
 
 function toState(r: StateRow): RegistryState {
@@ -91,9 +86,8 @@ function toState(r: StateRow): RegistryState {
     lastOutcome: r.last_outcome,
     lastError: r.last_error,
     counts,
-    breakerState: r.breaker_state,
-    consecutiveFailures: Number(r.consecutive_failures),
-    breakerOpenedAt: date(r.breaker_opened_at),
+    runHolder: r.run_holder,
+    runLeaseUntil: date(r.run_lease_until),
   };
 }
 
@@ -117,18 +111,16 @@ export async function listStates(q: Queryable): Promise<RegistryState[]> {
   return r.rows.map(toState);
 }
 
-const STATE_COLUMNS: Record<Exclude<keyof StatePatch, 'consecutiveFailures' | 'counts'>, string> = {
+const STATE_COLUMNS: Record<Exclude<keyof StatePatch, 'counts'>, string> = {
   lastRunStarted: 'last_run_started',
   lastRunFinished: 'last_run_finished',
   lastOutcome: 'last_outcome',
   lastError: 'last_error',
-  breakerState: 'breaker_state',
-  breakerOpenedAt: 'breaker_opened_at',
 };
 
 /**
  * Creates or changes the state of (registry, direction) in one statement: fields given are set,
- * counts and `{ add }` failures are added to what is stored (several workers may add at once).
+ * counts are added to what is stored (several workers may add at once).
  * Returns the state after the change.
  */
 export async function upsertState(q: Queryable, registryId: string, direction: SyncDirection, patch: StatePatch): Promise<RegistryState> {
@@ -140,15 +132,6 @@ export async function upsertState(q: Queryable, registryId: string, direction: S
     columns.push(column);
     values.push(patch[key]);
     sets.push(`${column} = excluded.${column}`);
-  }
-  const cf = patch.consecutiveFailures;
-  if (cf !== undefined) {
-    const n = typeof cf === 'number' ? cf : cf.add;
-    if (!Number.isInteger(n)) throw new TypeError('consecutiveFailures must be an integer');
-    columns.push('consecutive_failures');
-    // On insert the stored value is 0, so an addition and a plain value are the same there.
-    values.push(n);
-    sets.push(typeof cf === 'number' ? 'consecutive_failures = excluded.consecutive_failures' : 'consecutive_failures = greatest(0, s.consecutive_failures + excluded.consecutive_failures)');
   }
   if (patch.counts) {
     const sum = COUNT_NAMES.map((k) => `'${COUNT_KEYS[k]}', coalesce((s.counts ->> '${COUNT_KEYS[k]}')::bigint, 0) + coalesce((excluded.counts ->> '${COUNT_KEYS[k]}')::bigint, 0)`);
@@ -193,6 +176,127 @@ export async function advanceWatermark(
         )) as Rows<{ watermark: Date | string }>);
   if (moved.rows[0]) return { advanced: true, watermark: date(moved.rows[0].watermark) };
   return { advanced: false, watermark: (await getState(q, registryId, direction))?.watermark ?? null };
+}
+
+// --- run lease -------------------------------------------------------------------------------------
+
+/**
+ * Takes the run of (registry, direction) for `holder` until `until`: true when no one holds it, its
+ * lease has run out (a worker killed mid-run), or `holder` holds it already (a renewal). One statement.
+ */
+export async function tryLeaseRun(q: Queryable, registryId: string, direction: SyncDirection, holder: string, until: Date): Promise<boolean> {
+  const r = (await q.raw(
+    `insert into registry_state as s (registry_id, direction, counts, run_holder, run_lease_until) values (?, ?, ?::jsonb, ?, ?)
+     on conflict (registry_id, direction) do update set run_holder = excluded.run_holder, run_lease_until = excluded.run_lease_until
+       where s.run_holder is null or s.run_lease_until is null or s.run_lease_until < now() or s.run_holder = excluded.run_holder
+     returning 1 as leased`,
+    [registryId, direction, countsJson(), holder, until],
+  )) as Rows<{ leased: number }>;
+  return r.rows.length === 1;
+}
+
+/** Gives up the lease if `holder` still holds it. */
+export async function releaseRun(q: Queryable, registryId: string, direction: SyncDirection, holder: string): Promise<void> {
+  await q.raw('update registry_state set run_holder = null, run_lease_until = null where registry_id = ? and direction = ? and run_holder = ?', [registryId, direction, holder]);
+}
+
+// --- circuit breaker -------------------------------------------------------------------------------
+
+export interface BreakerRecord {
+  registryId: string;
+  state: BreakerState;
+  consecutiveFailures: number;
+  openedAt: Date | null;
+  probeStartedAt: Date | null;
+  /** The last failure counted, one line without PHI. */
+  lastFailure: string | null;
+  changedAt: Date;
+}
+
+interface BreakerRow {
+  registry_id: string;
+  state: BreakerState;
+  consecutive_failures: number;
+  opened_at: Date | string | null;
+  probe_started_at: Date | string | null;
+  last_failure: string | null;
+  changed_at: Date | string;
+}
+
+const toBreaker = (r: BreakerRow): BreakerRecord => ({
+  registryId: r.registry_id,
+  state: r.state,
+  consecutiveFailures: Number(r.consecutive_failures),
+  openedAt: date(r.opened_at),
+  probeStartedAt: date(r.probe_started_at),
+  lastFailure: r.last_failure,
+  changedAt: date(r.changed_at)!,
+});
+
+const CLOSED = (registryId: string): BreakerRecord => ({ registryId, state: 'closed', consecutiveFailures: 0, openedAt: null, probeStartedAt: null, lastFailure: null, changedAt: new Date(0) });
+
+/** The breaker of a registry (closed with no failures when never used). */
+export async function getBreaker(q: Queryable, registryId: string): Promise<BreakerRecord> {
+  const r = (await q.raw('select * from registry_breaker where registry_id = ?', [registryId])) as Rows<BreakerRow>;
+  return r.rows[0] ? toBreaker(r.rows[0]) : CLOSED(registryId);
+}
+
+export async function listBreakers(q: Queryable): Promise<BreakerRecord[]> {
+  return ((await q.raw('select * from registry_breaker order by registry_id')) as Rows<BreakerRow>).rows.map(toBreaker);
+}
+
+/**
+ * Counts one failure of a call to the registry, in one statement: the breaker opens when the
+ * consecutive failures reach `threshold`, and at once when it was half-open (the probe failed).
+ * `openedNow` says whether this call opened it.
+ */
+export async function breakerFailure(q: Queryable, registryId: string, threshold: number, reason: string, at: Date): Promise<BreakerRecord & { openedNow: boolean }> {
+  if (!Number.isInteger(threshold) || threshold < 1) throw new TypeError('threshold must be a positive integer');
+  const opens = `(b.state = 'half-open' or (b.state = 'closed' and b.consecutive_failures + 1 >= ?))`;
+  const r = (await q.raw(
+    `insert into registry_breaker as b (registry_id, state, consecutive_failures, opened_at, last_failure, changed_at)
+     values (?, case when 1 >= ? then 'open' else 'closed' end, 1, case when 1 >= ? then ?::timestamptz end, ?, ?)
+     on conflict (registry_id) do update set
+       state = case when ${opens} then 'open' else b.state end,
+       opened_at = case when ${opens} then excluded.changed_at else b.opened_at end,
+       probe_started_at = case when ${opens} then null else b.probe_started_at end,
+       consecutive_failures = b.consecutive_failures + 1,
+       last_failure = excluded.last_failure, changed_at = excluded.changed_at
+     returning *, (xmax = 0 and state = 'open') or (xmax <> 0 and state = 'open' and opened_at = changed_at) as opened_now`,
+    [registryId, threshold, threshold, at, reason.slice(0, 300), at, threshold, threshold, threshold],
+  )) as Rows<BreakerRow & { opened_now: boolean }>;
+  return { ...toBreaker(r.rows[0]), openedNow: Boolean(r.rows[0].opened_now) };
+}
+
+/** A call to the registry succeeded: the breaker closes and its failures start again from 0. True when that changed anything. */
+export async function breakerSuccess(q: Queryable, registryId: string, at: Date): Promise<boolean> {
+  return (
+    rowCount(
+      await q.raw(
+        `update registry_breaker set state = 'closed', consecutive_failures = 0, opened_at = null, probe_started_at = null, changed_at = ?
+         where registry_id = ? and (state <> 'closed' or consecutive_failures > 0)`,
+        [at, registryId],
+      ),
+    ) > 0
+  );
+}
+
+/**
+ * Lets one caller probe an open breaker once its cool-down has passed (the breaker turns half-open),
+ * or take over a probe started a cool-down ago that never reported (its worker died). True for the
+ * one caller that gets the probe.
+ */
+export async function breakerTryProbe(q: Queryable, registryId: string, cooldownSeconds: number, at: Date): Promise<boolean> {
+  const since = new Date(at.getTime() - cooldownSeconds * 1000);
+  return (
+    rowCount(
+      await q.raw(
+        `update registry_breaker set state = 'half-open', probe_started_at = ?, changed_at = ?
+         where registry_id = ? and ((state = 'open' and opened_at <= ?) or (state = 'half-open' and probe_started_at <= ?))`,
+        [at, at, registryId, since, since],
+      ),
+    ) > 0
+  );
 }
 
 // --- records ---------------------------------------------------------------------------------------

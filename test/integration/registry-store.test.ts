@@ -1,6 +1,6 @@
-// Registry sync state in the database (issue 17, migration 0013) on both backends: the watermark
+// Registry sync state in the database (issue 17, migrations 0013 and 0014) on both backends: the watermark
 // only moves forward by compare-and-set, one of many concurrent claims of a schedule window wins,
-// counters add up under concurrency, records reach the dead-letter list once, and unmatched pulled
+// counters add up under concurrency, one worker holds a run, the breaker opens once and lets one prober through, records reach the dead-letter list once, and unmatched pulled
 // Immunizations are listed for review once while open. Each test uses registry ids of its own.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Database } from '../../src/storage/db.js';
@@ -19,6 +19,13 @@ import {
   stripOutcome,
   tryClaimRun,
   upsertState,
+  tryLeaseRun,
+  releaseRun,
+  getBreaker,
+  listBreakers,
+  breakerFailure,
+  breakerSuccess,
+  breakerTryProbe,
   type RecordKey,
 } from '../../src/storage/registry-store.js';
 import { backends, openTestDatabase } from '../support/backends.js';
@@ -42,7 +49,7 @@ describe.each(backends())('registry store (%s)', (backend) => {
     await drop?.();
   });
 
-  test('state: created on first change with zero counts and a closed breaker; set fields change, others stay', async () => {
+  test('state: created on first change with zero counts and no lease; set fields change, others stay', async () => {
     const q = db.knex;
     expect(await getState(q, 'st', 'push')).toBeUndefined();
     const started = await upsertState(q, 'st', 'push', { lastRunStarted: at(0), lastOutcome: 'running' });
@@ -55,37 +62,91 @@ describe.each(backends())('registry store (%s)', (backend) => {
       lastOutcome: 'running',
       lastError: null,
       counts: ZERO,
-      breakerState: 'closed',
-      consecutiveFailures: 0,
-      breakerOpenedAt: null,
+      runHolder: null,
+      runLeaseUntil: null,
     });
-    await upsertState(q, 'st', 'push', { lastRunFinished: at(5000), lastOutcome: 'failed', lastError: 'registry answered 503', breakerState: 'open', breakerOpenedAt: at(5000), consecutiveFailures: 5, counts: { retried: 4 } });
+    await upsertState(q, 'st', 'push', { lastRunFinished: at(5000), lastOutcome: 'failed', lastError: 'registry answered 503', counts: { retried: 4 } });
     const failed = await getState(q, 'st', 'push');
-    expect(failed).toEqual({ ...started, lastRunFinished: at(5000), lastOutcome: 'failed', lastError: 'registry answered 503', breakerState: 'open', breakerOpenedAt: at(5000), consecutiveFailures: 5, counts: { ...ZERO, retried: 4 } });
+    expect(failed).toEqual({ ...started, lastRunFinished: at(5000), lastOutcome: 'failed', lastError: 'registry answered 503', counts: { ...ZERO, retried: 4 } });
     // null clears, absent keeps; an empty patch changes nothing and still answers the state.
-    const closed = await upsertState(q, 'st', 'push', { breakerState: 'closed', breakerOpenedAt: null, consecutiveFailures: 0, lastError: null });
-    expect(closed).toEqual({ ...failed, breakerState: 'closed', breakerOpenedAt: null, consecutiveFailures: 0, lastError: null });
-    expect(await upsertState(q, 'st', 'push', {})).toEqual(closed);
-    await upsertState(q, 'st', 'pull', { breakerState: 'half-open' });
-    expect((await listStates(q)).filter((s) => s.registryId === 'st').map((s) => [s.direction, s.breakerState])).toEqual([
-      ['pull', 'half-open'],
-      ['push', 'closed'],
+    const cleared = await upsertState(q, 'st', 'push', { lastError: null });
+    expect(cleared).toEqual({ ...failed, lastError: null });
+    expect(await upsertState(q, 'st', 'push', {})).toEqual(cleared);
+    await upsertState(q, 'st', 'pull', { lastOutcome: 'completed' });
+    expect((await listStates(q)).filter((s) => s.registryId === 'st').map((s) => [s.direction, s.lastOutcome])).toEqual([
+      ['pull', 'completed'],
+      ['push', 'failed'],
     ]);
     await expect(upsertState(q, 'st', 'push', { counts: { sent: -1 } })).rejects.toThrow(TypeError);
     await expect(upsertState(q, 'st', 'push', { counts: { bogus: 1 } as never })).rejects.toThrow(TypeError);
   });
 
-  test('counters and consecutive failures add up when many workers add at once (the first adds create the row)', async () => {
+  test('counters add up when many workers add at once (the first adds create the row)', async () => {
     const q = db.knex;
-    const adds = Array.from({ length: 40 }, (_, i) =>
-      upsertState(q, 'counters', 'pull', { counts: i % 2 ? { stored: 1, skipped: 2 } : { stored: 1, unmatched: 1, deadLettered: 3 }, consecutiveFailures: { add: 1 } }),
-    );
+    const adds = Array.from({ length: 40 }, (_, i) => upsertState(q, 'counters', 'pull', { counts: i % 2 ? { stored: 1, skipped: 2 } : { stored: 1, unmatched: 1, deadLettered: 3 } }));
     const results = await Promise.all(adds);
-    expect(await getState(q, 'counters', 'pull')).toMatchObject({ counts: { ...ZERO, stored: 40, skipped: 40, unmatched: 20, deadLettered: 60 }, consecutiveFailures: 40 });
-    // Each caller saw the row right after its own addition: 40 distinct failure counts 1..40.
-    expect(results.map((r) => r.consecutiveFailures).sort((a, b) => a - b)).toEqual(Array.from({ length: 40 }, (_, i) => i + 1));
-    // A subtraction never goes below zero.
-    expect((await upsertState(q, 'counters', 'pull', { consecutiveFailures: { add: -100 } })).consecutiveFailures).toBe(0);
+    expect(await getState(q, 'counters', 'pull')).toMatchObject({ counts: { ...ZERO, stored: 40, skipped: 40, unmatched: 20, deadLettered: 60 } });
+    // Each caller saw the row right after its own addition: 40 distinct totals 1..40.
+    expect(results.map((r) => r.counts.stored).sort((a, b) => a - b)).toEqual(Array.from({ length: 40 }, (_, i) => i + 1));
+  });
+
+  test('run lease: one of many concurrent takers wins; the holder renews; an expired lease is taken over; release frees it', async () => {
+    const q = db.knex;
+    const soon = new Date(Date.now() + 60_000);
+    const race = await Promise.all(Array.from({ length: 8 }, (_, i) => tryLeaseRun(q, 'lease', 'push', `w${i}`, soon)));
+    const winners = race.map((won, i) => (won ? `w${i}` : '')).filter(Boolean);
+    expect(winners).toHaveLength(1);
+    const holder = winners[0];
+    const other = holder === 'w0' ? 'w1' : 'w0';
+    expect(await tryLeaseRun(q, 'lease', 'push', other, soon)).toBe(false);
+    expect(await tryLeaseRun(q, 'lease', 'push', holder, new Date(Date.now() + 90_000))).toBe(true);
+    // The other direction is a lease of its own.
+    expect(await tryLeaseRun(q, 'lease', 'pull', other, soon)).toBe(true);
+    // Someone else's release changes nothing.
+    await releaseRun(q, 'lease', 'push', other);
+    expect((await getState(q, 'lease', 'push'))?.runHolder).toBe(holder);
+    await releaseRun(q, 'lease', 'push', holder);
+    expect(await getState(q, 'lease', 'push')).toMatchObject({ runHolder: null, runLeaseUntil: null });
+    expect(await tryLeaseRun(q, 'lease', 'push', other, new Date(Date.now() - 1000))).toBe(true);
+    // A lease that ran out (its worker was killed) goes to the next taker.
+    expect(await tryLeaseRun(q, 'lease', 'push', holder, soon)).toBe(true);
+    expect((await getState(q, 'lease', 'push'))?.runHolder).toBe(holder);
+  });
+
+  test('breaker: opens at the threshold of consecutive failures, once; a success closes it; one prober after the cool-down', async () => {
+    const q = db.knex;
+    expect(await getBreaker(q, 'br')).toMatchObject({ state: 'closed', consecutiveFailures: 0, openedAt: null });
+    expect(await breakerSuccess(q, 'br', at(0))).toBe(false);
+    for (let i = 1; i <= 2; i++) expect(await breakerFailure(q, 'br', 3, 'registry answered 503', at(i))).toMatchObject({ state: 'closed', consecutiveFailures: i, openedNow: false });
+    // A success between failures starts the count again.
+    expect(await breakerSuccess(q, 'br', at(3))).toBe(true);
+    expect(await getBreaker(q, 'br')).toMatchObject({ state: 'closed', consecutiveFailures: 0 });
+    // Concurrent failures from several workers: exactly one opens it.
+    const race = await Promise.all(Array.from({ length: 6 }, (_, i) => breakerFailure(q, 'br', 3, `timeout ${i}`, at(10 + i))));
+    expect(race.filter((r) => r.openedNow)).toHaveLength(1);
+    const open = await getBreaker(q, 'br');
+    expect(open).toMatchObject({ state: 'open', consecutiveFailures: 6 });
+    expect(open.openedAt).toEqual(race.find((r) => r.openedNow)!.openedAt);
+    // Before the cool-down no probe; after it exactly one caller of many.
+    const opened = open.openedAt!.getTime();
+    expect(await breakerTryProbe(q, 'br', 60, new Date(opened + 59_000))).toBe(false);
+    const probes = await Promise.all(Array.from({ length: 5 }, () => breakerTryProbe(q, 'br', 60, new Date(opened + 61_000))));
+    expect(probes.filter(Boolean)).toHaveLength(1);
+    expect(await getBreaker(q, 'br')).toMatchObject({ state: 'half-open' });
+    // The probe fails: open again at once, whatever the threshold, with a new cool-down.
+    const reopened = await breakerFailure(q, 'br', 1000, 'registry answered 502', new Date(opened + 62_000));
+    expect(reopened).toMatchObject({ state: 'open', openedNow: true, openedAt: new Date(opened + 62_000), lastFailure: 'registry answered 502' });
+    expect(await breakerTryProbe(q, 'br', 60, new Date(opened + 100_000))).toBe(false);
+    // A probe whose worker died is taken over a cool-down later.
+    expect(await breakerTryProbe(q, 'br', 60, new Date(opened + 123_000))).toBe(true);
+    expect(await breakerTryProbe(q, 'br', 60, new Date(opened + 124_000))).toBe(false);
+    expect(await breakerTryProbe(q, 'br', 60, new Date(opened + 184_000))).toBe(true);
+    // The probe succeeds: closed.
+    expect(await breakerSuccess(q, 'br', new Date(opened + 185_000))).toBe(true);
+    expect(await getBreaker(q, 'br')).toMatchObject({ state: 'closed', consecutiveFailures: 0, openedAt: null, probeStartedAt: null });
+    expect((await listBreakers(q)).map((b) => b.registryId)).toContain('br');
+    // A threshold of 1 opens on the first failure of a new registry.
+    expect(await breakerFailure(q, 'br1', 1, 'network error', at(0))).toMatchObject({ state: 'open', openedNow: true });
   });
 
   test('watermark: compare-and-set, only forward; of concurrent moves from one value exactly one wins', async () => {
