@@ -30,6 +30,8 @@ const registry = {
   patientIdentifierSystem: SYS,
   retry: { attempts: 3, baseDelayMs: 5, maxDelayMs: 40 },
   deadLetterAfter: 3,
+  // The breaker has tests of its own (registry-faults.test.ts); here it never opens.
+  breaker: { failures: 1000, cooldownSeconds: 60 },
 };
 // Fresh writes are in the window at once (the lag itself is a matter of lastUpdated arithmetic).
 const now: SyncOptions = { lagMs: 0, batchSize: 7 };

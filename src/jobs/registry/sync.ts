@@ -19,7 +19,13 @@ import { conditionalUpdate } from '../../interactions/update.js';
 import {
   addReview,
   advanceWatermark,
+  breakerFailure,
+  breakerSuccess,
+  breakerTryProbe,
+  getBreaker,
   getRecord,
+  releaseRun,
+  tryLeaseRun,
   getState,
   listChangedSince,
   recordOutcome,
@@ -29,6 +35,7 @@ import {
   type RegistryCounts,
   type RegistryRecord,
   type ReviewReason,
+  type BreakerState,
   type SyncDirection,
 } from '../../storage/registry-store.js';
 import { RegistryError, type RegistryClient, type Resource, type SearchBundle } from './client.js';
@@ -45,7 +52,22 @@ export interface SyncReport extends RegistryCounts {
   watermarkAfter: Date | null;
   /** Why the run stopped before the end of its window (one line, no PHI); absent when it finished. */
   stopped?: string;
+  /** The run did not start: the registry's circuit breaker is open (`stopped` says until when). */
+  notStarted?: boolean;
+  /** The breaker when the run ended. */
+  breaker: BreakerState;
 }
+
+/** Another worker (here or on another node) is running this direction of this registry. */
+export class RunBusyError extends Error {
+  constructor(registryId: string, direction: SyncDirection) {
+    super(`registry ${registryId}: a ${direction} run is already in progress`);
+    this.name = 'RunBusyError';
+  }
+}
+
+/** How long a run's lease lasts without renewal (a killed worker's run is taken over after it). */
+export const RUN_LEASE_MS = 30_000;
 
 export interface SyncOptions {
   /** Push: versions written in the last lagMs are left for the next run (a write committing late keeps its earlier lastUpdated). Default 5000. */
@@ -57,9 +79,15 @@ export interface SyncOptions {
   /** For tests: the wall clock (ms) and the jitter source. */
   now?: () => number;
   random?: () => number;
+  /** Called after each record handled, with the counts so far (a progress bar, a job's progress). */
+  onProgress?: (counts: Readonly<RegistryCounts>) => void;
+  /** Who runs it (a worker's id), for the run lease; default a new id per run. */
+  holder?: string;
+  /** For tests: the lease length (default RUN_LEASE_MS); renewed every third of it. */
+  leaseMs?: number;
 }
 
-type Registry = Pick<RegistryConfig, 'id' | 'baseUrl' | 'pageSize' | 'patientIdentifierSystem' | 'retry' | 'deadLetterAfter'>;
+type Registry = Pick<RegistryConfig, 'id' | 'baseUrl' | 'pageSize' | 'patientIdentifierSystem' | 'retry' | 'deadLetterAfter' | 'breaker'>;
 
 /** The run cannot go on (registry unreachable after retries, authorization refused, local outage). */
 class RunStopped extends Error {
@@ -100,6 +128,11 @@ function transient(e: unknown): boolean {
   return e.code === 'http' && e.status !== undefined && (e.status >= 500 || e.status === 408 || e.status === 429);
 }
 
+/** A failure that says the registry is not there: 5xx, timeouts and network errors (not 429, which is an answer). */
+function breakerCounts(e: unknown): e is RegistryError {
+  return e instanceof RegistryError && (e.code === 'timeout' || e.code === 'network' || (e.code === 'http' && e.status !== undefined && e.status >= 500));
+}
+
 /** The registry's refusal of this record (a 4xx other than 408, 429 and the authorization ones). */
 function rejection(e: unknown): e is RegistryError {
   return e instanceof RegistryError && e.code === 'http' && e.status !== undefined && e.status >= 400 && e.status < 500 && ![401, 403, 408, 429].includes(e.status);
@@ -128,8 +161,11 @@ const MAX_RETRY_AFTER_MS = 60_000;
 class Run {
   readonly counts: RegistryCounts = { sent: 0, stored: 0, rejected: 0, retried: 0, deadLettered: 0, unmatched: 0, skipped: 0 };
   readonly runId = randomUUID();
-  private readonly now: () => number;
+  readonly now: () => number;
   private readonly random: () => number;
+  /** Set when this run's failures opened the breaker, or the lease was lost: no more registry calls. */
+  halted?: string;
+  breaker: BreakerState = 'closed';
 
   constructor(
     readonly svc: Services,
@@ -148,7 +184,28 @@ class Run {
   }
 
   checkStop(): void {
+    if (this.halted) throw new RunStopped(this.halted);
     if (this.opts.signal?.aborted) throw new RunStopped('stopped on request');
+  }
+
+  progress(): void {
+    this.opts.onProgress?.(this.counts);
+  }
+
+  /** A registry call answered (whatever it said about the record): the breaker closes. */
+  private async callSucceeded(): Promise<void> {
+    if (await breakerSuccess(this.svc.db.knex, this.registry.id, new Date(this.now()))) this.breaker = 'closed';
+  }
+
+  /** A registry call failed for want of the registry (5xx, timeout, network): counted by the breaker. */
+  private async callFailed(e: RegistryError): Promise<void> {
+    const reason = e.status !== undefined ? `${e.code} ${e.status}` : e.code;
+    const b = await breakerFailure(this.svc.db.knex, this.registry.id, this.registry.breaker.failures, reason, new Date(this.now()));
+    this.breaker = b.state;
+    if (b.state === 'open') {
+      if (b.openedNow) this.svc.log.warn({ registry: this.registry.id, failures: b.consecutiveFailures, cooldownSeconds: this.registry.breaker.cooldownSeconds }, 'registry circuit breaker opened');
+      this.halted = `circuit breaker open after ${b.consecutiveFailures} consecutive failed calls (last: ${reason})`;
+    }
   }
 
   /** A local interaction as the job's principal, leaving its AuditEvent. */
@@ -183,9 +240,14 @@ class Run {
     const { attempts, baseDelayMs, maxDelayMs } = this.registry.retry;
     for (let attempt = 1; ; attempt++) {
       this.checkStop();
+      let result: T;
       try {
-        return await call();
+        result = await call();
       } catch (e) {
+        // A refusal is an answer: the registry is up. Only its absence counts against the breaker.
+        if (breakerCounts(e)) await this.callFailed(e);
+        else if (e instanceof RegistryError && e.code === 'http') await this.callSucceeded();
+        if (this.halted) throw new RunStopped(this.halted, { cause: e });
         if (!transient(e) || attempt >= attempts) throw e;
         this.counts.retried++;
         const backoff = this.random() * Math.min(maxDelayMs, baseDelayMs * 2 ** (attempt - 1));
@@ -198,7 +260,10 @@ class Run {
         } catch {
           throw new RunStopped('stopped on request');
         }
+        continue;
       }
+      await this.callSucceeded();
+      return result;
     }
   }
 
@@ -250,22 +315,58 @@ async function runOnce(
   body: (run: Run, before: Date | null) => Promise<Date | null>,
 ): Promise<SyncReport> {
   const lock = `${registry.id}\n${direction}`;
-  if (running.has(lock)) throw new Error(`registry ${registry.id}: a ${direction} run is already in progress`);
+  if (running.has(lock)) throw new RunBusyError(registry.id, direction);
+  const q = svc.db.knex;
+  const holder = `${opts.holder ?? 'run'}/${randomUUID()}`;
+  const leaseMs = opts.leaseMs ?? RUN_LEASE_MS;
+  const now = opts.now ?? Date.now;
   running.add(lock);
+  let renew: NodeJS.Timeout | undefined;
   try {
+    // One run per (registry, direction) across every node: a lease, renewed while the run lasts.
+    if (!(await tryLeaseRun(q, registry.id, direction, holder, new Date(now() + leaseMs)))) throw new RunBusyError(registry.id, direction);
     const run = new Run(svc, registry, client, direction, direction === 'push' ? PUSH_SCOPE : PULL_SCOPE, opts);
-    const q = svc.db.knex;
-    await upsertState(q, registry.id, direction, { lastRunStarted: new Date() });
+    renew = setInterval(() => {
+      tryLeaseRun(q, registry.id, direction, holder, new Date(now() + leaseMs)).then(
+        (held) => {
+          if (!held) run.halted = 'the run lost its lease (another worker took it over)';
+        },
+        (e: unknown) => svc.log.warn({ registry: registry.id, direction, err: { message: (e as Error)?.message } }, 'renewing the registry run lease failed'),
+      );
+    }, Math.max(10, Math.floor(leaseMs / 3)));
+    renew.unref();
+
+    // The breaker: closed, or open past its cool-down and this run is the one probe; else no run.
+    const breaker = await getBreaker(q, registry.id);
+    if (breaker.state !== 'closed') {
+      if (!(await breakerTryProbe(q, registry.id, registry.breaker.cooldownSeconds, new Date(now())))) {
+        const probeAt = new Date((breaker.openedAt ?? breaker.changedAt).getTime() + registry.breaker.cooldownSeconds * 1000);
+        const why =
+          breaker.state === 'open'
+            ? `circuit breaker open since ${breaker.openedAt?.toISOString()} (${breaker.consecutiveFailures} consecutive failed calls, last: ${breaker.lastFailure ?? 'unknown'}); next probe after ${probeAt.toISOString()}`
+            : 'circuit breaker half-open: another run is probing the registry';
+        await upsertState(q, registry.id, direction, { lastOutcome: 'not-started', lastError: why });
+        svc.log.warn({ registry: registry.id, direction }, `registry sync not started: ${why}`);
+        const wm = (await getState(q, registry.id, direction))?.watermark ?? null;
+        return { direction, ...run.counts, watermarkBefore: wm, watermarkAfter: wm, stopped: why, notStarted: true, breaker: breaker.state };
+      }
+      run.breaker = 'half-open';
+      svc.log.info({ registry: registry.id, direction }, 'registry circuit breaker half-open: this run probes the registry');
+    }
+
+    await upsertState(q, registry.id, direction, { lastRunStarted: new Date(now()), lastOutcome: 'running', lastError: null });
     const before = (await getState(q, registry.id, direction))?.watermark ?? null;
     let stopped: string | undefined;
     let next: Date | null = null;
     try {
+      // The probe: one light call first, so a run with nothing to exchange still closes (or reopens) the breaker.
+      if (run.breaker === 'half-open') await run.registryCall(() => client.request('GET', 'metadata', opts.signal ? { signal: opts.signal } : {}));
       next = await body(run, before);
     } catch (thrown) {
       const e = asStop(thrown);
       if (!(e instanceof RunStopped)) {
         // Not a registry or record problem (the database, a bug): the caller decides; status says so.
-        await upsertState(q, registry.id, direction, { lastRunFinished: new Date(), lastOutcome: 'failed', lastError: `internal error (${(e as Error)?.name ?? 'unknown'})`, counts: run.counts });
+        await upsertState(q, registry.id, direction, { lastRunFinished: new Date(now()), lastOutcome: 'failed', lastError: `internal error (${(e as Error)?.name ?? 'unknown'})`, counts: run.counts }).catch(() => undefined);
         throw e;
       }
       stopped = e.message;
@@ -274,16 +375,18 @@ async function runOnce(
     let after = before;
     if (next && (!before || next > before)) after = (await advanceWatermark(q, registry.id, direction, before, next)).watermark;
     await upsertState(q, registry.id, direction, {
-      lastRunFinished: new Date(),
+      lastRunFinished: new Date(now()),
       lastOutcome: stopped ? 'stopped' : 'completed',
       lastError: stopped ?? null,
       counts: run.counts,
     });
     if (stopped) svc.log.warn({ registry: registry.id, direction, ...run.counts }, `registry sync stopped: ${stopped}`);
     else svc.log.info({ registry: registry.id, direction, ...run.counts }, 'registry sync finished');
-    return { direction, ...run.counts, watermarkBefore: before, watermarkAfter: after, ...(stopped ? { stopped } : {}) };
+    return { direction, ...run.counts, watermarkBefore: before, watermarkAfter: after, ...(stopped ? { stopped } : {}), breaker: run.breaker };
   } finally {
+    clearInterval(renew);
     running.delete(lock);
+    await releaseRun(q, registry.id, direction, holder).catch(() => undefined);
   }
 }
 
@@ -340,6 +443,7 @@ export async function pushOnce(svc: Services, registry: Registry, client: Regist
           if (lastHandled && lastHandled < v.lastUpdated) safe = lastHandled;
           await pushRecord(run, v, patients);
           lastHandled = v.lastUpdated;
+          run.progress();
         }
         const last = batch[batch.length - 1];
         cursor = { lastUpdated: last.lastUpdated, id: last.id };
@@ -499,6 +603,7 @@ export async function pullOnce(svc: Services, registry: Registry, client: Regist
             seen.add(imm.id);
             run.checkStop();
             await pullRecord(run, imm, remotePatients, localMatches);
+            run.progress();
             const lu = imm.meta?.lastUpdated ? new Date(imm.meta.lastUpdated) : null;
             if (lu && !Number.isNaN(lu.getTime()) && (!newest || lu > newest)) newest = lu;
           }
