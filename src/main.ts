@@ -7,6 +7,8 @@ import { stopOnSignals } from './shutdown.js';
 import { DataDirLockedError } from './storage/data-dir-lock.js';
 import { loadRegistries, RegistryConfigError, type RegistryConfig } from './jobs/registry/config.js';
 import { primeValidators, warmUpValidators } from './validation/validator.js';
+import { RegistrySync } from './jobs/registry/scheduler.js';
+import { warnAboutRedis } from './jobs/redis-check.js';
 
 export async function serve(): Promise<void> {
   let config;
@@ -31,7 +33,6 @@ export async function serve(): Promise<void> {
     throw e;
   }
   const log = createLogger(config.logLevel);
-  if (registries.length) log.warn({ registries: registries.map((r) => r.id) }, 'registries configured and checked; the registry sync itself is not built yet (issue 17): nothing is exchanged');
   const svc = await buildServices(config, log);
   // The shared part of the validators' compile is too long to run beside requests: before listening.
   if (config.validatorWarmUp) primeValidators();
@@ -57,7 +58,16 @@ export async function serve(): Promise<void> {
     (jobs) => jobs.length && log.info({ jobs, queue: config.redisUrl ? 'bullmq' : 'in-process' }, 'PHI maintenance scheduled'),
     (e: unknown) => log.error({ err: { message: (e as Error)?.message } }, 'PHI maintenance could not be scheduled'),
   );
-  stopOnSignals(log, { stopping: 'shutting down: draining in-flight requests', stopped: 'shutdown complete', failed: 'shutdown failed' }, () => maintenance.close().then(() => running.close()));
+  if (config.redisUrl) void warnAboutRedis(config.redisUrl, log);
+  // Registry sync (jobs/registry/scheduler.ts): every node ticks the schedule; one claims each window.
+  const registrySync = new RegistrySync(svc, registries, config.redisUrl ? { redisUrl: config.redisUrl } : {});
+  registrySync.start().then(
+    () => registries.length && log.info({ registries: registries.map((r) => r.id), queue: config.redisUrl ? 'bullmq' : 'in-process' }, 'registry sync scheduled'),
+    (e: unknown) => log.error({ err: { message: (e as Error)?.message } }, 'registry sync could not be started'),
+  );
+  stopOnSignals(log, { stopping: 'shutting down: draining in-flight requests', stopped: 'shutdown complete', failed: 'shutdown failed' }, () =>
+    Promise.all([maintenance.close(), registrySync.close()]).then(() => running.close()),
+  );
 }
 
 const invokedDirectly = process.argv[1] && /main\.(js|ts)$/.test(process.argv[1]);

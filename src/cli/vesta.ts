@@ -18,6 +18,10 @@ import { addClient, addUser, AdminError, listClients, listUsers, setUserDisabled
 import { withDatabase } from './database.js';
 import type { ClientType } from '../auth-server/clients.js';
 import { auditCommand } from './audit.js';
+import { registryCommand, REGISTRY_USAGE } from './registry.js';
+import { loadRegistries, RegistryConfigError } from '../jobs/registry/config.js';
+import { RegistrySync, REGISTRY_QUEUE } from '../jobs/registry/scheduler.js';
+import { warnAboutRedis } from '../jobs/redis-check.js';
 import { DataDirLockedError } from '../storage/data-dir-lock.js';
 import { analyzeTables, SEARCHED_TABLES } from '../storage/planner-stats.js';
 import { migrateLatest } from '../storage/migrate.js';
@@ -26,7 +30,7 @@ const USAGE = `usage: vesta <command>
   serve     start the FHIR server (configuration from the environment, see README)
   migrate   apply pending database migrations and exit
   worker    run the background job worker only (BullMQ; needs REDIS_URL): the PHI re-seal and
-            blind re-index jobs, without serving HTTP (every server also runs one)
+            blind re-index jobs and the registry sync, without serving HTTP (every server also runs one)
   load <files or folders> [--url URL] [--concurrency N] [--ndjson-batch N] [--token TOKEN]
             post transaction/batch Bundles, single resources or NDJSON to a FHIR server
             (the bearer token from --token or VESTA_TOKEN)
@@ -49,6 +53,7 @@ const USAGE = `usage: vesta <command>
             register (or update) a SMART client: public apps use PKCE; confidential-asymmetric
             apps and Backend Services authenticate with private_key_jwt against their JWKS
   clients list
+${REGISTRY_USAGE}
   audit verify [--from POSITION] [--to POSITION]
             check the audit ledger: every entry's digest and hash, every checkpoint's signature
             and head (AUDIT_CHECKPOINT_DIR), and the not-yet-linked window; exit 1 on any break
@@ -66,15 +71,21 @@ const USAGE = `usage: vesta <command>
 async function worker(): Promise<void> {
   const config = loadConfig();
   if (!config.redisUrl) throw new ConfigError('REDIS_URL', 'must be set for vesta worker (without Redis every server runs the jobs in-process)');
+  const registries = config.registryConfigFile ? loadRegistries(config.registryConfigFile) : [];
   const log = createLogger(config.logLevel);
+  await warnAboutRedis(config.redisUrl, log);
   const svc = await buildServices(config, log);
+  const registrySync = new RegistrySync(svc, registries, { redisUrl: config.redisUrl });
   const maintenance = new PhiMaintenance(svc, {
     redisUrl: config.redisUrl,
     onProgress: (job, p) => log.info({ job, progress: p, activeKid: svc.store.activeKid }, 'PHI maintenance in progress'),
   });
   await maintenance.start();
-  log.info({ queues: [PHI_QUEUE] }, 'Vesta worker ready');
-  stopOnSignals(log, { stopping: 'worker shutting down after the current batch', stopped: 'worker stopped', failed: 'worker shutdown failed' }, () => maintenance.close().then(() => svc.db.close()));
+  await registrySync.start();
+  log.info({ queues: [PHI_QUEUE, ...(registries.length ? [REGISTRY_QUEUE] : [])], registries: registries.map((r) => r.id) }, 'Vesta worker ready');
+  stopOnSignals(log, { stopping: 'worker shutting down after the current batch', stopped: 'worker stopped', failed: 'worker shutdown failed' }, () =>
+    Promise.all([maintenance.close(), registrySync.close()]).then(() => svc.db.close()),
+  );
 }
 
 /** `vesta token`: a short-lived token signed with the server's own key ring, or `vesta token revoke`. */
@@ -285,6 +296,8 @@ async function main(argv: string[]): Promise<number> {
       return users(argv.slice(1));
     case 'audit':
       return auditCommand(argv.slice(1));
+    case 'registry':
+      return registryCommand(argv.slice(1));
     case 'clients':
       return clients(argv.slice(1));
     case 'load': {
@@ -323,8 +336,9 @@ main(process.argv.slice(2)).then(
   },
   (e: unknown) => {
     if (e instanceof ConfigError) process.stderr.write(`vesta: configuration error: ${e.message}\n`);
+    else if (e instanceof RegistryConfigError) for (const p of e.problems) process.stderr.write(`vesta: configuration error: REGISTRY_CONFIG_FILE: ${p}\n`);
     else if (e instanceof AdminError) process.stderr.write(`vesta: ${e.message.split('\n').join('\nvesta: ')}\n`);
     else process.stderr.write(`vesta: ${(e as Error)?.message ?? String(e)}\n`);
-    process.exit(e instanceof ConfigError ? 2 : e instanceof DataDirLockedError ? e.exitCode : 1);
+    process.exit(e instanceof ConfigError || e instanceof RegistryConfigError ? 2 : e instanceof DataDirLockedError ? e.exitCode : 1);
   },
 );

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { exportJWK, generateKeyPair, importJWK, jwtVerify, SignJWT, type JWK } from 'jose';
+import { nextWindow } from '../../src/jobs/registry/scheduler.js';
 import { cronProblem, DEFAULT_REGISTRY_SCOPE, loadRegistries, registrySigningKey, RegistryConfigError, type BackendServicesAuth } from '../../src/jobs/registry/config.js';
 
 let dir: string;
@@ -289,6 +290,14 @@ describe('registry configuration', () => {
 
   test('cron: five fields of numbers, names, *, ranges, lists and steps within each field\'s bounds', () => {
     for (const ok of ['* * * * *', '*/5 * * * *', '0 2 * * mon-fri', '15,45 8-18/2 1 jan,jul 0', '0 0 31 12 7', '0-59/15 */3 1-15 JAN-Dec SUN']) expect([ok, cronProblem(ok)]).toEqual([ok, undefined]);
+    // What the check accepts, the scheduler reads: each has a next window after any time.
+    for (const ok of ['* * * * *', '*/5 * * * *', '0 2 * * mon-fri', '15,45 8-18/2 1 jan,jul 0', '0 0 31 12 7', '0-59/15 */3 1-15 JAN-Dec SUN']) {
+      const after = Date.UTC(2026, 1, 27, 23, 59, 30);
+      expect(nextWindow({ cron: ok }, after)).toBeGreaterThan(after);
+    }
+    expect(new Date(nextWindow({ cron: '0 2 * * mon-fri' }, Date.UTC(2026, 11, 5, 18, 0))).toISOString()).toBe('2026-12-07T02:00:00.000Z');
+    expect(nextWindow({ everySeconds: 60 }, Date.UTC(2026, 0, 1, 0, 0, 59, 999))).toBe(Date.UTC(2026, 0, 1, 0, 1));
+    expect(nextWindow({ everySeconds: 60 }, Date.UTC(2026, 0, 1, 0, 1))).toBe(Date.UTC(2026, 0, 1, 0, 2));
     const bad: [string, string][] = [
       ['* * * *', 'must have 5 fields (minute hour day-of-month month day-of-week), got 4'],
       ['0 0 * * * *', 'must have 5 fields (minute hour day-of-month month day-of-week), got 6'],

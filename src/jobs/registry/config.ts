@@ -3,6 +3,7 @@
 // SMART Backend Services (hl7.org/fhir/smart-app-launch/backend-services.html) or none.
 import { createPrivateKey, createPublicKey, sign, verify, webcrypto, type JsonWebKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { CronExpressionParser } from 'cron-parser';
 import { dirname, resolve } from 'node:path';
 
 export type RegistryDirection = 'push' | 'pull' | 'both';
@@ -204,6 +205,12 @@ export function cronProblem(expr: string): string | undefined {
       const to = m[3] === undefined ? from : value(m[3]);
       if (from === undefined || to === undefined || from > to) return bad;
     }
+  }
+  // The scheduler reads it with cron-parser: what it cannot read never reaches a timer.
+  try {
+    CronExpressionParser.parse(fields.join(' '), { tz: 'UTC' });
+  } catch (e) {
+    return `is not understood by the scheduler (${String((e as Error)?.message).slice(0, 80)})`;
   }
   return undefined;
 }
