@@ -281,6 +281,11 @@ export async function breakerSuccess(q: Queryable, registryId: string, at: Date)
   );
 }
 
+/** A probe ended without a verdict: a half-open breaker is open again (its cool-down long past, so the next run probes). */
+export async function breakerProbeUndecided(q: Queryable, registryId: string): Promise<void> {
+  await q.raw("update registry_breaker set state = 'open', probe_started_at = null where registry_id = ? and state = 'half-open'", [registryId]);
+}
+
 /**
  * Lets one caller probe an open breaker once its cool-down has passed (the breaker turns half-open),
  * or take over a probe started a cool-down ago that never reported (its worker died). True for the

@@ -34,7 +34,8 @@ const registry = {
   breaker: { failures: 1000, cooldownSeconds: 60 },
 };
 // Fresh writes are in the window at once (the lag itself is a matter of lastUpdated arithmetic).
-const now: SyncOptions = { lagMs: 0, batchSize: 7 };
+// One record at a time, so each injected fault lands on a known request (concurrency: registry-schedule and registry-crash).
+const now: SyncOptions = { lagMs: 0, batchSize: 7, concurrency: 1 };
 
 async function post(resource: Record<string, unknown>): Promise<Resource> {
   const r = await authed(local).post(`/${resource.resourceType as string}`).send(resource);

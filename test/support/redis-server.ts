@@ -48,6 +48,15 @@ export class TestRedis {
     }
   }
 
+  /** SIGTERM: Redis shuts down cleanly (an AOF is flushed, save points are saved). */
+  async stop(): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null) return;
+    const exited = new Promise((res) => p.once('exit', res));
+    p.kill('SIGTERM');
+    await exited;
+  }
+
   /** SIGKILL: no shutdown save; what survives is what the AOF already holds. */
   async kill(): Promise<void> {
     const p = this.proc;

@@ -1,12 +1,13 @@
 // The registry sync's schedule and queue (issue 17 item 6; design.md "Jobs"). Every node (each server
 // and each `vesta worker`) runs the same ticker: at the start of each schedule window of a registry
-// and direction it claims the window in the database (registry_run: one claim per window, whatever
-// the number of nodes) and the winner adds one job whose id names (registry, direction, window), so
-// the same window is never run twice. With REDIS_URL the job goes on a BullMQ queue served by every
+// and direction it adds one job whose id names (registry, direction, window), which BullMQ keeps once
+// however many nodes add it; without Redis the node that claims the window in the database
+// (registry_run: one claim per window) runs it. Either way the same window never runs twice. With REDIS_URL the job goes on a BullMQ queue served by every
 // node's worker (at-least-once delivery: a worker killed mid-run leaves a stalled job that another
 // worker takes back, and the run is idempotent); without Redis the same job code runs in-process.
-// A run needs the run lease of its direction (sync.ts): a job that finds it held fails and is retried
-// with exponential backoff and jitter, so a killed worker's lease is taken over once it expires.
+// A run needs the run lease of its direction (sync.ts): a window whose job finds it held ends without a
+// run (the next window covers it); a job that fails (an internal error, a shutdown) is retried with
+// exponential backoff and jitter.
 import { hostname } from 'node:os';
 import { Queue, QueueEvents, Worker, type Job } from 'bullmq';
 import { CronExpressionParser } from 'cron-parser';
@@ -145,8 +146,16 @@ export class RegistrySync {
     this.timers.add(t);
   }
 
-  /** A schedule window starts: the one node that claims it adds its job. */
+  /**
+   * A schedule window starts. With Redis every node adds the window's job under the same id and
+   * BullMQ keeps one (it keeps finished jobs for days, past any window that can still fire); without,
+   * the one node that claims the window in the database runs it.
+   */
   private async fire(d: RegistryJobData): Promise<void> {
+    if (this.queue) {
+      await this.enqueue(d);
+      return;
+    }
     if (!(await tryClaimRun(this.svc.db.knex, d.registryId, d.direction, String(d.window)))) return;
     await this.enqueue(d);
     if (Math.random() < 0.01) await pruneRuns(this.svc.db.knex, new Date(this.now() - CLAIM_RETENTION_MS));
@@ -187,8 +196,13 @@ export class RegistrySync {
     }
   }
 
-  /** A BullMQ job: one run. A busy lease, an internal error or a shutdown fail it, to be retried. */
-  private async process(job: Job<RegistryJobData>): Promise<SyncReport> {
+  /**
+   * A BullMQ job: one run. An internal error or a shutdown fails it, to be retried. A run of the same
+   * direction already in progress (here, on another node, or a killed worker's until its lease runs
+   * out) makes this window's job end without a run: the watermark has not passed anything that run
+   * does not cover, so the next window takes what is left.
+   */
+  private async process(job: Job<RegistryJobData>): Promise<SyncReport | { busy: string }> {
     const d = job.data;
     const abort = new AbortController();
     this.aborts.add(abort);
@@ -206,6 +220,10 @@ export class RegistrySync {
       });
       if (abort.signal.aborted && report.stopped) throw new Error(`stopped by a shutdown before its end (${report.stopped}); it will be retried`);
       return report;
+    } catch (e) {
+      if (!(e instanceof RunBusyError)) throw e;
+      this.svc.log.info({ job: job.id }, 'registry sync window skipped: a run of the same direction is in progress');
+      return { busy: e.message };
     } finally {
       this.aborts.delete(abort);
     }
@@ -231,10 +249,10 @@ export class RegistrySync {
   }
 
   /** Waits for a queued job's end (with Redis); its result, or its failure. */
-  async finished(job: Job<RegistryJobData>, timeoutMs?: number): Promise<SyncReport> {
+  async finished(job: Job<RegistryJobData>, timeoutMs?: number): Promise<SyncReport | { busy: string }> {
     this.events ??= new QueueEvents(REGISTRY_QUEUE, this.connection());
     await this.events.waitUntilReady();
-    return (await job.waitUntilFinished(this.events, timeoutMs)) as SyncReport;
+    return (await job.waitUntilFinished(this.events, timeoutMs)) as SyncReport | { busy: string };
   }
 
   /** In-process: resolves when the runs started here have ended. */

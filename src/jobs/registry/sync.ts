@@ -20,6 +20,7 @@ import {
   addReview,
   advanceWatermark,
   breakerFailure,
+  breakerProbeUndecided,
   breakerSuccess,
   breakerTryProbe,
   getBreaker,
@@ -85,6 +86,8 @@ export interface SyncOptions {
   holder?: string;
   /** For tests: the lease length (default RUN_LEASE_MS); renewed every third of it. */
   leaseMs?: number;
+  /** Records handled at once (default 8); the registry's rate limit still spaces its requests. */
+  concurrency?: number;
 }
 
 type Registry = Pick<RegistryConfig, 'id' | 'baseUrl' | 'pageSize' | 'patientIdentifierSystem' | 'retry' | 'deadLetterAfter' | 'breaker'>;
@@ -152,6 +155,42 @@ function localRejection(e: unknown): boolean {
 /** A failure outside any record (a registry search, a page) ends the run as stopped, not as a crash. */
 function asStop(e: unknown): unknown {
   return e instanceof RegistryError ? new RunStopped(e.message, { cause: e }) : e;
+}
+
+/**
+ * Runs `fn` over `items` with at most `limit` at once, launching in order. After a failure nothing
+ * more is launched; the calls in flight finish. `firstUndone` is the index of the first item that
+ * failed or never ran (items.length when all succeeded), `error` that item's failure.
+ */
+export async function inOrderPool<T>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<void>): Promise<{ firstUndone: number; error?: unknown }> {
+  let next = 0;
+  let stopped = false;
+  const failed = new Map<number, unknown>();
+  const lane = async () => {
+    while (!stopped && next < items.length) {
+      const i = next++;
+      try {
+        await fn(items[i], i);
+      } catch (e) {
+        failed.set(i, e);
+        stopped = true;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane));
+  const first = Math.min(next, ...failed.keys());
+  return failed.has(first) ? { firstUndone: first, error: failed.get(first) } : { firstUndone: first };
+}
+
+/** The value of `key`, made once by `make` and shared by concurrent callers; a failure is forgotten so a later caller tries again. */
+function shared<K, V>(map: Map<K, Promise<V>>, key: K, make: () => Promise<V>): Promise<V> {
+  let p = map.get(key);
+  if (!p) {
+    p = make();
+    map.set(key, p);
+    p.catch(() => map.delete(key));
+  }
+  return p;
 }
 
 const running = new Set<string>();
@@ -249,11 +288,11 @@ class Run {
         else if (e instanceof RegistryError && e.code === 'http') await this.callSucceeded();
         if (this.halted) throw new RunStopped(this.halted, { cause: e });
         if (!transient(e) || attempt >= attempts) throw e;
-        this.counts.retried++;
         const backoff = this.random() * Math.min(maxDelayMs, baseDelayMs * 2 ** (attempt - 1));
         const asked = (e as RegistryError).retryAfterMs;
         // A registry asking for a long pause gets it from the schedule: the run stops, the next one retries.
         if (asked !== undefined && asked > Math.max(maxDelayMs, MAX_RETRY_AFTER_MS)) throw e;
+        this.counts.retried++;
         const wait = asked ?? backoff;
         try {
           await delay(wait, undefined, this.opts.signal ? { signal: this.opts.signal } : {});
@@ -322,6 +361,7 @@ async function runOnce(
   const now = opts.now ?? Date.now;
   running.add(lock);
   let renew: NodeJS.Timeout | undefined;
+  let probing: Run | undefined;
   try {
     // One run per (registry, direction) across every node: a lease, renewed while the run lasts.
     if (!(await tryLeaseRun(q, registry.id, direction, holder, new Date(now() + leaseMs)))) throw new RunBusyError(registry.id, direction);
@@ -351,6 +391,7 @@ async function runOnce(
         return { direction, ...run.counts, watermarkBefore: wm, watermarkAfter: wm, stopped: why, notStarted: true, breaker: breaker.state };
       }
       run.breaker = 'half-open';
+      probing = run;
       svc.log.info({ registry: registry.id, direction }, 'registry circuit breaker half-open: this run probes the registry');
     }
 
@@ -385,6 +426,9 @@ async function runOnce(
     return { direction, ...run.counts, watermarkBefore: before, watermarkAfter: after, ...(stopped ? { stopped } : {}), breaker: run.breaker };
   } finally {
     clearInterval(renew);
+    // A probe that got neither an answer nor a counted failure (stopped on request, the token refused)
+    // decided nothing: the breaker is open again, with the cool-down already past, for the next run.
+    if (probing) await breakerProbeUndecided(q, registry.id).catch(() => undefined);
     running.delete(lock);
     await releaseRun(q, registry.id, direction, holder).catch(() => undefined);
   }
@@ -438,12 +482,20 @@ export async function pushOnce(svc: Services, registry: Registry, client: Regist
       for (;;) {
         const batch = await listChangedSince(svc.db.knex, 'Immunization', cursor, cutoff, batchSize);
         if (!batch.length) break;
-        for (const v of batch) {
+        // Several records at once; the watermark only counts the handled prefix of the batch.
+        const { firstUndone, error } = await inOrderPool(batch, opts.concurrency ?? 8, async (v) => {
           run.checkStop();
-          if (lastHandled && lastHandled < v.lastUpdated) safe = lastHandled;
           await pushRecord(run, v, patients);
-          lastHandled = v.lastUpdated;
           run.progress();
+        });
+        for (const v of batch.slice(0, firstUndone)) {
+          if (lastHandled && lastHandled < v.lastUpdated) safe = lastHandled;
+          lastHandled = v.lastUpdated;
+        }
+        if (firstUndone < batch.length) {
+          // The first record not handled: its lastUpdated (and its equals) may not be passed.
+          if (lastHandled && lastHandled < batch[firstUndone].lastUpdated) safe = lastHandled;
+          throw error ?? new RunStopped('stopped on request');
         }
         const last = batch[batch.length - 1];
         cursor = { lastUpdated: last.lastUpdated, id: last.id };
@@ -459,8 +511,8 @@ export async function pushOnce(svc: Services, registry: Registry, client: Regist
 }
 
 interface PushCache {
-  local: Map<string, FhirResource>;
-  remote: Map<string, string>;
+  local: Map<string, Promise<FhirResource>>;
+  remote: Map<string, Promise<string>>;
 }
 
 async function pushRecord(run: Run, v: ChangedVersion, patients: PushCache): Promise<void> {
@@ -507,10 +559,9 @@ async function pushRecord(run: Run, v: ChangedVersion, patients: PushCache): Pro
   const reject = async (why: string) => void (await run.reject(v.id, version, rejectedOutcome(why)));
   const pid = patientId(imm.patient?.reference, svc.config.baseUrl);
   if (!pid) return reject('the Immunization does not reference a local Patient (Patient/<id>); not sent');
-  let patient = patients.local.get(pid);
+  let patient: FhirResource;
   try {
-    patient ??= (await run.local('read', 'Patient', (ctx) => read(svc, ctx, { type: 'Patient', id: pid }))).body as FhirResource;
-    patients.local.set(pid, patient);
+    patient = await shared(patients.local, pid, async () => (await run.local('read', 'Patient', (ctx) => read(svc, ctx, { type: 'Patient', id: pid }))).body as FhirResource);
   } catch (e) {
     if (isFhirError(e) && (e.status === 404 || e.status === 410)) return reject(`its Patient/${pid} does not exist here; not sent`);
     throw new RunStopped(isFhirError(e) ? `reading a local Patient failed (${e.code})` : 'reading a local Patient failed', { cause: e });
@@ -519,11 +570,8 @@ async function pushRecord(run: Run, v: ChangedVersion, patients: PushCache): Pro
   if (value === undefined) return reject(`its Patient/${pid} has no identifier in ${registry.patientIdentifierSystem}, which identifies patients at registry ${registry.id}; not sent`);
   try {
     const criteria = token(registry.patientIdentifierSystem, value);
-    let remote = patients.remote.get(criteria);
-    if (!remote) {
-      remote = await presentPatient(run, patient, criteria);
-      patients.remote.set(criteria, remote);
-    }
+    // One conditional create per patient, however many of its records are in flight.
+    const remote = await shared(patients.remote, criteria, () => presentPatient(run, patient, criteria));
     const ownSystem = `${svc.config.baseUrl}/Immunization`;
     const body = withoutEnvelope(imm) as Resource & { identifier?: Identifier[] };
     const others = (Array.isArray(body.identifier) ? body.identifier : []).filter((i) => i?.system !== ownSystem);
@@ -582,8 +630,8 @@ export async function pullOnce(svc: Services, registry: Registry, client: Regist
     const sys = registry.patientIdentifierSystem;
     const o = opts.signal ? { signal: opts.signal } : {};
     const seen = new Set<string>();
-    const remotePatients = new Map<string, Resource>();
-    const localMatches = new Map<string, string[]>();
+    const remotePatients = new Map<string, Promise<Resource>>();
+    const localMatches = new Map<string, Promise<string[]>>();
     let newest: Date | null = null;
     for await (const patient of run.localSearch('Patient', [
       // `system|`: any identifier in the system (search.html#token).
@@ -596,17 +644,23 @@ export async function pullOnce(svc: Services, registry: Registry, client: Regist
         let page: SearchBundle | undefined = await run.registryCall(() => client.search('Immunization', q, o));
         while (page) {
           // Patients the registry included in the page need no read.
-          for (const e of page.entry ?? []) if (e.resource?.resourceType === 'Patient' && e.resource.id) remotePatients.set(e.resource.id, e.resource);
+          for (const e of page.entry ?? []) if (e.resource?.resourceType === 'Patient' && e.resource.id) remotePatients.set(e.resource.id, Promise.resolve(e.resource));
+          const imms: Resource[] = [];
           for (const e of page.entry ?? []) {
             const imm = e.resource;
             if (imm?.resourceType !== 'Immunization' || !imm.id || seen.has(imm.id)) continue;
             seen.add(imm.id);
+            imms.push(imm);
+          }
+          // The watermark moves only when the whole window is handled: any failure stops the run.
+          const { error, firstUndone } = await inOrderPool(imms, opts.concurrency ?? 8, async (imm) => {
             run.checkStop();
             await pullRecord(run, imm, remotePatients, localMatches);
             run.progress();
             const lu = imm.meta?.lastUpdated ? new Date(imm.meta.lastUpdated) : null;
             if (lu && !Number.isNaN(lu.getTime()) && (!newest || lu > newest)) newest = lu;
-          }
+          });
+          if (firstUndone < imms.length) throw error ?? new RunStopped('stopped on request');
           const current: SearchBundle = page;
           page = await run.registryCall(() => client.nextPage(current, o));
         }
@@ -615,11 +669,13 @@ export async function pullOnce(svc: Services, registry: Registry, client: Regist
     // A registry write committing late may carry a lastUpdated before the newest seen: the lag keeps
     // the watermark behind it (what is fetched again is skipped by version).
     const limit = new Date((opts.now ?? Date.now)() - (opts.lagMs ?? 5000));
-    return newest && newest > limit ? limit : newest;
+    // (Set in the pool's callbacks, which TypeScript's narrowing does not follow.)
+    const last = newest as Date | null;
+    return last && last > limit ? limit : last;
   });
 }
 
-async function pullRecord(run: Run, imm: Resource, remotePatients: Map<string, Resource>, localMatches: Map<string, string[]>): Promise<void> {
+async function pullRecord(run: Run, imm: Resource, remotePatients: Map<string, Promise<Resource>>, localMatches: Map<string, Promise<string[]>>): Promise<void> {
   const { svc, registry, client } = run;
   const ownSystem = `${svc.config.baseUrl}/Immunization`;
   // Vesta's own pushed records, seen again at the registry: already here.
@@ -642,22 +698,17 @@ async function pullRecord(run: Run, imm: Resource, remotePatients: Map<string, R
   try {
     const rpid = patientId((imm.patient as { reference?: string } | undefined)?.reference, registry.baseUrl);
     if (!rpid) return review('no-match', 'the Immunization does not reference a Patient at the registry');
-    let remote = remotePatients.get(rpid);
-    if (!remote) {
-      remote = await run.registryCall(() => client.read('Patient', rpid, run.opts.signal ? { signal: run.opts.signal } : {}));
-      remotePatients.set(rpid, remote);
-    }
+    const remote = await shared(remotePatients, rpid, () => run.registryCall(() => client.read('Patient', rpid, run.opts.signal ? { signal: run.opts.signal } : {})));
     const sys = registry.patientIdentifierSystem;
     const values = identifiersIn(remote, sys);
     const matches = new Set<string>();
     for (const value of values) {
       const t = token(sys, value);
-      let ids = localMatches.get(t);
-      if (!ids) {
-        ids = [];
-        for await (const p of run.localSearch('Patient', [['identifier', t], ['_count', '2'], ['_elements', 'identifier']])) ids.push(p.id!);
-        localMatches.set(t, ids);
-      }
+      const ids = await shared(localMatches, t, async () => {
+        const found: string[] = [];
+        for await (const p of run.localSearch('Patient', [['identifier', t], ['_count', '2'], ['_elements', 'identifier']])) found.push(p.id!);
+        return found;
+      });
       for (const x of ids) matches.add(x);
     }
     if (matches.size === 0) return review('no-match', `no local Patient has the registry patient's identifier in ${sys}`);
