@@ -366,12 +366,24 @@ describe.each(backends())('registry sync between two Vesta servers (%s)', (backe
     expect(await pushOnce(local.svc, dl, client, now)).toMatchObject({ sent: 0, deadLettered: 0 });
   });
 
-  test("the local ledger's AuditEvents of the sync name vesta-job:registry-sync", async () => {
+  test("the local ledger's AuditEvents of the sync name vesta-job:registry-sync, and every record sent to the registry has one", async () => {
     const rows = ((await local.svc.db.knex.raw('select canonical from audit_ledger where canonical like ?', ['%vesta-job:registry-sync%'])) as { rows: { canonical: string }[] }).rows;
     const events = rows.map((r) => JSON.parse(r.canonical) as { subtype?: { code: string }[]; agent: { who?: { display?: string } }[] });
     expect(events.every((e) => e.agent[0].who?.display === 'vesta-job:registry-sync')).toBe(true);
     const kinds = new Set(events.flatMap((e) => (e.subtype ?? []).map((s) => s.code)));
     for (const k of ['read', 'search-type', 'update']) expect(kinds).toContain(k);
+    // Every record sent to the registry has its disclosure record: the job, the Immunization's version, its patient.
+    const sentRecords = (events as unknown as { subtype?: { code: string }[]; outcomeDesc?: string; entity?: { what?: { reference?: string } }[] }[]).filter(
+      (e) => e.subtype?.[0]?.code === 'job:registry-sync' && /^200 (deletion )?sent to registry test-iis(-dl)?$/.test(e.outcomeDesc ?? ''),
+    );
+    for (const r of await pushed()) {
+      const value = (r.identifier as { system: string; value: string }[]).find((i) => i.system === ownSystem)!.value;
+      const about = sentRecords.filter((e) => e.entity?.some((x) => x.what?.reference?.startsWith(`Immunization/${value}/_history/`)));
+      expect([value, about.length > 0]).toEqual([value, true]);
+      // A record sent (not a deletion) names its patient.
+      const sends = about.filter((e) => e.outcomeDesc?.startsWith('200 sent to'));
+      for (const e of sends) expect(e.entity?.some((x) => x.what?.reference?.startsWith('Patient/'))).toBe(true);
+    }
     // One read of each pushed Immunization at least, and one update per pulled one.
     expect(events.length).toBeGreaterThan(60);
   });

@@ -12,6 +12,7 @@ import type { Bundle, Resource as FhirResource } from 'fhir/r4.js';
 import { jobPrincipal } from '../../auth/principal.js';
 import { isFhirError } from '../../fhir/errors.js';
 import { audited, newTrail } from '../../interactions/audit.js';
+import { AuditTrail } from '../../audit/trail.js';
 import type { InteractionResult, RequestContext, Services } from '../../interactions/context.js';
 import { read } from '../../interactions/read.js';
 import { search } from '../../interactions/search.js';
@@ -339,6 +340,17 @@ class Run {
     return 'rejected';
   }
 
+  /**
+   * Records the disclosure of a local record to the registry (the local read that preceded it has a
+   * record of its own): an AuditEvent with the job as agent, the record and its patient as entities.
+   */
+  async disclosed(resourceId: string, version: string, patient: string | undefined, what: string): Promise<void> {
+    const trail = new AuditTrail(`job:${JOB_NAME}`);
+    trail.resource('Immunization', resourceId, version, patient ? [patient] : []);
+    const origin = { principal: jobPrincipal(JOB_NAME, this.scope), requestId: this.runId, clock: () => new Date(this.now()) };
+    await this.svc.audit.appendNow([this.svc.audit.event(origin, trail, 200, `${what} registry ${this.registry.id}`)]);
+  }
+
   async ok(resourceId: string, version: string, lastUpdated?: Date | null): Promise<void> {
     await recordOutcome(this.svc.db.knex, this.key(resourceId), { version, lastUpdated: lastUpdated ?? null, ok: true });
   }
@@ -530,6 +542,7 @@ async function pushRecord(run: Run, v: ChangedVersion, patients: PushCache): Pro
       await run.failed(v.id, String(v.versionId), e);
       return;
     }
+    await run.disclosed(v.id, String(v.versionId), undefined, 'deletion sent to');
     await run.ok(v.id, String(v.versionId));
     run.counts.sent++;
     return;
@@ -581,6 +594,7 @@ async function pushRecord(run: Run, v: ChangedVersion, patients: PushCache): Pro
     await run.failed(v.id, version, e);
     return;
   }
+  await run.disclosed(v.id, version, pid, 'sent to');
   await run.ok(v.id, version);
   run.counts.sent++;
 }
