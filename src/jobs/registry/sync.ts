@@ -375,11 +375,12 @@ async function runOnce(
   let renew: NodeJS.Timeout | undefined;
   let probing: Run | undefined;
   try {
-    // One run per (registry, direction) across every node: a lease, renewed while the run lasts.
-    if (!(await tryLeaseRun(q, registry.id, direction, holder, new Date(now() + leaseMs)))) throw new RunBusyError(registry.id, direction);
+    // One run per (registry, direction) across every node: a lease, renewed while the run lasts (on
+    // the wall clock, which the database's expiry check uses, whatever clock a test gives the run).
+    if (!(await tryLeaseRun(q, registry.id, direction, holder, new Date(Date.now() + leaseMs)))) throw new RunBusyError(registry.id, direction);
     const run = new Run(svc, registry, client, direction, direction === 'push' ? PUSH_SCOPE : PULL_SCOPE, opts);
     renew = setInterval(() => {
-      tryLeaseRun(q, registry.id, direction, holder, new Date(now() + leaseMs)).then(
+      tryLeaseRun(q, registry.id, direction, holder, new Date(Date.now() + leaseMs)).then(
         (held) => {
           if (!held) run.halted = 'the run lost its lease (another worker took it over)';
         },
