@@ -8,6 +8,8 @@ import { DataDirLockedError } from './storage/data-dir-lock.js';
 import { loadRegistries, RegistryConfigError, type RegistryConfig } from './jobs/registry/config.js';
 import { primeValidators, warmUpValidators } from './validation/validator.js';
 import { RegistrySync } from './jobs/registry/scheduler.js';
+import cluster from 'node:cluster';
+import { superviseServers } from './cluster.js';
 import { warnAboutRedis } from './jobs/redis-check.js';
 
 export async function serve(): Promise<void> {
@@ -33,6 +35,9 @@ export async function serve(): Promise<void> {
     throw e;
   }
   const log = createLogger(config.logLevel);
+  // WEB_CONCURRENCY > 1: this process supervises that many server processes (cluster.ts), each of
+  // which runs the rest of this function.
+  if (config.webConcurrency > 1 && cluster.isPrimary) return superviseServers(config, log);
   const svc = await buildServices(config, log);
   // The shared part of the validators' compile is too long to run beside requests: before listening.
   if (config.validatorWarmUp) primeValidators();
@@ -60,7 +65,11 @@ export async function serve(): Promise<void> {
   );
   if (config.redisUrl) void warnAboutRedis(config.redisUrl, log);
   // Registry sync (jobs/registry/scheduler.ts): every node ticks the schedule; one claims each window.
-  const registrySync = new RegistrySync(svc, registries, config.redisUrl ? { redisUrl: config.redisUrl } : {});
+  const registrySync = new RegistrySync(svc, registries, {
+    ...(config.redisUrl ? { redisUrl: config.redisUrl } : {}),
+    lockDurationMs: config.registryTakeoverMs,
+    sync: { leaseMs: config.registryTakeoverMs },
+  });
   registrySync.start().then(
     () => registries.length && log.info({ registries: registries.map((r) => r.id), queue: config.redisUrl ? 'bullmq' : 'in-process' }, 'registry sync scheduled'),
     (e: unknown) => log.error({ err: { message: (e as Error)?.message } }, 'registry sync could not be started'),

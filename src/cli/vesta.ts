@@ -75,7 +75,7 @@ async function worker(): Promise<void> {
   const log = createLogger(config.logLevel);
   await warnAboutRedis(config.redisUrl, log);
   const svc = await buildServices(config, log);
-  const registrySync = new RegistrySync(svc, registries, { redisUrl: config.redisUrl });
+  const registrySync = new RegistrySync(svc, registries, { redisUrl: config.redisUrl, lockDurationMs: config.registryTakeoverMs, sync: { leaseMs: config.registryTakeoverMs } });
   const maintenance = new PhiMaintenance(svc, {
     redisUrl: config.redisUrl,
     onProgress: (job, p) => log.info({ job, progress: p, activeKid: svc.store.activeKid }, 'PHI maintenance in progress'),

@@ -1,5 +1,6 @@
 // Environment -> frozen, typed Config. A bad value stops start-up with one line naming the variable.
 import { join, resolve } from 'node:path';
+import { availableParallelism } from 'node:os';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
@@ -11,6 +12,8 @@ export interface Config {
   basePath: string;
   databaseUrl: string | undefined;
   databasePoolMax: number;
+  /** Server processes sharing the port (WEB_CONCURRENCY; node:cluster); 1 serves in this process. */
+  webConcurrency: number;
   dataDir: string;
   redisUrl: string | undefined;
   maxBodyBytes: number;
@@ -70,6 +73,8 @@ export interface Config {
   auditMaxUnlinkedMs: number;
   /** Immunization registries to sync with (REGISTRY_CONFIG_FILE, a JSON file; issue 17): checked at start. */
   registryConfigFile: string | undefined;
+  /** How long a registry run's lease and its BullMQ job lock last without renewal: a dead worker's run is taken over after about this (REGISTRY_TAKEOVER_SECONDS). */
+  registryTakeoverMs: number;
   // Request bounds (issue 14, part B): search/history budgets, statement timeout, request deadline.
   /** Limits on one search or history request, checked before any SQL (SEARCH_MAX_*). */
   searchBudgets: {
@@ -111,6 +116,14 @@ export class ConfigError extends Error {
 }
 
 type Env = Record<string, string | undefined>;
+
+/** WEB_CONCURRENCY: a number of processes (1 to 64) or `auto` (one per core); more than one needs PostgreSQL. */
+function webConcurrency(env: Env, databaseUrl: string | undefined): number {
+  const raw = env.WEB_CONCURRENCY?.trim().toLowerCase();
+  const n = raw === 'auto' ? availableParallelism() : int(env, 'WEB_CONCURRENCY', 1, 1, 64);
+  if (n > 1 && !databaseUrl) throw new ConfigError('WEB_CONCURRENCY', `must be 1 without DATABASE_URL (the embedded database is opened by one process), got ${n}`);
+  return n;
+}
 
 function int(env: Env, name: string, def: number, min: number, max: number): number {
   const raw = env[name];
@@ -267,6 +280,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     basePath,
     databaseUrl,
     databasePoolMax: int(env, 'DATABASE_POOL_MAX', 10, 1, 500),
+    webConcurrency: webConcurrency(env, databaseUrl),
     dataDir: resolve(env.DATA_DIR?.trim() || './data'),
     redisUrl: url(env, 'REDIS_URL', ['redis:', 'rediss:']),
     maxBodyBytes: bytes(env, 'MAX_BODY_SIZE', 32 * 1024 ** 2),
@@ -306,6 +320,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     auditLinkIntervalMs: int(env, 'AUDIT_LINK_INTERVAL_MS', 100, 10, 60000),
     auditMaxUnlinkedMs: int(env, 'AUDIT_MAX_UNLINKED_SECONDS', 60, 1, 86400) * 1000,
     registryConfigFile: env.REGISTRY_CONFIG_FILE?.trim() ? resolve(env.REGISTRY_CONFIG_FILE.trim()) : undefined,
+    registryTakeoverMs: int(env, 'REGISTRY_TAKEOVER_SECONDS', 30, 5, 600) * 1000,
     // Request bounds (issue 14, part B). Defaults sit far above what real clients send: 30 ANDed
     // `name` values took 0.03 s, 100 took 0.66 s, 300 over 60 s (issue 14's measurements).
     searchBudgets: Object.freeze({

@@ -133,6 +133,8 @@ describeIf('registry sync across crashes (10,000 Immunizations, two worker kills
       DATABASE_URL: u.toString(),
       REDIS_URL: redis.url,
       REGISTRY_CONFIG_FILE: join(dir, 'registries.json'),
+      // A killed worker's run is taken over after 10 s (default 30), to keep the test short.
+      REGISTRY_TAKEOVER_SECONDS: '10',
       BASE_URL: config.baseUrl,
       DATA_DIR: dir,
       LOG_LEVEL: 'warn',

@@ -200,7 +200,8 @@ function faultBefore<M extends 'nextPage' | 'conditionalUpdate'>(client: Registr
   return view;
 }
 
-describe.each(backends())('registry sync faults (%s)', (backend) => {
+// The faults are the sync's and the client's, not the database's: one backend (PostgreSQL when there is one).
+describe.each(backends().slice(-1))('registry sync faults (%s)', (backend) => {
   beforeAll(async () => {
     proxy = await RegistryProxy.start();
     base = `${proxy.url}/fhir`;
