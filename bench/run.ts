@@ -4,7 +4,7 @@
 //   BENCH_SECONDS    seconds per round (default 5); BENCH_ROUNDS rounds per workload (default 3)
 //   BENCH_SEARCH_RESOURCES  resources loaded (multiplied Synthea) for the search mix (default 100000; 0 skips)
 //   BENCH_VALIDATION  0 skips the in-process validation throughput (bench/validation.ts); default on
-//   BENCH_ONLY       comma-separated phases to run, of validation, ingest, cold, stall, token, ledger, read, crud, search
+//   BENCH_ONLY       comma-separated phases to run, of validation, ingest, cold, stall, token, ledger, audit, registry, read, crud, search
 //                    (default all; e.g. BENCH_ONLY=read,search with a small BENCH_SEARCH_RESOURCES for a
 //                    quick look at the cost of authorization)
 // Authorization: every Vesta started here has AUTH on with a key ring generated for the run (AUTH_KEYS)
@@ -18,6 +18,9 @@
 // mix also times a patient/Observation.rs token (with a patient claim) against the system token.
 //   BENCH_TOKEN_REQUESTS  token requests per round and concurrency of the token phase (default 2000;
 //                    bench/token.ts: Backend Services tokens/s against in-process ES256 signing)
+//   BENCH_WEB_CONCURRENCY  WEB_CONCURRENCY of every Vesta started (default 1; `auto` one process per core)
+//   BENCH_REGISTRY_IMMUNIZATIONS  Immunizations per direction of the registry phase, split over the rounds (default
+//                    2000; bench/registry-sync.ts: pushed/s and pulled/s between two Vestas against sequential PUTs)
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { Agent } from 'node:http';
@@ -40,6 +43,7 @@ import type { ValidationBench } from './validation.js';
 import { stallProbe, type StallResult } from './stall.js';
 import { tokenBench, type TokenResult } from './token.js';
 import { ledgerBench, type LedgerBenchResult } from './ledger.js';
+import { registryBench, type RegistryBenchResult } from './registry-sync.js';
 import { bundleDir, FIXTURE_SYNTHEA } from './generate-data.js';
 
 const root = findPackageRoot();
@@ -58,8 +62,10 @@ const SIGNING_RING = await generateSigningRing();
 const AUDIT_RING = await generateSigningRing();
 /** AUDIT for the Vesta under test (BENCH_AUDIT=on|off; on by default, bench/audit-cost.ts compares both). */
 const AUDIT = process.env.BENCH_AUDIT === 'off' ? 'off' : 'on';
+/** WEB_CONCURRENCY of every Vesta the run starts (BENCH_WEB_CONCURRENCY, default 1; `auto` = one process per core). */
+const WEB_CONCURRENCY = process.env.BENCH_WEB_CONCURRENCY?.trim() || '1';
 const SYSTEM_SCOPE = 'system/*.cruds';
-const PHASES = ['validation', 'ingest', 'cold', 'stall', 'token', 'ledger', 'audit', 'read', 'crud', 'search'];
+const PHASES = ['validation', 'ingest', 'cold', 'stall', 'token', 'ledger', 'audit', 'registry', 'read', 'crud', 'search'];
 const ONLY = process.env.BENCH_ONLY?.trim() ? new Set(process.env.BENCH_ONLY.split(',').map((x) => x.trim()).filter(Boolean)) : undefined;
 for (const p of ONLY ?? []) if (!PHASES.includes(p)) throw new Error(`BENCH_ONLY: unknown phase ${p} (phases: ${PHASES.join(', ')})`);
 const phase = (p: string) => !ONLY || ONLY.has(p);
@@ -69,6 +75,7 @@ const ops = ['create', 'read', 'update', 'delete'];
 /** Resources loaded for the search mix (0 skips it). */
 const SEARCH_RESOURCES = Number(process.env.BENCH_SEARCH_RESOURCES ?? 100000);
 const TOKEN_REQUESTS = Number(process.env.BENCH_TOKEN_REQUESTS ?? 2000);
+const REGISTRY_IMMUNIZATIONS = Number(process.env.BENCH_REGISTRY_IMMUNIZATIONS ?? 2000);
 
 /** Runs bench/validation.js in its own process and returns its figures. */
 function validationInChild(rounds: number): Promise<ValidationBench> {
@@ -111,11 +118,16 @@ async function waitReady(url: string, timeoutMs: number): Promise<number> {
 
 const baseUrlOf = (port: number) => `http://127.0.0.1:${port}`;
 
+/** The environment of a Vesta of the run on `port`. */
+function vestaEnv(port: number, env: Record<string, string>): Record<string, string> {
+  return { PATH: process.env.PATH ?? '', PORT: String(port), HOST: '127.0.0.1', BASE_URL: baseUrlOf(port), LOG_LEVEL: 'info', NODE_ENV: 'production', PAGE_TOKEN_SECRET: 'bench-secret-bench-secret-bench-secret', PHI_ENCRYPTION: PHI, PHI_KEYS: KEYS, AUTH: 'on', AUTH_KEYS: JSON.stringify(SIGNING_RING), AUDIT, AUDIT_KEYS: JSON.stringify(AUDIT_RING), AUDIT_CHECKPOINT_DIR: mkdtempSync(join(tmpdir(), 'vesta-bench-checkpoints-')), WEB_CONCURRENCY, ...env };
+}
+
 /** AUTH on unless env says AUTH=off; BASE_URL is the token issuer and audience the server expects. */
 function startVesta(port: number, env: Record<string, string>): { child: ChildProcess; started: number } {
   const started = Date.now();
   const child = spawn(process.execPath, [join(root, 'dist/src/main.js')], {
-    env: { PATH: process.env.PATH ?? '', PORT: String(port), HOST: '127.0.0.1', BASE_URL: baseUrlOf(port), LOG_LEVEL: 'info', NODE_ENV: 'production', PAGE_TOKEN_SECRET: 'bench-secret-bench-secret-bench-secret', PHI_ENCRYPTION: PHI, PHI_KEYS: KEYS, AUTH: 'on', AUTH_KEYS: JSON.stringify(SIGNING_RING), AUDIT, AUDIT_KEYS: JSON.stringify(AUDIT_RING), AUDIT_CHECKPOINT_DIR: mkdtempSync(join(tmpdir(), 'vesta-bench-checkpoints-')), ...env },
+    env: vestaEnv(port, env),
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   return { child, started };
@@ -150,7 +162,7 @@ async function main(): Promise<void> {
   const results: Record<string, unknown> = {
     date: new Date().toISOString(),
     machine: { nproc: cpus().length, cpu: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 1024 ** 3), node: process.version },
-    settings: { seconds: SECONDS, rounds: ROUNDS, database: 'PostgreSQL (DATABASE_URL)', phiEncryption: PHI, auth: `on (${SYSTEM_SCOPE} token); AUTH=off beside it for authCost`, phases: ONLY ? [...ONLY] : 'all' },
+    settings: { seconds: SECONDS, rounds: ROUNDS, database: 'PostgreSQL (DATABASE_URL)', phiEncryption: PHI, auth: `on (${SYSTEM_SCOPE} token); AUTH=off beside it for authCost`, phases: ONLY ? [...ONLY] : 'all', webConcurrency: WEB_CONCURRENCY },
   };
   const children: ChildProcess[] = [];
   if (phase('validation') && process.env.BENCH_VALIDATION !== '0') {
@@ -250,6 +262,31 @@ async function main(): Promise<void> {
         rounds: ROUNDS,
       });
       agent.destroy();
+    }
+
+    if (phase('registry')) {
+      // Registry sync between two Vestas: Immunizations pushed/s and pulled/s against sequential PUTs (bench/registry-sync.ts).
+      results.registry = await registryBench({
+        start: (port, env) => {
+          const v = startVesta(port, env);
+          children.push(v.child);
+          return v;
+        },
+        env: vestaEnv,
+        waitReady,
+        bearer: (port) => bearer(port),
+        stop,
+        database: async (suffix) => {
+          const name = `${dbName}_${suffix}`;
+          await admin(`create database ${name}`);
+          const ru = new URL(ADMIN);
+          ru.pathname = `/${name}`;
+          return { url: ru.toString(), drop: () => admin(`drop database if exists ${name} with (force)`) };
+        },
+        immunizations: REGISTRY_IMMUNIZATIONS,
+        rounds: ROUNDS,
+        log: (m) => process.stderr.write(m),
+      });
     }
 
     if (phase('read') || phase('crud') || phase('search')) {
@@ -494,6 +531,23 @@ async function main(): Promise<void> {
       '| design | concurrency | other work ms | tx/s | p50 / p99 ms | unlinked at stop / ms to link them | INSERTs per record |',
       '|---|---|---|---|---|---|---|',
       ...led.runs.map((x) => `| ${x.design} | ${x.concurrency} | ${x.workMs} | ${x.txPerSecond} | ${x.p50} / ${x.p99} | ${x.backlog !== undefined ? `${x.backlog} / ${x.catchUpMs}` : ''} | ${x.insertsPerRecord ?? ''} |`),
+    );
+  }
+  const reg = results.registry as RegistryBenchResult | undefined;
+  if (reg) {
+    const per = (xs: { perSecond: number }[]) => xs.map((x) => x.perSecond).join(', ');
+    lines.push(
+      '',
+      `Registry sync between two Vestas, each on its own database (${reg.immunizationsPerRound} Immunizations per round and direction, ${reg.patientsPerRound} Patients x ${reg.perPatient}; sync concurrency ${reg.concurrency}; medians of ${reg.rounds} rounds after a ${reg.warmUpImmunizations}-Immunization warm-up each way), against the registry-side ceiling: ${reg.ceiling.what}; and ${reg.ceilingConcurrent.what}:`,
+      '',
+      `| workload | Immunizations/s | ratio to ceiling (1 conn) | ratio to ceiling (${reg.concurrency} conn) | per round | registry requests per Immunization | share of the run with a registry request in flight | CPU ms per Immunization: registry server / sync |`,
+      '|---|---|---|---|---|---|---|---|',
+      `| push (pushOnce, lagMs 0; counted by sent) | ${reg.push.perSecond} | ${reg.ratios.push} | ${reg.ratios.pushConcurrent} | ${per(reg.push.rounds)} | ${reg.push.registryCallsPerImmunization} | ${reg.push.registryShare} | ${reg.push.registryCpuMs ?? '-'} / ${reg.push.syncCpuMs ?? '-'} |`,
+      `| pull (pullOnce; counted by stored) | ${reg.pull.perSecond} | ${reg.ratios.pull} | ${reg.ratios.pullConcurrent} | ${per(reg.pull.rounds)} | ${reg.pull.registryCallsPerImmunization} | ${reg.pull.registryShare} | ${reg.pull.registryCpuMs ?? '-'} / ${reg.pull.syncCpuMs ?? '-'} |`,
+      `| ceiling: conditional-update PUTs to the registry, 1 connection | ${reg.ceiling.perSecond} | 1 | | ${per(reg.ceiling.rounds)} | 1 | | ${reg.ceiling.registryCpuMs ?? '-'} / |`,
+      `| ceiling: the same, ${reg.concurrency} connections | ${reg.ceilingConcurrent.perSecond} | | 1 | ${per(reg.ceilingConcurrent.rounds)} | 1 | | ${reg.ceilingConcurrent.registryCpuMs ?? '-'} / |`,
+      '',
+      reg.failures.length ? `REGISTRY CHECK FAILED: ${reg.failures.join(' | ')}` : 'Checks: after every push the registry held exactly `sent` more pushed Immunizations (all seeded), after every pull Vesta held exactly `stored` more pulled ones (all seeded), and every ceiling PUT created one.',
     );
   }
   const mix = results.searchMix as { resources: number; loadRps: number; loadFailures?: string[]; queries: MixResult[]; seqScans: Record<string, string[]> } | undefined;
