@@ -19,7 +19,7 @@
 // BENCH_REGISTRY_IMMUNIZATIONS per direction (default 2,000), split evenly over BENCH_ROUNDS rounds,
 // 4 per Patient; figures are medians of the rounds. Seeding and checks are not timed.
 import { randomBytes, randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 import { Agent } from 'node:http';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
@@ -64,15 +64,31 @@ export interface RegistryRound {
   syncCpuMs?: number;
 }
 
-/** CPU time (user + system) of a process so far, in ms, from /proc (clock ticks of 10 ms); undefined elsewhere. */
+/**
+ * CPU time (user + system) so far of a process and its live descendants (the server processes under
+ * WEB_CONCURRENCY), in ms, from /proc (clock ticks of 10 ms); undefined where /proc has no such process.
+ */
 function procCpuMs(pid: number | undefined): number | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) * 10;
-  } catch {
-    return undefined;
-  }
+  const one = (p: number): number | undefined => {
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      let ms = (Number(f[11]) + Number(f[12])) * 10;
+      for (const task of readdirSync(`/proc/${p}/task`)) {
+        let kids: string[] = [];
+        try {
+          kids = readFileSync(`/proc/${p}/task/${task}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+        } catch {
+          /* no children file (kernel without CONFIG_PROC_CHILDREN): the process alone */
+        }
+        for (const k of kids) ms += one(Number(k)) ?? 0;
+      }
+      return ms;
+    } catch {
+      return undefined;
+    }
+  };
+  return pid === undefined ? undefined : one(pid);
 }
 
 /** CPU ms per Immunization spent by the registry server and by this process while `body` ran. */

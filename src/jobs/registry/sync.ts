@@ -654,7 +654,7 @@ export async function pullOnce(svc: Services, registry: Registry, client: Regist
       ['_count', '100'],
     ])) {
       for (const value of identifiersIn(patient, sys)) {
-        const q: Record<string, string> = { 'patient.identifier': token(sys, value), _count: String(registry.pageSize) };
+        const q: Record<string, string> = { 'patient:Patient.identifier': token(sys, value), _count: String(registry.pageSize) };
         if (before) q._lastUpdated = `gt${before.toISOString()}`;
         let page: SearchBundle | undefined = await run.registryCall(() => client.search('Immunization', q, o));
         while (page) {
