@@ -9,7 +9,7 @@
 // run (the next window covers it); a job that fails (an internal error, a shutdown) is retried with
 // exponential backoff and jitter.
 import { hostname } from 'node:os';
-import { Queue, QueueEvents, Worker, type Job } from 'bullmq';
+import { Queue, Worker, type Job } from 'bullmq';
 import { CronExpressionParser } from 'cron-parser';
 import type { Services } from '../../interactions/context.js';
 import { pruneRuns, tryClaimRun, type RegistryCounts, type SyncDirection } from '../../storage/registry-store.js';
@@ -88,7 +88,6 @@ export class RegistrySync {
   private readonly holder = `${hostname()}/${process.pid}`;
   private queue?: Queue;
   private worker?: Worker;
-  private events?: QueueEvents;
   private closed = false;
 
   constructor(
@@ -248,22 +247,6 @@ export class RegistrySync {
     return report;
   }
 
-  /** Waits for a queued job's end (with Redis); its result, or its failure. */
-  async finished(job: Job<RegistryJobData>, timeoutMs?: number): Promise<SyncReport | { busy: string }> {
-    this.events ??= new QueueEvents(REGISTRY_QUEUE, this.connection());
-    await this.events.waitUntilReady();
-    return (await job.waitUntilFinished(this.events, timeoutMs)) as SyncReport | { busy: string };
-  }
-
-  /** In-process: resolves when the runs started here have ended. */
-  async idle(): Promise<void> {
-    while (this.local.size) {
-      const all = [...this.local.values()];
-      await Promise.all(all);
-      for (const [k, v] of this.local) if (all.includes(v)) this.local.delete(k);
-    }
-  }
-
   /** Stops the ticker, stops runs between records, and closes the Redis connections. */
   async close(): Promise<void> {
     this.closed = true;
@@ -272,7 +255,6 @@ export class RegistrySync {
     for (const a of this.aborts) a.abort();
     await this.worker?.close();
     await Promise.all([...this.local.values()]);
-    await this.events?.close();
     await this.queue?.close();
   }
 }
