@@ -19,6 +19,9 @@
 //   BENCH_TOKEN_REQUESTS  token requests per round and concurrency of the token phase (default 2000;
 //                    bench/token.ts: Backend Services tokens/s against in-process ES256 signing)
 //   BENCH_WEB_CONCURRENCY  WEB_CONCURRENCY of every Vesta started (default 1; `auto` one process per core)
+//   BENCH_CPU_PROF   a folder: every Vesta started writes a V8 CPU profile there when it stops
+//                    (vesta-<port>-<n>.cpuprofile; summarise with dist/bench/profile-summary.js)
+//   BENCH_CRUD_CONNECTIONS  connections of the CRUD cycle (default 16, as issue 18 measures it)
 //   BENCH_REGISTRY_IMMUNIZATIONS  Immunizations per direction of the registry phase, split over the rounds (default
 //                    2000; bench/registry-sync.ts: pushed/s and pulled/s between two Vestas against sequential PUTs)
 import { fork, spawn, type ChildProcess } from 'node:child_process';
@@ -75,6 +78,7 @@ const ops = ['create', 'read', 'update', 'delete'];
 /** Resources loaded for the search mix (0 skips it). */
 const SEARCH_RESOURCES = Number(process.env.BENCH_SEARCH_RESOURCES ?? 100000);
 const TOKEN_REQUESTS = Number(process.env.BENCH_TOKEN_REQUESTS ?? 2000);
+const CRUD_CONNECTIONS = Number(process.env.BENCH_CRUD_CONNECTIONS ?? 16);
 const REGISTRY_IMMUNIZATIONS = Number(process.env.BENCH_REGISTRY_IMMUNIZATIONS ?? 2000);
 
 /** Runs bench/validation.js in its own process and returns its figures. */
@@ -124,9 +128,13 @@ function vestaEnv(port: number, env: Record<string, string>): Record<string, str
 }
 
 /** AUTH on unless env says AUTH=off; BASE_URL is the token issuer and audience the server expects. */
+const CPU_PROF = process.env.BENCH_CPU_PROF?.trim() || undefined;
+let profiles = 0;
 function startVesta(port: number, env: Record<string, string>): { child: ChildProcess; started: number } {
   const started = Date.now();
-  const child = spawn(process.execPath, [join(root, 'dist/src/main.js')], {
+  if (CPU_PROF) mkdirSync(CPU_PROF, { recursive: true });
+  const prof = CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`, `--cpu-prof-name=vesta-${port}-${++profiles}.cpuprofile`] : [];
+  const child = spawn(process.execPath, [...prof, join(root, 'dist/src/main.js')], {
     env: vestaEnv(port, env),
     stdio: ['ignore', 'ignore', 'inherit'],
   });
@@ -365,7 +373,7 @@ async function main(): Promise<void> {
       }
 
       if (phase('crud')) {
-        // CRUD cycle over several types, 8 connections: create, read, update, delete.
+        // CRUD cycle over several types, CRUD_CONNECTIONS connections: create, read, update, delete.
         const types = [
           { type: 'Patient', make: (i: number) => patient(i) },
           { type: 'Observation', make: (i: number) => ({ resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] }, valueQuantity: { value: 60 + (i % 40), unit: '/min' } }) },
@@ -379,7 +387,7 @@ async function main(): Promise<void> {
           const t0 = Date.now();
           const until = t0 + SECONDS * 1000;
           await Promise.all(
-            Array.from({ length: 8 }, async (_, w) => {
+            Array.from({ length: CRUD_CONNECTIONS }, async (_, w) => {
               let i = 0;
               while (Date.now() < until) {
                 const t = types[(w + i++) % types.length];
@@ -403,7 +411,7 @@ async function main(): Promise<void> {
         }
 
         results.crudCycle = {
-          connections: 8,
+          connections: CRUD_CONNECTIONS,
           types: types.map((t) => t.type),
           rps: round1(median(crudRounds.map((c) => c.rps))),
           p50: Object.fromEntries(ops.map((o) => [o, round1(median(crudRounds.map((c) => percentile(c.perOp[o], 50))))])),
@@ -455,7 +463,7 @@ async function main(): Promise<void> {
         ]
       : []),
     ...(r.crudCycle
-      ? [`| CRUD cycle, 8 conn: req/s | ${r.crudCycle.rps} | | |`, `| CRUD p99 ms (create/read/update/delete) | ${ops.map((o) => r.crudCycle!.p99[o]).join(' / ')} | | |`]
+      ? [`| CRUD cycle, ${CRUD_CONNECTIONS} conn: req/s | ${r.crudCycle.rps} | | |`, `| CRUD p99 ms (create/read/update/delete) | ${ops.map((o) => r.crudCycle!.p99[o]).join(' / ')} | | |`]
       : []),
     ...(r.coldStartMs ? [`| cold start to first GET /metadata, ms | ${r.coldStartMs.median} | | |`] : []),
     ...(ingestRes
