@@ -45,7 +45,7 @@ function row(workload: string, on: number[], off: number[], target?: number): Co
 const order = (r: number): Mode[] => (r % 2 === 0 ? ['on', 'off'] : ['off', 'on']);
 
 export async function auditCost(d: AuditCostDeps): Promise<{ rows: CostRow[]; latency: Record<string, unknown> }> {
-  const PORT: Record<Mode, number> = { on: 18310, off: 18311 };
+  const PORT: Record<Mode, number> = { on: 18310 + Number(process.env.BENCH_PORT_OFFSET ?? 0), off: 18311 + Number(process.env.BENCH_PORT_OFFSET ?? 0) };
   const rows: CostRow[] = [];
   const latency: Record<string, unknown> = {};
 

@@ -9,6 +9,8 @@ import { load } from '../src/cli/load.js';
 
 export interface IngestRun {
   concurrency: number;
+  /** ms from the server's start until its validators were compiled (the ingest is timed after). */
+  warmUpMs: number | null;
   vestaRps: number;
   ceilingRps: number;
   ratio: number;

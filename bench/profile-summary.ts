@@ -1,7 +1,8 @@
 // Summarises a V8 CPU profile (.cpuprofile, as written by `node --cpu-prof`; the bench writes one per
 // Vesta it starts when BENCH_CPU_PROF names a folder): where the server's CPU went, by stage of a
 // request and by function. Not a measurement of speed: shares of the sampled time.
-//   node dist/bench/profile-summary.js <file.cpuprofile> [--top N] [--json]
+//   node dist/bench/profile-summary.js <file.cpuprofile> [--top N] [--stage <name>] [--json]
+// (--stage lists the top functions of the stages whose name starts with <name> only)
 // A sample is charged to the stage of the innermost frame of Vesta's own code (src/...) on its stack,
 // so a library (ajv, fhirpath, node-jose, knex) counts where Vesta called it from; a stack with no
 // frame of Vesta's (socket reads, pg's row parsing, Express before the router) counts by the innermost
@@ -62,7 +63,9 @@ const LIB_STAGES: [RegExp, string][] = [
 ];
 
 function stageOf(stack: CallFrame[]): string {
-  // stack: innermost first
+  // stack: innermost first. Compiling validators (ajv's code generation, the start-up warm-up of every
+  // type) is a once-per-process cost: counted apart from the requests' validation.
+  if (stack.some((f) => f.url.includes('/ajv/dist/compile/')) || stack.some((f) => f.functionName === 'warmUpValidators' || f.functionName === 'primeValidators')) return 'validator compile (once per process)';
   for (const f of stack) {
     if (!f.url.includes('/src/')) continue;
     for (const [re, s] of SRC_STAGES) if (re.test(f.url)) return s;
@@ -81,7 +84,7 @@ function frameName(f: CallFrame): string {
   return `${f.functionName || '(anonymous)'}${short ? ` ${short}:${f.lineNumber + 1}` : ''}`;
 }
 
-export function summarise(profile: CpuProfile, topN = 25): ProfileSummary {
+export function summarise(profile: CpuProfile, topN = 25, onlyStage?: string): ProfileSummary {
   const byId = new Map<number, ProfileNode>();
   const parent = new Map<number, number>();
   for (const n of profile.nodes) byId.set(n.id, n);
@@ -108,6 +111,7 @@ export function summarise(profile: CpuProfile, topN = 25): ProfileSummary {
       stageCache.set(id, stage);
     }
     stageMs.set(stage, (stageMs.get(stage) ?? 0) + ms);
+    if (onlyStage !== undefined && !stage.startsWith(onlyStage)) continue;
     const name = frameName(leaf.callFrame);
     selfMs.set(name, (selfMs.get(name) ?? 0) + ms);
   }
@@ -134,12 +138,13 @@ export function render(s: ProfileSummary): string {
 
 if (process.argv[1]?.endsWith('profile-summary.js')) {
   const args = process.argv.slice(2);
-  const file = args.find((a) => !a.startsWith('--'));
+  const file = args.find((a, i) => !a.startsWith('--') && !['--top', '--stage'].includes(args[i - 1]));
   if (!file) {
     process.stderr.write('usage: node dist/bench/profile-summary.js <file.cpuprofile> [--top N] [--json]\n');
     process.exit(2);
   }
   const t = args.indexOf('--top');
-  const s = summarise(JSON.parse(readFileSync(file, 'utf8')) as CpuProfile, t >= 0 ? Number(args[t + 1]) : 25);
+  const st = args.indexOf('--stage');
+  const s = summarise(JSON.parse(readFileSync(file, 'utf8')) as CpuProfile, t >= 0 ? Number(args[t + 1]) : 25, st >= 0 ? args[st + 1] : undefined);
   process.stdout.write(args.includes('--json') ? `${JSON.stringify(s, null, 2)}\n` : `${render(s)}\n`);
 }

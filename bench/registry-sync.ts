@@ -156,7 +156,7 @@ export interface RegistryBenchResult {
   failures: string[];
 }
 
-const PORT = { registry: 18320, local: 18321 };
+const PORT = { registry: 18320 + Number(process.env.BENCH_PORT_OFFSET ?? 0), local: 18321 + Number(process.env.BENCH_PORT_OFFSET ?? 0) };
 const PER_PATIENT = 4;
 /** Records the sync handles at once: SyncOptions.concurrency, passed explicitly (its default, 8) so the concurrent ceiling matches it. */
 const SYNC_CONCURRENCY = 8;

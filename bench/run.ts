@@ -21,6 +21,7 @@
 //   BENCH_WEB_CONCURRENCY  WEB_CONCURRENCY of every Vesta started (default 1; `auto` one process per core)
 //   BENCH_CPU_PROF   a folder: every Vesta started writes a V8 CPU profile there when it stops
 //                    (vesta-<port>-<n>.cpuprofile; summarise with dist/bench/profile-summary.js)
+//   BENCH_PORT_OFFSET  added to every port the bench's servers listen on (default 0: 18301-18321)
 //   BENCH_CRUD_CONNECTIONS  connections of the CRUD cycle (default 16, as issue 18 measures it)
 //   BENCH_REGISTRY_IMMUNIZATIONS  Immunizations per direction of the registry phase, split over the rounds (default
 //                    2000; bench/registry-sync.ts: pushed/s and pulled/s between two Vestas against sequential PUTs)
@@ -78,6 +79,8 @@ const ops = ['create', 'read', 'update', 'delete'];
 /** Resources loaded for the search mix (0 skips it). */
 const SEARCH_RESOURCES = Number(process.env.BENCH_SEARCH_RESOURCES ?? 100000);
 const TOKEN_REQUESTS = Number(process.env.BENCH_TOKEN_REQUESTS ?? 2000);
+/** Added to every port the bench listens on (BENCH_PORT_OFFSET), so two benches can share a machine. */
+const PORT_OFFSET = Number(process.env.BENCH_PORT_OFFSET ?? 0);
 const CRUD_CONNECTIONS = Number(process.env.BENCH_CRUD_CONNECTIONS ?? 16);
 const REGISTRY_IMMUNIZATIONS = Number(process.env.BENCH_REGISTRY_IMMUNIZATIONS ?? 2000);
 
@@ -130,15 +133,32 @@ function vestaEnv(port: number, env: Record<string, string>): Record<string, str
 /** AUTH on unless env says AUTH=off; BASE_URL is the token issuer and audience the server expects. */
 const CPU_PROF = process.env.BENCH_CPU_PROF?.trim() || undefined;
 let profiles = 0;
-function startVesta(port: number, env: Record<string, string>): { child: ChildProcess; started: number } {
+function startVesta(port: number, env: Record<string, string>): { child: ChildProcess; started: number; warm: Promise<number | undefined> } {
   const started = Date.now();
   if (CPU_PROF) mkdirSync(CPU_PROF, { recursive: true });
   const prof = CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`, `--cpu-prof-name=vesta-${port}-${++profiles}.cpuprofile`] : [];
   const child = spawn(process.execPath, [...prof, join(root, 'dist/src/main.js')], {
     env: vestaEnv(port, env),
-    stdio: ['ignore', 'ignore', 'inherit'],
+    stdio: ['ignore', 'pipe', 'inherit'],
   });
-  return { child, started };
+  // The server's log (JSON lines on stdout) is read for two events: the validators' background
+  // compile finishing (`warm`: ms after the start), and a failed start (another process on the port
+  // would otherwise answer the bench in its place).
+  const warm = new Promise<number | undefined>((resolve) => {
+    let buf = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        if (line.includes('validators compiled for every resource type')) resolve(Date.now() - started);
+        if (line.includes('EADDRINUSE')) process.stderr.write(`bench: port ${port} is taken (BENCH_PORT_OFFSET moves the bench's ports)\n`);
+      }
+    });
+    child.once('exit', () => resolve(undefined));
+  });
+  return { child, started, warm };
 }
 
 /** Authorization header with a token for the Vesta on `port` (valid for the whole run). */
@@ -193,16 +213,19 @@ async function main(): Promise<void> {
         const iu = new URL(ADMIN);
         iu.pathname = `/${name}`;
         try {
-          const v = startVesta(18304, { DATABASE_URL: iu.toString(), DATABASE_POOL_MAX: '10' });
+          const v = startVesta(18304 + PORT_OFFSET, { DATABASE_URL: iu.toString(), DATABASE_POOL_MAX: '10' });
           children.push(v.child);
-          await waitReady('http://127.0.0.1:18304/readyz', 60000);
-          const vr = await vestaLoad('http://127.0.0.1:18304', files, conc, await bearer(18304));
+          await waitReady(`http://127.0.0.1:${18304 + PORT_OFFSET}/readyz`, 60000);
+          // Timed once the validators of every type are compiled (a start-up cost, paid once per
+          // process, reported apart): otherwise a short ingest measures mostly the compile.
+          const warmMs = await v.warm;
+          const vr = await vestaLoad(`http://127.0.0.1:${18304 + PORT_OFFSET}`, files, conc, await bearer(18304 + PORT_OFFSET));
           // Issue 14: the searches whose plans collapsed right after a bulk load, timed at once.
-          if (conc === 4) freshQueries = await freshLoadQueries('http://127.0.0.1:18304', iu.toString(), await bearer(18304));
+          if (conc === 4) freshQueries = await freshLoadQueries(`http://127.0.0.1:${18304 + PORT_OFFSET}`, iu.toString(), await bearer(18304 + PORT_OFFSET));
           await stop(v.child);
           if (conc === 4) verification = await verifyCounts(iu.toString(), resourceCounts(files));
           const ceilingRps = await bareLoad(iu.toString(), files, conc);
-          ingest.push({ concurrency: conc, vestaRps: round1(vr.rps), ceilingRps: round1(ceilingRps), ratio: Math.round((vr.rps / ceilingRps) * 1000) / 1000, failures: vr.failures });
+          ingest.push({ concurrency: conc, warmUpMs: warmMs ?? null, vestaRps: round1(vr.rps), ceilingRps: round1(ceilingRps), ratio: Math.round((vr.rps / ceilingRps) * 1000) / 1000, failures: vr.failures });
         } finally {
           await admin(`drop database if exists ${name} with (force)`);
         }
@@ -214,8 +237,8 @@ async function main(): Promise<void> {
       // Cold start: process start to first successful GET /metadata (migrations already applied after the first).
       const cold: number[] = [];
       for (let r = 0; r < ROUNDS + 1; r++) {
-        const v = startVesta(18301, { DATABASE_URL: databaseUrl });
-        const ms = await waitReady('http://127.0.0.1:18301/metadata', 60000);
+        const v = startVesta(18301 + PORT_OFFSET, { DATABASE_URL: databaseUrl });
+        const ms = await waitReady(`http://127.0.0.1:${18301 + PORT_OFFSET}/metadata`, 60000);
         if (r > 0) cold.push(ms); // the first start also applies migrations
         await stop(v.child);
       }
@@ -224,19 +247,19 @@ async function main(): Promise<void> {
 
     if (phase('stall')) {
       // Event-loop stalls: the slowest /healthz answer while each hostile or large body runs (bench/stall.ts).
-      const sv = startVesta(18306, { DATABASE_URL: databaseUrl });
+      const sv = startVesta(18306 + PORT_OFFSET, { DATABASE_URL: databaseUrl });
       children.push(sv.child);
-      await waitReady('http://127.0.0.1:18306/readyz', 60000);
-      results.stall = await stallProbe(baseUrlOf(18306), await bearer(18306));
+      await waitReady(`http://127.0.0.1:${18306 + PORT_OFFSET}/readyz`, 60000);
+      results.stall = await stallProbe(baseUrlOf(18306 + PORT_OFFSET), await bearer(18306 + PORT_OFFSET));
       await stop(sv.child);
     }
 
     if (phase('token')) {
       // Backend Services token issuance at [base]/auth/token against in-process ES256 signing (bench/token.ts).
-      const tv = startVesta(18307, { DATABASE_URL: databaseUrl, DATABASE_POOL_MAX: '10' });
+      const tv = startVesta(18307 + PORT_OFFSET, { DATABASE_URL: databaseUrl, DATABASE_POOL_MAX: '10' });
       children.push(tv.child);
-      await waitReady('http://127.0.0.1:18307/readyz', 60000);
-      results.token = await tokenBench({ baseUrl: baseUrlOf(18307), databaseUrl, ring: SIGNING_RING, requests: TOKEN_REQUESTS, rounds: ROUNDS, seconds: SECONDS, log: (m) => process.stderr.write(m) });
+      await waitReady(`http://127.0.0.1:${18307 + PORT_OFFSET}/readyz`, 60000);
+      results.token = await tokenBench({ baseUrl: baseUrlOf(18307 + PORT_OFFSET), databaseUrl, ring: SIGNING_RING, requests: TOKEN_REQUESTS, rounds: ROUNDS, seconds: SECONDS, log: (m) => process.stderr.write(m) });
       await stop(tv.child);
     }
 
@@ -298,20 +321,20 @@ async function main(): Promise<void> {
     }
 
     if (phase('read') || phase('crud') || phase('search')) {
-      const vesta = startVesta(18302, { DATABASE_URL: databaseUrl, DATABASE_POOL_MAX: '10' });
+      const vesta = startVesta(18302 + PORT_OFFSET, { DATABASE_URL: databaseUrl, DATABASE_POOL_MAX: '10' });
       children.push(vesta.child);
-      await waitReady('http://127.0.0.1:18302/readyz', 60000);
-      const vBase = new URL(baseUrlOf(18302));
-      const vH = await bearer(18302);
+      await waitReady(`http://127.0.0.1:${18302 + PORT_OFFSET}/readyz`, 60000);
+      const vBase = new URL(baseUrlOf(18302 + PORT_OFFSET));
+      const vH = await bearer(18302 + PORT_OFFSET);
       const agent = new Agent({ keepAlive: true, maxSockets: 64 });
       // The cost of authorization: the same server with AUTH=off on the same database (started after
       // the first, which applied the migrations), measured in the same rounds; sent no token.
       let offBase: URL | undefined;
       if (phase('read') || phase('search')) {
-        const off = startVesta(18305, { DATABASE_URL: databaseUrl, DATABASE_POOL_MAX: '10', AUTH: 'off' });
+        const off = startVesta(18305 + PORT_OFFSET, { DATABASE_URL: databaseUrl, DATABASE_POOL_MAX: '10', AUTH: 'off' });
         children.push(off.child);
-        await waitReady('http://127.0.0.1:18305/readyz', 60000);
-        offBase = new URL(baseUrlOf(18305));
+        await waitReady(`http://127.0.0.1:${18305 + PORT_OFFSET}/readyz`, 60000);
+        offBase = new URL(baseUrlOf(18305 + PORT_OFFSET));
       }
       const authCost: Record<string, unknown> = {};
 
@@ -340,10 +363,10 @@ async function main(): Promise<void> {
           }
         })();
 
-        const ceiling = fork(join(root, 'dist/bench/ceiling-server.js'), [], { env: { PATH: process.env.PATH ?? '', DATABASE_URL: databaseUrl, PORT: '18303', DATABASE_POOL_MAX: '10' }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+        const ceiling = fork(join(root, 'dist/bench/ceiling-server.js'), [], { env: { PATH: process.env.PATH ?? '', DATABASE_URL: databaseUrl, PORT: String(18303 + PORT_OFFSET), DATABASE_POOL_MAX: '10' }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
         children.push(ceiling);
         await new Promise<void>((resolve) => ceiling.once('message', () => resolve()));
-        const cBase = new URL('http://127.0.0.1:18303');
+        const cBase = new URL(`http://127.0.0.1:${18303 + PORT_OFFSET}`);
 
         // Read by id, 16 connections, alternating Vesta (AUTH=on), Vesta (AUTH=off) and ceiling rounds so noise hits all.
         type ReadFig = { rps: number; p50: number; p99: number };
@@ -434,7 +457,7 @@ async function main(): Promise<void> {
           log: (m) => process.stderr.write(m),
           headers: vH,
           ...(offBase ? { authOffUrl: offBase.toString().replace(/\/$/, '') } : {}),
-          patientHeaders: (id) => bearer(18302, 'patient/Observation.rs', id),
+          patientHeaders: (id) => bearer(18302 + PORT_OFFSET, 'patient/Observation.rs', id),
         });
         results.searchMix = mix;
         authCost.search = mix.queries.filter((q) => q.authOff).map((q) => ({ query: q.query, onP95: q.vesta.p95, offP95: q.authOff!.p95, ratio: q.authRatio }));

@@ -8,7 +8,7 @@ import { checkResourceShape } from '../validation/shape.js';
 import { requireType, versionHeaders, writeResult } from './common.js';
 import { lockAndMatch, matchScope } from './conditional.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
-import { writeNext } from './write.js';
+import { prepareVersion, writeNext } from './write.js';
 import { allow } from './authorize.js';
 import { patientsOfResource } from '../audit/patients.js';
 
@@ -29,6 +29,9 @@ export async function create(svc: Services, ctx: RequestContext, input: CreateIn
   const scope = input.ifNoneExist !== undefined ? matchScope(svc, ctx, input.type, 'conditional create') : undefined;
   // The server assigns the id; a client id in the body is ignored (http.html#create).
   const id = input.assignedId ?? randomUUID();
+  // Validated, indexed and sealed before the transaction (design.md: CPU work before BEGIN); a
+  // validation failure is thrown where the write needs the version, after a conditional create's match.
+  const prepared = await prepareVersion(svc, ctx, input.type, id, resource, 1);
   return auditedTransaction(svc, ctx, async (tx) => {
     if (input.ifNoneExist !== undefined) {
       const matches = await lockAndMatch(tx, input.type, input.ifNoneExist, svc.store.phiIndexMode, scope);
@@ -41,7 +44,7 @@ export async function create(svc: Services, ctx: RequestContext, input: CreateIn
         return { ...r, headers: { ...versionHeaders(ctx, existing, true), ...r.headers } };
       }
     }
-    const v = await writeNext(svc, ctx, tx, undefined, 'POST', input.type, id, resource);
+    const v = await writeNext(svc, ctx, tx, undefined, 'POST', input.type, id, prepared);
     return writeResult(ctx, 201, v, `created ${input.type}/${id}`);
   });
 }

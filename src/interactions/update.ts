@@ -11,7 +11,7 @@ import { randomUUID } from 'node:crypto';
 import { requireId, requireType, writeResult, type IfMatch } from './common.js';
 import { lockAndMatch, matchScope } from './conditional.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
-import { checkIfMatch, writeNext } from './write.js';
+import { checkIfMatch, prepareVersion, writeNext, type Prepared } from './write.js';
 import { allow, checkTarget } from './authorize.js';
 
 export interface UpdateInput {
@@ -21,7 +21,7 @@ export interface UpdateInput {
   ifMatch?: IfMatch;
 }
 
-async function updateIn(svc: Services, ctx: RequestContext, tx: AuditedTx, type: string, id: string, resource: Resource, ifMatch: IfMatch | undefined): Promise<InteractionResult> {
+async function updateIn(svc: Services, ctx: RequestContext, tx: AuditedTx, type: string, id: string, resource: Resource | Prepared, ifMatch: IfMatch | undefined): Promise<InteractionResult> {
   const head = await svc.store.lockCurrent(tx, type, id);
   if (head && !head.deleted && (await checkTarget(svc, ctx, tx, 'u', type, id, head.lastUpdated)) === 'hidden') {
     // The id is taken by a resource this token may not read: it can neither update nor create it.
@@ -52,8 +52,11 @@ export function updateResult(ctx: RequestContext, head: VersionHead | undefined,
 export async function update(svc: Services, ctx: RequestContext, input: UpdateInput): Promise<InteractionResult> {
   const resource = checkUpdate(input);
   allow(ctx, input.type, 'u', 'update');
+  // Validated and indexed before the transaction (design.md: CPU work before BEGIN); sealed there too
+  // when If-Match names the version it replaces (the JWE binds the new version number).
+  const prepared = await prepareVersion(svc, ctx, input.type, input.id, resource, typeof input.ifMatch === 'number' ? input.ifMatch + 1 : undefined);
   // Two concurrent update-as-creates of one id collide on the primary key; the retry becomes an update.
-  return auditedTransaction(svc, ctx, (tx) => updateIn(svc, ctx, tx, input.type, input.id, resource, input.ifMatch), {
+  return auditedTransaction(svc, ctx, (tx) => updateIn(svc, ctx, tx, input.type, input.id, prepared, input.ifMatch), {
     retryOnUniqueViolation: true,
   });
 }
@@ -70,6 +73,9 @@ export async function conditionalUpdate(svc: Services, ctx: RequestContext, inpu
   refuseLedgerChange(input.type, 'conditional update', 'GET, HEAD, POST');
   allow(ctx, input.type, 'u', 'conditional update');
   const resource = checkResourceShape(input.body, input.type);
+  // Prepared before the transaction for the id it gets without a match; a match's id is stamped there.
+  const fresh = resource.id ?? randomUUID();
+  const prepared = await prepareVersion(svc, ctx, input.type, fresh, resource, typeof input.ifMatch === 'number' ? input.ifMatch + 1 : undefined);
   return auditedTransaction(
     svc,
     ctx,
@@ -80,10 +86,10 @@ export async function conditionalUpdate(svc: Services, ctx: RequestContext, inpu
         if (resource.id !== undefined && resource.id !== matches[0]) {
           throw new FhirError('invalid-resource', 'the resource id differs from the id of the resource the criteria match');
         }
-        return updateIn(svc, ctx, tx, input.type, matches[0], resource, input.ifMatch);
+        return updateIn(svc, ctx, tx, input.type, matches[0], prepared, input.ifMatch);
       }
       // No match: create, with the client's id when it gave one (update-as-create).
-      return updateIn(svc, ctx, tx, input.type, resource.id ?? randomUUID(), resource, input.ifMatch);
+      return updateIn(svc, ctx, tx, input.type, fresh, prepared, input.ifMatch);
     },
     { retryOnUniqueViolation: true },
   );

@@ -4,7 +4,7 @@ import type { Resource } from 'fhir/r4.js';
 import { FhirError, type Issue } from '../fhir/errors.js';
 import { extractIndexRowsPaced } from '../search/index-extract.js';
 import { pace } from '../fhir/pacer.js';
-import type { AuditedTx, NewVersion, StoredVersion, VersionHead, WriteMethod } from '../storage/resource-store.js';
+import type { AuditedTx, NewVersion, SealedRow, StoredVersion, VersionHead, WriteMethod } from '../storage/resource-store.js';
 import { stamp, type IfMatch } from './common.js';
 import type { RequestContext, Services } from './context.js';
 import { allow, requireNewVersions, writeLetters } from './authorize.js';
@@ -67,21 +67,86 @@ export function enforceValid(svc: Services, resource: Resource): Issue[] {
   return issues;
 }
 
+/** Marks a Prepared (a resource body can hold any member name, never this symbol). */
+const PREPARED: unique symbol = Symbol('vesta.prepared');
+
 /**
- * Prepares the first version of a new resource: stamped, validated and indexed, not yet written.
- * Yields to the event loop between the steps (fhir/pacer.ts): each is proportional to the resource.
+ * A version's content made ready before the transaction (design.md: CPU work before BEGIN):
+ * stamped, validated and indexed, and sealed when its version number is known in advance (a create
+ * is version 1, an update with If-Match W/"n" is n + 1). The validation verdict is kept, not thrown,
+ * so that the interaction fails where it failed before (a conditional create that matches answers
+ * with the match whatever the body; a version mismatch is reported before a validation error).
  */
-export async function prepareNew(svc: Services, ctx: RequestContext, type: string, id: string, body: Resource): Promise<{ version: NewVersion; stored: StoredVersion & { warnings: Issue[] } }> {
+export interface Prepared {
+  readonly [PREPARED]: true;
+  resourceType: string;
+  id: string;
+  /** The version number it was stamped (and sealed, when `row` is set) for. */
+  versionId: number;
+  lastUpdated: Date;
+  resource: Resource;
+  outcome: { warnings: Issue[]; index: NewVersion['index'] } | { error: unknown };
+  row?: SealedRow;
+}
+
+/**
+ * Prepares a version of `body` outside any transaction. `versionId` is the version it will most likely
+ * be written as; writeNext stamps it again (and leaves the sealing to storage) when the locked head
+ * says otherwise. Yields to the event loop between the steps (fhir/pacer.ts).
+ */
+export async function prepareVersion(svc: Services, ctx: RequestContext, type: string, id: string, body: Resource, versionId: number | undefined): Promise<Prepared> {
   await pace();
   const lastUpdated = ctx.clock();
-  const resource = stamp({ ...body, id }, 1, lastUpdated);
-  const warnings = enforceValid(svc, resource);
-  await pace();
-  const index = await extractIndexRowsPaced(resource);
+  const v = versionId ?? 1;
+  const resource = stamp({ ...body, id }, v, lastUpdated);
+  let outcome: Prepared['outcome'];
+  try {
+    const warnings = enforceValid(svc, resource);
+    await pace();
+    outcome = { warnings, index: await extractIndexRowsPaced(resource) };
+  } catch (error) {
+    return { [PREPARED]: true, resourceType: type, id, versionId: v, lastUpdated, resource, outcome: { error } };
+  }
+  const row = versionId !== undefined ? await svc.store.sealRow({ resourceType: type, id, versionId, lastUpdated, resource }) : undefined;
+  return { [PREPARED]: true, resourceType: type, id, versionId: v, lastUpdated, resource, outcome, ...(row ? { row } : {}) };
+}
+
+/**
+ * The version a prepared content becomes after `head` (stamped again if the head moved since it was
+ * prepared: another version number, or a lastUpdated that would not move forward). Throws the
+ * content's validation failure, at the point where the write would have validated it.
+ */
+export function finishVersion(ctx: RequestContext, p: Prepared, head: VersionHead | undefined, method: WriteMethod, id = p.id): { version: NewVersion; stored: StoredVersion & { warnings: Issue[] } } {
+  if ('error' in p.outcome) throw p.outcome.error;
+  const versionId = (head?.versionId ?? 0) + 1;
+  const lastUpdated = head && head.lastUpdated.getTime() >= p.lastUpdated.getTime() ? nextTimestamp(ctx, head) : p.lastUpdated;
+  // A conditional update prepared without knowing its target gets the matched id here (ids are not
+  // indexed, and any two valid ids validate alike).
+  const same = versionId === p.versionId && lastUpdated.getTime() === p.lastUpdated.getTime() && id === p.id;
+  const resource = same ? p.resource : stamp({ ...p.resource, id }, versionId, lastUpdated);
+  const { warnings, index } = p.outcome;
   return {
-    version: { resourceType: type, id, versionId: 1, lastUpdated, method: 'POST', resource, index },
-    stored: { resourceType: type, id, versionId: 1, lastUpdated, deleted: false, method: 'POST', resource, warnings },
+    version: {
+      resourceType: p.resourceType,
+      id,
+      versionId,
+      lastUpdated,
+      method,
+      resource,
+      index: index!,
+      ...(head ? { previous: head.versionId } : {}),
+      ...(same && p.row ? { row: p.row } : {}),
+    },
+    stored: { resourceType: p.resourceType, id, versionId, lastUpdated, deleted: false, method, resource, warnings },
   };
+}
+
+/**
+ * Prepares the first version of a new resource: stamped, validated, indexed and sealed, not yet
+ * written (the batched transaction path, before its transaction).
+ */
+export async function prepareNew(svc: Services, ctx: RequestContext, type: string, id: string, body: Resource): Promise<{ version: NewVersion; stored: StoredVersion & { warnings: Issue[] } }> {
+  return finishVersion(ctx, await prepareVersion(svc, ctx, type, id, body, 1), undefined, 'POST');
 }
 
 /**
@@ -98,28 +163,23 @@ export async function prepareNext(
   id: string,
   body: Resource | undefined,
 ): Promise<{ version: NewVersion; stored: StoredVersion & { warnings: Issue[] } }> {
-  await pace();
+  if (body) return finishVersion(ctx, await prepareVersion(svc, ctx, type, id, body, (head?.versionId ?? 0) + 1), head, method);
   const versionId = (head?.versionId ?? 0) + 1;
   const lastUpdated = nextTimestamp(ctx, head);
-  const resource = body ? stamp({ ...body, id }, versionId, lastUpdated) : undefined;
-  const warnings = resource ? enforceValid(svc, resource) : [];
-  await pace();
-  const index = resource ? await extractIndexRowsPaced(resource) : undefined;
   return {
-    version: {
-      resourceType: type,
-      id,
-      versionId,
-      lastUpdated,
-      method,
-      ...(resource ? { resource, index: index! } : {}),
-      ...(head ? { previous: head.versionId } : {}),
-    },
-    stored: { resourceType: type, id, versionId, lastUpdated, deleted: !resource, method, ...(resource ? { resource } : {}), warnings },
+    version: { resourceType: type, id, versionId, lastUpdated, method, ...(head ? { previous: head.versionId } : {}) },
+    stored: { resourceType: type, id, versionId, lastUpdated, deleted: true, method, warnings: [] },
   };
 }
 
-/** Writes the next version of a resource (the caller holds the lock from lockCurrent). */
+function isPrepared(b: Resource | Prepared | undefined): b is Prepared {
+  return b !== undefined && (b as Partial<Prepared>)[PREPARED] === true;
+}
+
+/**
+ * Writes the next version of a resource (the caller holds the lock from lockCurrent), from its
+ * content prepared before the transaction or, for a body given as is, preparing it here.
+ */
 export async function writeNext(
   svc: Services,
   ctx: RequestContext,
@@ -128,9 +188,9 @@ export async function writeNext(
   method: WriteMethod,
   type: string,
   id: string,
-  body: Resource | undefined,
+  body: Resource | Prepared | undefined,
 ): Promise<StoredVersion & { warnings: Issue[] }> {
-  const { version, stored } = await prepareNext(svc, ctx, head, method, type, id, body);
+  const { version, stored } = isPrepared(body) ? finishVersion(ctx, body, head, method, id) : await prepareNext(svc, ctx, head, method, type, id, body);
   if (!version.resource && head) version.formerPatients = await formerPatients(tx, type, id);
   // The content written must be within the token's reach (a patient/ token cannot write into another
   // compartment, a constrained token outside its constraints).

@@ -7,7 +7,7 @@ import type { IndexRows } from '../search/index-extract.js';
 import type { PhiIndexMode } from '../search/phi-seam.js';
 import { phiIndexModeOf } from '../search/blind.js';
 import { preparedRows, type Queryable, type Tx } from './db.js';
-import { writeIndexRows, type IndexWrite } from './search-store.js';
+import { indexCtes, writeIndexRows, type IndexWrite } from './search-store.js';
 import { extractIndexRows } from '../search/index-extract.js';
 import { pace } from '../fhir/pacer.js';
 
@@ -66,6 +66,11 @@ export interface NewVersion {
   index?: IndexRows;
   /** The version this one replaces (undefined when the resource never existed). */
   previous?: number;
+  /**
+   * The row as stored (sealed and serialised), when it was made before the transaction
+   * (ResourceStore.sealRow); storage makes it at write time otherwise.
+   */
+  row?: SealedRow;
   /** A deletion: the patients whose compartment held the version it ends (for its AuditEvent). */
   formerPatients?: string[];
 }
@@ -90,6 +95,21 @@ interface Row {
   sealed: string | null;
   method?: WriteMethod;
   seq?: number;
+}
+
+/** A version's stored form: the content without its sealed elements (JSON text), and the JWE of them. */
+export interface SealedRow {
+  /** The version number the JWE's header binds and the lastUpdated in the content (ms): a row is written only as that version. */
+  versionId: number;
+  lastUpdated: number;
+  content: string | null;
+  sealed: string | null;
+  sealedKid: string | null;
+}
+
+/** Whether a version's row made before the transaction is still its row (same version and lastUpdated). */
+function rowFits(v: NewVersion): boolean {
+  return v.row !== undefined && v.row.versionId === v.versionId && v.row.lastUpdated === v.lastUpdated.getTime();
 }
 
 /** Rows per multi-row INSERT of resources (9 columns: well under PostgreSQL's 65535 bind limit). */
@@ -194,46 +214,43 @@ export class ResourceStore {
    */
   async writeVersion(tx: AuditedTx, v: NewVersion): Promise<void> {
     const recorder = recorderOf(tx);
-    const ref = { resourceType: v.resourceType, id: v.id, versionId: v.versionId };
-    let content: Resource | null = null;
-    let sealed: string | null = null;
-    let sealedKid: string | null = null;
-    if (v.resource) {
-      await pace();
-      const s = await this.codec.seal(v.resource, ref);
-      content = s.content;
-      sealed = s.sealed;
-      sealedKid = s.kid;
-    }
+    const { content: json, sealed, sealedKid } = (rowFits(v) ? v.row! : await this.sealRow(v));
     const deleted = !v.resource;
+    // One statement (one round trip): the history row, the current row (inserted for a first version,
+    // else updated only if it still is the previous version) and the index rows, as data-modifying
+    // CTEs. A second create of the same id fails on the current row's primary key (23505).
+    const lastUpdated = v.lastUpdated.toISOString();
+    const ctes = [
+      'h as (insert into resource_history (resource_type, id, version_id, last_updated, deleted, method, content, sealed, sealed_kid) values (?, ?, ?, ?::timestamptz, ?, ?, ?::jsonb, ?, ?))',
+      v.previous === undefined
+        ? 'c as (insert into resource (resource_type, id, version_id, last_updated, deleted, content, sealed, sealed_kid) values (?, ?, ?, ?::timestamptz, ?, ?::jsonb, ?, ?) returning 1)'
+        : 'c as (update resource set version_id = ?, last_updated = ?::timestamptz, deleted = ?, content = ?::jsonb, sealed = ?, sealed_kid = ? where resource_type = ? and id = ? and version_id = ? returning 1)',
+    ];
+    const bindings: unknown[] = [v.resourceType, v.id, v.versionId, lastUpdated, deleted, v.method, json, sealed, sealedKid];
+    if (v.previous === undefined) bindings.push(v.resourceType, v.id, v.versionId, lastUpdated, deleted, json, sealed, sealedKid);
+    else bindings.push(v.versionId, lastUpdated, deleted, json, sealed, sealedKid, v.resourceType, v.id, v.previous);
+    // Index rows of the new version replace the old ones (none for a deletion); a first version has
+    // no old rows to delete.
+    const index = await indexCtes([{ resourceType: v.resourceType, id: v.id, ...(v.resource && v.index ? { rows: v.index } : {}), replace: v.previous !== undefined }], this.phiIndexMode);
+    ctes.push(...index.ctes);
+    bindings.push(...index.bindings);
+    const res = (await tx.raw(`with ${ctes.join(', ')} select count(*)::int as n from c`, bindings as never[])) as { rows: { n: number }[] };
+    if (res.rows[0].n !== 1) throw Object.assign(new Error('current row changed under a lock'), { code: '40001' });
+    recorder.wrote(v);
+  }
+
+  /**
+   * Seals and serialises a version's content (CPU only, no database): callers make it before their
+   * transaction where the version number is known there (design.md: CPU work before BEGIN), and the
+   * write methods make it otherwise. The JWE's protected header binds type, id and version number.
+   */
+  async sealRow(v: { resourceType: string; id: string; versionId: number; lastUpdated: Date; resource?: Resource }): Promise<SealedRow> {
+    if (!v.resource) return { versionId: v.versionId, lastUpdated: v.lastUpdated.getTime(), content: null, sealed: null, sealedKid: null };
+    await pace();
+    const s = await this.codec.seal(v.resource, { resourceType: v.resourceType, id: v.id, versionId: v.versionId });
     // Sealing and serialising a large resource are each long steps: yield between them (fhir/pacer.ts).
     await pace();
-    const json = content === null ? null : JSON.stringify(content);
-    await pace();
-    await tx('resource_history').insert({
-      resource_type: v.resourceType,
-      id: v.id,
-      version_id: v.versionId,
-      last_updated: v.lastUpdated,
-      deleted,
-      method: v.method,
-      content: json,
-      sealed,
-      sealed_kid: sealedKid,
-    });
-    const current = { version_id: v.versionId, last_updated: v.lastUpdated, deleted, content: json, sealed, sealed_kid: sealedKid };
-    if (v.previous === undefined) {
-      await tx('resource').insert({ resource_type: v.resourceType, id: v.id, ...current });
-    } else {
-      const n = await tx('resource')
-        .where({ resource_type: v.resourceType, id: v.id, version_id: v.previous })
-        .update(current);
-      if (n !== 1) throw Object.assign(new Error('current row changed under a lock'), { code: '40001' });
-    }
-    // Index rows of the new version replace the old ones in this transaction (none for a deletion);
-    // a first version has no old rows to delete.
-    await writeIndexRows(tx, [{ resourceType: v.resourceType, id: v.id, ...(v.resource && v.index ? { rows: v.index } : {}), replace: v.previous !== undefined }], this.phiIndexMode);
-    recorder.wrote(v);
+    return { versionId: v.versionId, lastUpdated: v.lastUpdated.getTime(), content: JSON.stringify(s.content), sealed: s.sealed, sealedKid: s.kid };
   }
 
   /** How PHI reaches the search index: sealed PHI parameters through blind indexes (search/blind.ts). */
@@ -261,21 +278,12 @@ export class ResourceStore {
   async writeVersions(tx: AuditedTx, versions: NewVersion[]): Promise<void> {
     if (!versions.length) return;
     const recorder = recorderOf(tx);
-    // One version at a time, yielding between them (fhir/pacer.ts): sealing thousands of versions at
-    // once (Promise.all) ran as one long chain of microtasks that kept the event loop from everything else.
+    // Rows not sealed before the transaction are sealed one version at a time, yielding between them
+    // (fhir/pacer.ts): sealing thousands of versions at once (Promise.all) ran as one long chain of
+    // microtasks that kept the event loop from everything else.
     const rows: { resource_type: string; id: string; version_id: number; last_updated: Date; deleted: boolean; content: string | null; sealed: string | null; sealed_kid: string | null }[] = [];
     for (const v of versions) {
-      await pace();
-      let content: string | null = null;
-      let sealed: string | null = null;
-      let sealedKid: string | null = null;
-      if (v.resource) {
-        const s = await this.codec.seal(v.resource, { resourceType: v.resourceType, id: v.id, versionId: v.versionId });
-        await pace();
-        content = JSON.stringify(s.content);
-        sealed = s.sealed;
-        sealedKid = s.kid;
-      }
+      const { content, sealed, sealedKid } = (rowFits(v) ? v.row! : await this.sealRow(v));
       rows.push({ resource_type: v.resourceType, id: v.id, version_id: v.versionId, last_updated: v.lastUpdated, deleted: !v.resource, content, sealed, sealed_kid: sealedKid });
     }
     for (let i = 0; i < rows.length; i += BATCH_ROWS) {

@@ -78,6 +78,16 @@ export async function writeIndexRows(q: Queryable, writes: IndexWrite[], mode: P
 }
 
 async function writeChunk(q: Queryable, writes: IndexWrite[], mode: PhiIndexMode): Promise<void> {
+  const { ctes, bindings } = await indexCtes(writes, mode);
+  if (ctes.length) await q.raw(`with ${ctes.join(', ')} select 1`, bindings);
+}
+
+/**
+ * The data-modifying CTEs (and their bindings, in order) that write the index rows of `writes`
+ * (at most WRITE_CHUNK of them): for writeIndexRows, or to join another statement (a single version's
+ * write is one statement, storage/resource-store.ts).
+ */
+export async function indexCtes(writes: IndexWrite[], mode: PhiIndexMode): Promise<{ ctes: string[]; bindings: string[] }> {
   const ctes: string[] = [];
   const bindings: string[] = [];
   const owners = writes.filter((w) => w.replace).map((w) => ({ t: w.resourceType, i: w.id }));
@@ -103,7 +113,7 @@ async function writeChunk(q: Queryable, writes: IndexWrite[], mode: PhiIndexMode
   const blind = await blindIndexCtes(writes, mode);
   ctes.push(...blind.ctes);
   bindings.push(...blind.bindings);
-  if (ctes.length) await q.raw(`with ${ctes.join(', ')} select 1`, bindings);
+  return { ctes, bindings };
 }
 
 // ---- searches ------------------------------------------------------------------------------------
