@@ -8,7 +8,7 @@ import { operationOutcome, outcomeId } from '../fhir/outcome.js';
 import { due, pace, pause } from '../fhir/pacer.js';
 import { conditionalReferences, rewriteReferences } from '../fhir/references.js';
 import { isResourceType } from '../fhir/definitions.js';
-import { advisoryXactLocks } from '../storage/db.js';
+import { advisoryXactLocks, type Tx } from '../storage/db.js';
 import { audited, auditedTransaction, entryContext, recordedEntries, trailRecorder, type Audited } from './audit.js';
 import type { AuditTrail } from '../audit/trail.js';
 import { parseEntry, statusText, type ParsedEntry } from './bundle-entry.js';
@@ -272,17 +272,21 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
       if (i !== undefined) entryRecorders[i].wrote(v);
     },
   };
-  const results = await auditedTransaction(svc, ctx, async (tx) => {
-    for (let i = undo.length - 1; i >= 0; i--) undo[i][0][undo[i][1]] = undo[i][2];
-    undo.length = 0;
+  // 1-3 below: identities, conditional references and the rewrite of references. They need the
+  // database only for conditional entries and conditional references (searches under the lock); a
+  // Bundle with neither (plain creates with fresh ids, PUT/PATCH/DELETE by id: a typical ingest) is
+  // resolved once, before the transaction, and its creates are validated, indexed and sealed there too
+  // (design.md: CPU work before BEGIN), so a retried attempt repeats none of it.
+  const resolve = async (tx: Tx | undefined) => {
+    const lookup = (): Tx => {
+      if (!tx) throw new Error('a conditional entry resolved outside the transaction');
+      return tx;
+    };
     // Entries resolved in this attempt (conditional patch/delete get their target's id) stay local to it.
     const entries = [...parsed];
-    // Every interaction below runs on this one transaction (nested calls become savepoints).
-    const txSvc: Services = { ...svc, db: { ...svc.db, knex: tx as unknown as typeof svc.db.knex } };
     const map = new Map<string, string>();
     const assigned = new Map<number, string>();
     const targets = new Map<string, number>();
-    targetsOfAttempt = targets;
     const claim = (e: ParsedEntry, ref: string) => {
       const prev = targets.get(ref);
       if (prev !== undefined) throw new FhirError('invalid-request', `entries ${prev} and ${e.index} resolve to the same resource ${ref}`);
@@ -299,7 +303,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
         if (e.method === 'POST' && e.id === undefined) {
           let id: string | undefined;
           if (e.ifNoneExist !== undefined) {
-            const m = await lockAndMatch(tx, e.type, e.ifNoneExist, svc.store.phiIndexMode, scopeOf(e.type, 'conditional create'));
+            const m = await lockAndMatch(lookup(), e.type, e.ifNoneExist, svc.store.phiIndexMode, scopeOf(e.type, 'conditional create'));
             if (m.length > 1) throw new FhirError('multiple-matches', 'ifNoneExist matches more than one resource');
             if (m.length === 1) {
               id = m[0];
@@ -312,7 +316,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
           if (e.fullUrl) map.set(e.fullUrl, `${e.type}/${id}`);
           claim(e, `${e.type}/${id}`);
         } else if (e.method === 'PUT' && e.id === undefined) {
-          const m = await lockAndMatch(tx, e.type, e.query!, svc.store.phiIndexMode, scopeOf(e.type, 'conditional update'));
+          const m = await lockAndMatch(lookup(), e.type, e.query!, svc.store.phiIndexMode, scopeOf(e.type, 'conditional update'));
           if (m.length > 1) throw new FhirError('multiple-matches', 'the criteria match more than one resource');
           const bodyId = typeof e.resource?.id === 'string' ? e.resource.id : undefined;
           if (m.length === 1 && bodyId !== undefined && bodyId !== m[0]) throw new FhirError('invalid-resource', 'the resource id differs from the matching resource');
@@ -325,7 +329,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
           // Conditional patch and delete resolve here too, so that their targets take part in the
           // overlap rule (bundle.html#transaction: resolved identities of conditional update/delete
           // that overlap fail the transaction) and in the ordered locks; they then run as keyed entries.
-          const m = await lockAndMatch(tx, e.type, e.query!, svc.store.phiIndexMode, scopeOf(e.type, `conditional ${e.method === 'DELETE' ? 'delete' : 'patch'}`));
+          const m = await lockAndMatch(lookup(), e.type, e.query!, svc.store.phiIndexMode, scopeOf(e.type, `conditional ${e.method === 'DELETE' ? 'delete' : 'patch'}`));
           if (m.length > 1) throw new FhirError('multiple-matches', e.method === 'DELETE' ? 'the criteria match more than one resource; only single deletes are supported' : 'the criteria match more than one resource');
           if (m.length === 0) {
             if (e.method === 'PATCH') throw new FhirError('not-found', 'no resource matches the criteria');
@@ -356,7 +360,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
         try {
           if (!isResourceType(type)) throw new FhirError('invalid-request', 'a conditional reference names an unknown resource type');
           const where = narrowing(svc, ctx, [type], 'conditional reference');
-          const m = await lockAndMatch(tx, type, ref.slice(q + 1), svc.store.phiIndexMode, { ...(where ? { where } : {}), hops: hopScope(svc, ctx) });
+          const m = await lockAndMatch(lookup(), type, ref.slice(q + 1), svc.store.phiIndexMode, { ...(where ? { where } : {}), hops: hopScope(svc, ctx) });
           if (m.length === 0) throw new FhirError('not-found', `the conditional reference to ${type} matches no resource`);
           if (m.length > 1) throw new FhirError('multiple-matches', `the conditional reference to ${type} matches more than one resource`);
           map.set(ref, `${type}/${m[0]}`);
@@ -373,27 +377,50 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
         rewriteReferences(e.resource, map, undo);
       }
     }
+    return { entries, map, assigned, targets, preExisting, lockTargets, unmatchedDeletes };
+  };
+  // Plain creates (fresh server ids) are prepared one by one and written together when the POST stage
+  // is reached (before the transaction when the Bundle needs no lookup, else in it).
+  const prepareBulk = async (r: Resolved): Promise<Map<number, { version: NewVersion; stored: Awaited<ReturnType<typeof prepareNew>>['stored'] }>> => {
+    const bulk = new Map<number, { version: NewVersion; stored: Awaited<ReturnType<typeof prepareNew>>['stored'] }>();
+    for (const e of r.entries) {
+      // AuditEvents are appended to the ledger by create (runEntry), never written as resources.
+      if (e.method !== 'POST' || e.id !== undefined || r.preExisting.has(e.index) || e.type === 'AuditEvent') continue;
+      try {
+        const body = checkResourceShape(e.resource, e.type);
+        bulk.set(e.index, await prepareNew(svc, ctx, e.type, r.assigned.get(e.index)!, body));
+      } catch (err) {
+        throw failure(err, e);
+      }
+    }
+    return bulk;
+  };
+  type Resolved = Awaited<ReturnType<typeof resolve>>;
+  const needsLookup = parsed.some((e) => (e.method === 'POST' && e.id === undefined && e.ifNoneExist !== undefined) || ((e.method === 'PUT' || e.method === 'PATCH' || e.method === 'DELETE') && e.id === undefined) || (e.resource !== undefined && conditionalReferences(e.resource).length > 0));
+  const early = needsLookup ? undefined : await resolve(undefined);
+  const earlyBulk = early ? await prepareBulk(early) : undefined;
+  const results = await auditedTransaction(svc, ctx, async (tx) => {
+    // Every interaction below runs on this one transaction (nested calls become savepoints).
+    const txSvc: Services = { ...svc, db: { ...svc.db, knex: tx as unknown as typeof svc.db.knex } };
+    if (!early) {
+      for (let i = undo.length - 1; i >= 0; i--) undo[i][0][undo[i][1]] = undo[i][2];
+      undo.length = 0;
+    }
+    const { entries, assigned, targets, preExisting, lockTargets, unmatchedDeletes } = early ?? (await resolve(tx));
+    targetsOfAttempt = targets;
     // Lock every resource this transaction writes, in one global order, before writing any:
     // concurrent transactions over the same resources then queue instead of deadlocking.
     await advisoryXactLocks(tx, [...lockTargets].sort().map((ref) => lockKey(`resource:${ref}`)));
     const out: InteractionResult[] = new Array(entries.length);
     // 4. Execute in the spec's order; answers keep the request order.
     const ordered = [...entries].sort((a, b) => ORDER[a.method] - ORDER[b.method] || a.index - b.index);
-    // Plain creates (fresh server ids) are prepared one by one and written together when the
-    // POST stage is reached; PUT and DELETE entries with an id are locked, checked and written
-    // together when their stage is reached (transaction-writes.ts); the rest runs entry by entry.
+    // PUT and DELETE entries with an id are locked, checked and written together when their stage is
+    // reached (transaction-writes.ts); the rest runs entry by entry.
+    const prepared = earlyBulk ?? (await prepareBulk({ entries, assigned, preExisting } as Resolved));
     const bulk = new Map<number, NewVersion>();
-    for (const e of entries) {
-      // AuditEvents are appended to the ledger by create (runEntry), never written as resources.
-      if (e.method !== 'POST' || e.id !== undefined || preExisting.has(e.index) || e.type === 'AuditEvent') continue;
-      try {
-        const body = checkResourceShape(e.resource, e.type);
-        const { version, stored } = await prepareNew(txSvc, ctx, e.type, assigned.get(e.index)!, body);
-        bulk.set(e.index, version);
-        out[e.index] = writeResult(ctx, 201, stored, `created ${e.type}/${version.id}`);
-      } catch (err) {
-        throw failure(err, e);
-      }
+    for (const [i, { version, stored }] of prepared) {
+      bulk.set(i, version);
+      out[i] = writeResult(ctx, 201, stored, `created ${version.resourceType}/${version.id}`);
     }
     // Created content must be within the token's reach (one statement for all of them).
     await requireNewVersions(txSvc, ctx, tx, [...bulk].map(([i, version]) => ({ version, letters: ['c'] as Letter[], label: `entry ${i}` })));
