@@ -1,7 +1,8 @@
 // Seals the PHI elements of each resource version as one compact JWE (RFC 7516; A256KW key
 // wrapping with a fresh content key and IV per message, A256GCM content encryption). The protected
 // header binds resourceType, id and versionId, so a ciphertext copied to another row does not open.
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv } from 'node:crypto';
+import { freshBytes } from './random-pool.js';
 import { pace } from '../fhir/pacer.js';
 import type { Resource } from 'fhir/r4.js';
 import { BlindIndexer } from './blind-index.js';
@@ -87,8 +88,10 @@ export class JweCodec implements PhiCodec {
     if (!kek || kek.length !== 32) throw new Error('the active PHI key is not a 256-bit symmetric key');
     const header = { alg: 'A256KW', enc: 'A256GCM', kid, 'vesta.rt': ref.resourceType, 'vesta.id': ref.id, 'vesta.v': ref.versionId };
     const h = Buffer.from(JSON.stringify(header), 'utf8').toString('base64url');
-    const cek = randomBytes(32);
-    const iv = randomBytes(12);
+    // One draw for the content key and the IV (random-pool.ts).
+    const fresh = freshBytes(44);
+    const cek = fresh.subarray(0, 32);
+    const iv = fresh.subarray(32);
     const wrap = createCipheriv('id-aes256-wrap', kek, AES_KW_IV);
     const ek = Buffer.concat([wrap.update(cek), wrap.final()]);
     const gcm = createCipheriv('aes-256-gcm', cek, iv, { authTagLength: 16 });
