@@ -135,7 +135,8 @@ export class ResourceStore {
     };
     if (!row.deleted && row.content !== null) {
       const content = typeof row.content === 'string' ? (JSON.parse(row.content) as Resource) : row.content;
-      const opened = await this.codec.open(content, row.sealed, { resourceType: v.resourceType, id: v.id, versionId: v.versionId });
+      // The row's content was parsed for this call alone: opened in place.
+      const opened = await this.codec.openOwned(content, row.sealed, { resourceType: v.resourceType, id: v.id, versionId: v.versionId });
       // jsonb does not keep member order; put the envelope first as clients expect to read it.
       const { resourceType, id, meta, ...rest } = opened as Resource & Record<string, unknown>;
       v.resource = { resourceType, id, meta, ...rest } as Resource;

@@ -140,3 +140,42 @@ describe('JWE sealing', () => {
     expect(() => checkRing({ ...ring, keys: [{ ...ring.keys[0], k: 'short' }] })).toThrow();
   });
 });
+
+describe('withoutProtected (sealing without a deep copy)', () => {
+  test('gives what extractProtected gives on a copy, over every R4 example, and leaves the resource as it was', async () => {
+    const { extractProtected, withoutProtected } = await import('../../src/crypto/phi-extract.js');
+    const { readdirSync } = await import('node:fs');
+    let compared = 0;
+    let withPhi = 0;
+    for (const f of readdirSync(examples).filter((n) => n.endsWith('.json') && n !== 'package.json')) {
+      const resource = JSON.parse(readFileSync(join(examples, f), 'utf8')) as Record<string, unknown>;
+      if (typeof resource.resourceType !== 'string') continue;
+      const before = JSON.stringify(resource);
+      const copy = structuredClone(resource);
+      const expected = extractProtected(copy, policy);
+      const got = withoutProtected(resource, policy);
+      // Same pointers and values in the same order, same stored content (member order included).
+      expect(JSON.stringify(got.extracted)).toBe(JSON.stringify(expected));
+      expect(JSON.stringify(got.content)).toBe(JSON.stringify(copy));
+      // The resource itself is untouched, and nothing is copied when nothing is sealed.
+      expect(JSON.stringify(resource)).toBe(before);
+      if (!expected.length) expect(got.content).toBe(resource);
+      else withPhi++;
+      compared++;
+    }
+    // The package holds thousands of examples (Bundles with entries, contained resources among them).
+    expect(compared).toBeGreaterThan(2000);
+    expect(withPhi).toBeGreaterThan(500);
+  });
+
+  test('sealed content opens back to the resource, and the resource is not changed by sealing', async () => {
+    const codec = new JweCodec(new LocalKeyRing(generateKeyRing()), policy);
+    const patient = example('Patient-example.json');
+    const before = JSON.stringify(patient);
+    const s = await codec.seal(patient, ref(patient));
+    expect(JSON.stringify(patient)).toBe(before);
+    expect(JSON.stringify(s.content)).not.toContain('Chalmers');
+    const opened = await codec.openOwned(JSON.parse(JSON.stringify(s.content)) as Resource, s.sealed, ref(patient));
+    expect(opened).toEqual(patient);
+  });
+});
