@@ -9,11 +9,16 @@ import canonicalize from 'canonicalize';
 
 export const GENESIS = Buffer.alloc(32);
 
-/** RFC 8785 canonical bytes of a JSON value. */
-export function canonicalBytes(value: unknown): Buffer {
+/** RFC 8785 canonical JSON of a value, as text. */
+export function canonicalText(value: unknown): string {
   const text = canonicalize(value);
   if (text === undefined) throw new Error('the value has no JSON form');
-  return Buffer.from(text, 'utf8');
+  return text;
+}
+
+/** RFC 8785 canonical bytes of a JSON value. */
+export function canonicalBytes(value: unknown): Buffer {
+  return Buffer.from(canonicalText(value), 'utf8');
 }
 
 export function eventDigest(event: unknown): Buffer {

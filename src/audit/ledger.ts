@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Queryable } from '../storage/db.js';
 import { insertEntries, type NewEntry } from '../storage/audit-store.js';
-import { canonicalBytes, canonicalDigest } from './chain.js';
+import { canonicalDigest, canonicalText } from './chain.js';
 import { searchColumns } from './search-columns.js';
 import { due, pause } from '../fhir/pacer.js';
 
@@ -29,7 +29,7 @@ export async function appendEvents(q: Queryable, events: LedgerEvent[], opts: Ap
   const rows: NewEntry[] = [];
   for (const e of stored) {
     if (due()) await pause();
-    const canonical = canonicalBytes(e).toString('utf8');
+    const canonical = canonicalText(e);
     rows.push({ canonical, digest: canonicalDigest(canonical), columns: searchColumns(e, opts.baseUrl) });
   }
   await insertEntries(q, rows);
