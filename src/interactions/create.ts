@@ -30,8 +30,10 @@ export async function create(svc: Services, ctx: RequestContext, input: CreateIn
   // The server assigns the id; a client id in the body is ignored (http.html#create).
   const id = input.assignedId ?? randomUUID();
   // Validated, indexed and sealed before the transaction (design.md: CPU work before BEGIN); a
-  // validation failure is thrown where the write needs the version, after a conditional create's match.
+  // conditional create's validation failure is thrown in it, once no match answers instead.
   const prepared = await prepareVersion(svc, ctx, input.type, id, resource, 1);
+  // A plain create has nothing to check first: an invalid one opens no transaction.
+  if (input.ifNoneExist === undefined && 'error' in prepared.outcome) throw prepared.outcome.error;
   return auditedTransaction(svc, ctx, async (tx) => {
     if (input.ifNoneExist !== undefined) {
       const matches = await lockAndMatch(tx, input.type, input.ifNoneExist, svc.store.phiIndexMode, scope);
