@@ -27,7 +27,13 @@ export interface RegistryPair {
   close(): Promise<void>;
 }
 
-export async function startRegistryPair(backend: BackendName): Promise<RegistryPair> {
+export interface RegistryPairOptions {
+  /** The scope the registry grants its sync client, and the one the client asks for (default system/*.cruds). */
+  scope?: string;
+}
+
+export async function startRegistryPair(backend: BackendName, opts: RegistryPairOptions = {}): Promise<RegistryPair> {
+  const scope = opts.scope ?? 'system/*.cruds';
   const proxy = await RegistryProxy.start();
   const base = `${proxy.url}/fhir`;
   const registryServer = await startTestServer(backend, { BASE_URL: base });
@@ -38,11 +44,11 @@ export async function startRegistryPair(backend: BackendName): Promise<RegistryP
   const clientId = 'iis-sync';
   await addClient(
     registryServer.svc.db.knex,
-    { client_id: clientId, type: 'confidential-asymmetric', redirect_uris: [], scope: 'system/*.cruds', jwks: { keys: [{ ...(await exportJWK(publicKey)), kid, alg: 'ES384', use: 'sig' }] } },
+    { client_id: clientId, type: 'confidential-asymmetric', redirect_uris: [], scope, jwks: { keys: [{ ...(await exportJWK(publicKey)), kid, alg: 'ES384', use: 'sig' }] } },
     { allowLoopbackJwksUri: false },
   );
   const jwk: JWK = { ...(await exportJWK(privateKey)), kid, alg: 'ES384' };
-  const auth = { type: 'backend-services' as const, tokenUrl: `${base}/auth/token`, clientId, privateKey: jwk, alg: 'ES384', scope: 'system/*.cruds' };
+  const auth = { type: 'backend-services' as const, tokenUrl: `${base}/auth/token`, clientId, privateKey: jwk, alg: 'ES384', scope };
   return {
     proxy,
     registryServer,
