@@ -1,5 +1,7 @@
 // A small closed-loop HTTP load generator over keep-alive sockets (loopback, bounded by time).
 import { Agent, request } from 'node:http';
+import { readdirSync, readFileSync } from 'node:fs';
+import pg from 'pg';
 
 export interface Sample {
   ms: number;
@@ -61,4 +63,66 @@ export async function closedLoop(connections: number, seconds: number, op: (work
   const elapsed = (Date.now() - t0) / 1000;
   lat.sort((a, b) => a - b);
   return { rps: lat.length / elapsed, lat, errors };
+}
+
+/**
+ * CPU time (user + system) so far of a process and its live descendants (the server processes under
+ * WEB_CONCURRENCY), in ms, from /proc (clock ticks of 10 ms); undefined where /proc has no such process.
+ */
+export function procCpuMs(pid: number | undefined): number | undefined {
+  const one = (p: number): number | undefined => {
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      let ms = (Number(f[11]) + Number(f[12])) * 10;
+      for (const task of readdirSync(`/proc/${p}/task`)) {
+        let kids: string[] = [];
+        try {
+          kids = readFileSync(`/proc/${p}/task/${task}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+        } catch {
+          /* no children file (kernel without CONFIG_PROC_CHILDREN): the process alone */
+        }
+        for (const k of kids) ms += one(Number(k)) ?? 0;
+      }
+      return ms;
+    } catch {
+      return undefined;
+    }
+  };
+  return pid === undefined ? undefined : one(pid);
+}
+
+/** CPU of a server process and of the PostgreSQL backends serving a database, at one moment (ms by pid). */
+export interface CpuSnapshot {
+  node: number | undefined;
+  pg: Map<number, number>;
+}
+
+/** The server's CPU (with its child processes) and that of every backend connected to `databaseUrl` but the one asking. */
+export async function cpuSnapshot(pid: number | undefined, databaseUrl: string): Promise<CpuSnapshot> {
+  const c = new pg.Client({ connectionString: databaseUrl });
+  c.on('error', () => undefined);
+  await c.connect();
+  let pids: number[];
+  try {
+    pids = (await c.query<{ pid: number }>('select pid from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()')).rows.map((r) => r.pid);
+  } finally {
+    await c.end();
+  }
+  const pgCpu = new Map<number, number>();
+  for (const p of pids) {
+    const ms = procCpuMs(p);
+    if (ms !== undefined) pgCpu.set(p, ms);
+  }
+  return { node: procCpuMs(pid), pg: pgCpu };
+}
+
+/**
+ * CPU spent between two snapshots: the server's, and PostgreSQL's on that database (a backend that
+ * appeared in between counts whole, one that left in between is missed: pools keep theirs open).
+ */
+export function cpuSpent(a: CpuSnapshot, b: CpuSnapshot): { nodeMs: number | undefined; pgMs: number } {
+  let pgMs = 0;
+  for (const [p, ms] of b.pg) pgMs += ms - (a.pg.get(p) ?? 0);
+  return { nodeMs: a.node !== undefined && b.node !== undefined ? b.node - a.node : undefined, pgMs };
 }

@@ -19,7 +19,6 @@
 // BENCH_REGISTRY_IMMUNIZATIONS per direction (default 2,000), split evenly over BENCH_ROUNDS rounds,
 // 4 per Patient; figures are medians of the rounds. Seeding and checks are not timed.
 import { randomBytes, randomUUID } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 import { Agent } from 'node:http';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
@@ -31,7 +30,7 @@ import { pullOnce, pushOnce, type SyncReport } from '../src/jobs/registry/sync.j
 import { createLogger } from '../src/log/logger.js';
 import { buildServices } from '../src/server.js';
 import { openDatabase } from '../src/storage/db.js';
-import { httpCall, median } from './load.js';
+import { httpCall, median, procCpuMs } from './load.js';
 
 export interface RegistryBenchDeps {
   start(port: number, env: Record<string, string>): { child: ChildProcess };
@@ -64,32 +63,6 @@ export interface RegistryRound {
   syncCpuMs?: number;
 }
 
-/**
- * CPU time (user + system) so far of a process and its live descendants (the server processes under
- * WEB_CONCURRENCY), in ms, from /proc (clock ticks of 10 ms); undefined where /proc has no such process.
- */
-function procCpuMs(pid: number | undefined): number | undefined {
-  const one = (p: number): number | undefined => {
-    try {
-      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      let ms = (Number(f[11]) + Number(f[12])) * 10;
-      for (const task of readdirSync(`/proc/${p}/task`)) {
-        let kids: string[] = [];
-        try {
-          kids = readFileSync(`/proc/${p}/task/${task}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
-        } catch {
-          /* no children file (kernel without CONFIG_PROC_CHILDREN): the process alone */
-        }
-        for (const k of kids) ms += one(Number(k)) ?? 0;
-      }
-      return ms;
-    } catch {
-      return undefined;
-    }
-  };
-  return pid === undefined ? undefined : one(pid);
-}
 
 /** CPU ms per Immunization spent by the registry server and by this process while `body` ran. */
 async function withCpu<T>(registryPid: number | undefined, n: number, body: () => Promise<T>): Promise<{ value: T; registryCpuMs?: number; syncCpuMs: number }> {

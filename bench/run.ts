@@ -32,7 +32,7 @@ import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { findPackageRoot } from '../src/fhir/package-root.js';
-import { closedLoop, httpCall, median, percentile } from './load.js';
+import { closedLoop, cpuSnapshot, cpuSpent, httpCall, median, percentile } from './load.js';
 import { generateKeyRing } from '../src/crypto/key-ring.js';
 import { generateSigningRing, signAccessToken } from '../src/auth/signing-keys.js';
 import { loadConfig } from '../src/config/config.js';
@@ -333,12 +333,14 @@ async function main(): Promise<void> {
       // The cost of authorization: the same server with AUTH=off on the same database (started after
       // the first, which applied the migrations), measured in the same rounds; sent no token.
       let offBase: URL | undefined;
+      let offPid: number | undefined;
       if (phase('read') || phase('search')) {
         const off = startVesta(18305 + PORT_OFFSET, { DATABASE_URL: databaseUrl, DATABASE_POOL_MAX: '10', AUTH: 'off' });
         children.push(off.child);
         await waitReady(`http://127.0.0.1:${18305 + PORT_OFFSET}/readyz`, 60000);
         warm.push(off.warm);
         offBase = new URL(baseUrlOf(18305 + PORT_OFFSET));
+        offPid = off.child.pid;
       }
       const authCost: Record<string, unknown> = {};
       results.warmUpMs = await Promise.all(warm);
@@ -374,22 +376,33 @@ async function main(): Promise<void> {
         const cBase = new URL(`http://127.0.0.1:${18303 + PORT_OFFSET}`);
 
         // Read by id, 16 connections, alternating Vesta (AUTH=on), Vesta (AUTH=off) and ceiling rounds so noise hits all.
-        type ReadFig = { rps: number; p50: number; p99: number };
+        // CPU per request (ms): the server process's and PostgreSQL's on this database, from /proc; less
+        // moved by other load on the machine than requests per second.
+        type ReadFig = { rps: number; p50: number; p99: number; nodeCpuMs?: number; pgCpuMs: number };
         const readV: ReadFig[] = [];
         const readOff: ReadFig[] = [];
         const readC: ReadFig[] = [];
         const pick = () => idRows[Math.floor(Math.random() * idRows.length)];
-        const legs: [URL, Record<string, string>, ReadFig[]][] = [[vBase, vH, readV], ...(offBase ? [[offBase, {}, readOff] as [URL, Record<string, string>, ReadFig[]]] : []), [cBase, {}, readC]];
+        const legs: [URL, Record<string, string>, ReadFig[], number | undefined][] = [[vBase, vH, readV, vesta.child.pid], ...(offBase ? [[offBase, {}, readOff, offPid] as [URL, Record<string, string>, ReadFig[], number | undefined]] : []), [cBase, {}, readC, ceiling.pid]];
         // Unmeasured warm-up of each server (JIT, pools): the AUTH=off Vesta has served nothing yet.
         for (const [base, headers] of legs) await closedLoop(16, WARM_SECONDS, () => httpCall(agent, base, 'GET', `/Patient/${pick()}`, undefined, headers));
         for (let r = 0; r < ROUNDS; r++) {
-          for (const [base, headers, out] of legs) {
+          for (const [base, headers, out, pid] of legs) {
+            const c0 = await cpuSnapshot(pid, databaseUrl);
             const res = await closedLoop(16, SECONDS, () => httpCall(agent, base, 'GET', `/Patient/${pick()}`, undefined, headers));
+            const spent = cpuSpent(c0, await cpuSnapshot(pid, databaseUrl));
             if (res.errors) throw new Error(`read errors: ${res.errors} (${base.port})`);
-            out.push({ rps: res.rps, p50: percentile(res.lat, 50), p99: percentile(res.lat, 99) });
+            const n = res.lat.length;
+            out.push({ rps: res.rps, p50: percentile(res.lat, 50), p99: percentile(res.lat, 99), ...(spent.nodeMs !== undefined ? { nodeCpuMs: spent.nodeMs / n } : {}), pgCpuMs: spent.pgMs / n });
           }
         }
-        const summarise = (xs: ReadFig[]) => ({ rps: round1(median(xs.map((x) => x.rps))), p50: round1(median(xs.map((x) => x.p50))), p99: round1(median(xs.map((x) => x.p99))) });
+        const r3 = (x: number) => Math.round(x * 1000) / 1000;
+        const summarise = (xs: ReadFig[]) => ({
+          rps: round1(median(xs.map((x) => x.rps))),
+          p50: round1(median(xs.map((x) => x.p50))),
+          p99: round1(median(xs.map((x) => x.p99))),
+          cpuMsPerRequest: { server: xs.every((x) => x.nodeCpuMs !== undefined) ? r3(median(xs.map((x) => x.nodeCpuMs!))) : null, postgres: r3(median(xs.map((x) => x.pgCpuMs))) },
+        });
         const rv = summarise(readV);
         const rc = summarise(readC);
         results.readById = { connections: 16, vesta: rv, ceiling: rc, ratio: Math.round((rv.rps / rc.rps) * 1000) / 1000 };
@@ -407,11 +420,12 @@ async function main(): Promise<void> {
           { type: 'Observation', make: (i: number) => ({ resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] }, valueQuantity: { value: 60 + (i % 40), unit: '/min' } }) },
           { type: 'Basic', make: (i: number) => ({ resourceType: 'Basic', code: { text: `b${i}` } }) },
         ];
-        const crudRounds: { rps: number; perOp: Record<string, number[]> }[] = [];
+        const crudRounds: { rps: number; perOp: Record<string, number[]>; nodeCpuMs?: number; pgCpuMs: number }[] = [];
         for (let r = 0; r < ROUNDS; r++) {
           const perOp: Record<string, number[]> = { create: [], read: [], update: [], delete: [] };
           let calls = 0;
           let errors = 0;
+          const c0 = await cpuSnapshot(vesta.child.pid, databaseUrl);
           const t0 = Date.now();
           const until = t0 + SECONDS * 1000;
           await Promise.all(
@@ -435,7 +449,9 @@ async function main(): Promise<void> {
           );
           if (errors) throw new Error(`CRUD errors: ${errors}`);
           for (const k of Object.keys(perOp)) perOp[k].sort((a, b) => a - b);
-          crudRounds.push({ rps: calls / ((Date.now() - t0) / 1000), perOp });
+          const rps = calls / ((Date.now() - t0) / 1000);
+          const spent = cpuSpent(c0, await cpuSnapshot(vesta.child.pid, databaseUrl));
+          crudRounds.push({ rps, perOp, ...(spent.nodeMs !== undefined ? { nodeCpuMs: spent.nodeMs / calls } : {}), pgCpuMs: spent.pgMs / calls });
         }
 
         results.crudCycle = {
@@ -444,6 +460,11 @@ async function main(): Promise<void> {
           rps: round1(median(crudRounds.map((c) => c.rps))),
           p50: Object.fromEntries(ops.map((o) => [o, round1(median(crudRounds.map((c) => percentile(c.perOp[o], 50))))])),
           p99: Object.fromEntries(ops.map((o) => [o, round1(median(crudRounds.map((c) => percentile(c.perOp[o], 99))))])),
+          // CPU per request (ms, median of the rounds): the server process's and PostgreSQL's on this database.
+          cpuMsPerRequest: {
+            server: crudRounds.every((c) => c.nodeCpuMs !== undefined) ? Math.round(median(crudRounds.map((c) => c.nodeCpuMs!)) * 1000) / 1000 : null,
+            postgres: Math.round(median(crudRounds.map((c) => c.pgCpuMs)) * 1000) / 1000,
+          },
         };
       }
 
@@ -476,8 +497,10 @@ async function main(): Promise<void> {
     await admin(`drop database if exists ${dbName} with (force)`);
   }
 
-  type ReadById = { vesta: { rps: number; p50: number; p99: number }; ceiling: { rps: number; p50: number; p99: number }; ratio: number };
-  const r = results as { readById?: ReadById; crudCycle?: { rps: number; p50: Record<string, number>; p99: Record<string, number> }; coldStartMs?: { median: number } };
+  type Cpu = { cpuMsPerRequest: { server: number | null; postgres: number } };
+  type ReadById = { vesta: { rps: number; p50: number; p99: number } & Cpu; ceiling: { rps: number; p50: number; p99: number } & Cpu; ratio: number };
+  const r = results as { readById?: ReadById; crudCycle?: { rps: number; p50: Record<string, number>; p99: Record<string, number> } & Cpu; coldStartMs?: { median: number } };
+  const cpu = (c: Cpu) => `${c.cpuMsPerRequest.server ?? '?'} / ${c.cpuMsPerRequest.postgres}`;
   const ingestRes = results.ingest as { runs: IngestRun[]; verification: { countsMatch: boolean; urnLeft: number; references: number; unresolved: number }; freshQueries?: FreshQuery[] } | undefined;
   const lines = [
     `Vesta bench ${results.date as string}  (PHI_ENCRYPTION=${PHI}; AUTH=on, ${SYSTEM_SCOPE} token; ${cpus().length} cores, ${Math.round(totalmem() / 1024 ** 3)} GiB, ${process.version}; ${ROUNDS} rounds x ${SECONDS}s, medians${ONLY ? `; phases ${[...ONLY].join(',')}` : ''})`,
@@ -488,10 +511,15 @@ async function main(): Promise<void> {
       ? [
           `| read by id, 16 conn: req/s | ${r.readById.vesta.rps} | ${r.readById.ceiling.rps} (bare Express+pg) | ${r.readById.ratio} |`,
           `| read by id: p50 / p99 ms | ${r.readById.vesta.p50} / ${r.readById.vesta.p99} | ${r.readById.ceiling.p50} / ${r.readById.ceiling.p99} | |`,
+          `| read by id: CPU ms per request, server / PostgreSQL | ${cpu(r.readById.vesta)} | ${cpu(r.readById.ceiling)} | |`,
         ]
       : []),
     ...(r.crudCycle
-      ? [`| CRUD cycle, ${CRUD_CONNECTIONS} conn: req/s | ${r.crudCycle.rps} | | |`, `| CRUD p99 ms (create/read/update/delete) | ${ops.map((o) => r.crudCycle!.p99[o]).join(' / ')} | | |`]
+      ? [
+          `| CRUD cycle, ${CRUD_CONNECTIONS} conn: req/s | ${r.crudCycle.rps} | | |`,
+          `| CRUD p99 ms (create/read/update/delete) | ${ops.map((o) => r.crudCycle!.p99[o]).join(' / ')} | | |`,
+          `| CRUD: CPU ms per request, server / PostgreSQL | ${cpu(r.crudCycle)} | | |`,
+        ]
       : []),
     ...(r.coldStartMs ? [`| cold start to first GET /metadata, ms | ${r.coldStartMs.median} | | |`] : []),
     ...(ingestRes
