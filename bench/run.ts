@@ -479,7 +479,7 @@ async function main(): Promise<void> {
           rounds: ROUNDS,
           agent,
           // The PHI index mode the server under test derives from the same settings, by the same code.
-          phi: phiIndexModeOf(await buildCodec(loadConfig({ PHI_ENCRYPTION: PHI, PHI_KEYS: KEYS, DATABASE_URL: databaseUrl, AUTH: 'off' }), createLogger('silent'))),
+          phi: phiIndexModeOf(await buildCodec(loadConfig({ PHI_ENCRYPTION: PHI, PHI_KEYS: KEYS, DATABASE_URL: databaseUrl, AUTH: 'off', AUDIT: 'off' }), createLogger('silent'))),
           log: (m) => process.stderr.write(m),
           headers: vH,
           ...(offBase ? { authOffUrl: offBase.toString().replace(/\/$/, '') } : {}),
