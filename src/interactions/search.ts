@@ -19,6 +19,7 @@ import { planSort, type SortKey } from '../search/sort.js';
 import type { SqlFragment } from '../search/sql.js';
 import type { StoredVersion } from '../storage/resource-store.js';
 import { countMatches, estimateMatches, referencedTargets, referringSources, searchPage, type PageCursor, type PageRow } from '../storage/search-store.js';
+import { openCurrentRow } from '../storage/current-rows.js';
 import { requireType } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { allow, hopScope, narrowing, searchableTypes, visible } from './authorize.js';
@@ -86,13 +87,11 @@ function includeSource(svc: Services): IncludeSource<StoredVersion & { resourceT
   };
 }
 
-/** Reads the current versions of a page in page order. */
-async function readPage(svc: Services, rows: PageRow[]): Promise<StoredVersion[]> {
-  const byType = new Map<string, string[]>();
-  for (const r of rows) byType.set(r.type, [...(byType.get(r.type) ?? []), r.id]);
-  const found = new Map<string, StoredVersion>();
-  for (const [t, ids] of byType) for (const v of await svc.store.readMany(svc.db.knex, t, ids)) found.set(`${t}/${v.id}`, v);
-  return rows.map((r) => found.get(`${r.type}/${r.id}`)).filter((v): v is StoredVersion => v !== undefined);
+/** The current versions of a page in page order, opened from the rows its statement returned. */
+async function openPage(svc: Services, rows: PageRow[]): Promise<StoredVersion[]> {
+  const out: StoredVersion[] = [];
+  for (const r of rows) out.push(await openCurrentRow(svc.codec, r.row));
+  return out;
 }
 
 /** The query that reproduces this search (for links): parameters Vesta used, in a stable form. */
@@ -173,7 +172,7 @@ async function run(svc: Services, ctx: RequestContext, scope: Scope, query: [str
   const narrowed = narrowing(svc, ctx, scope.types, 'search');
   const extra = scope.membership ? [scope.membership] : scope.compartment ? [compartmentCondition(scope.compartment.type, scope.compartment.id, scope.types[0])] : [];
   if (narrowed) extra.push(narrowed);
-  const plan = planSearch(req, { types: scope.allTypes ? [] : scope.types, extra, hopScope: hopScope(svc, ctx) });
+  const plan = planSearch(req, { types: scope.allTypes ? [] : scope.types, extra, hopScope: hopScope(svc, ctx), indexOnly: !sort.keys.length });
   const scopeKey = `search:${scope.path}|${scope.types.join(',')}|${canonicalCriteria(req)}&_count=${count}&_sort=${c._sort ?? ''}`;
   const cursor = c._page !== undefined ? svc.pageTokens.verify(scopeKey, c._page) : undefined;
 
@@ -181,7 +180,7 @@ async function run(svc: Services, ctx: RequestContext, scope: Scope, query: [str
   const accurate = c._total === undefined || c._total === 'accurate';
   const page: Page = summary === 'count' ? { rows: [] } : await fetchPage(svc, plan, sort.keys, count, cursor, accurate);
   // Matches on sealed PHI came from blind indexes: confirmed on the opened resources (search/blind.ts).
-  const found = confirmBlindMatches(req, await readPage(svc, page.rows));
+  const found = confirmBlindMatches(req, await openPage(svc, page.rows));
   // A first page that holds every match already knows the total; otherwise _total decides the cost.
   let total: number | undefined;
   const complete = !cursor && !page.next && count > 0;

@@ -282,6 +282,11 @@ export interface PlanOptions {
    * outside the token's reach. Undefined (or a function returning undefined) leaves hops open.
    */
   hopScope?: (type: string) => SqlFragment | undefined;
+  /**
+   * Whether the index-only form may be planned (default true). It pages in id order only, so a sorted
+   * search (_sort) says false and its clauses are built once, as conditions on the resource table.
+   */
+  indexOnly?: boolean;
 }
 
 function newCtx(req: SearchRequest, opts: PlanOptions): Ctx {
@@ -312,8 +317,8 @@ export function planWhere(req: SearchRequest, opts: PlanOptions = {}): SqlFragme
  * (covering) index entries (migration 0006).
  */
 export interface SearchPlan {
-  /** WHERE conditions on `r` (the resource table): always valid. */
-  where: SqlFragment;
+  /** WHERE conditions on `r` (the resource table): always valid (built when first read, see planSearch). */
+  readonly where: SqlFragment;
   /** The one type searched (`where` restricts `r.resource_type` to it), if only one. */
   type?: string;
   /**
@@ -371,13 +376,41 @@ function clauseSource(ctx: Ctx, clause: ParamClause, type: string): SqlFragment 
   return frag(`select ${a}.resource_id as id from ${INDEX_TABLES[t.kind]} ${a} where ${a}.resource_type = ? and ${a}.param = ? and (${c.sql})`, type, t.param, ...c.bindings);
 }
 
-/** The request planned both ways: conditions on the resource table, and the index-only form when it applies. */
+/**
+ * The request planned for execution: the index-only form when it applies, else the conditions on the
+ * resource table. Each clause is built once: `where` is built only when read (a cursor of another
+ * type, an estimate, or no index-only form, as with `indexOnly: false`), and then once.
+ */
 export function planSearch(req: SearchRequest, opts: PlanOptions = {}): SearchPlan {
-  const where = planWhere(req, opts);
-  const types = opts.types ?? [req.resourceType];
-  if (types.length !== 1) return { where };
+  // One clock for both forms, should both be built.
+  const o: PlanOptions = { ...opts, now: opts.now ?? Date.now() };
+  let built: SqlFragment | undefined;
+  const where = (): SqlFragment => (built ??= planWhere(req, o));
+  const types = o.types ?? [req.resourceType];
+  if (types.length !== 1) return { where: where() };
   const type = types[0];
-  if (opts.extra?.length || !req.clauses.length) return { where, type };
+  if (o.extra?.length || !req.clauses.length || o.indexOnly === false) return { where: where(), type };
+  let driven: SqlFragment | undefined;
+  try {
+    driven = drivenForm(req, o, type);
+  } catch (e) {
+    // A bad value is reported as the conditions on the resource table report it (the first bad clause
+    // in request order), not in the order the index-only form tries its clauses.
+    where();
+    throw e;
+  }
+  if (!driven) return { where: where(), type };
+  return {
+    get where() {
+      return where();
+    },
+    type,
+    driven,
+  };
+}
+
+/** The index-only form (`from (<source>) s where (<others>)`), when a clause can be the source of ids. */
+function drivenForm(req: SearchRequest, opts: PlanOptions, type: string): SqlFragment | undefined {
   const ctx = newCtx(req, opts);
   const order = req.clauses.map((c, i) => ({ c, i, rank: sourceRank(c) })).sort((x, y) => x.rank - y.rank || x.i - y.i);
   for (const { c, i } of order) {
@@ -385,7 +418,7 @@ export function planSearch(req: SearchRequest, opts: PlanOptions = {}): SearchPl
     if (!source) continue;
     const owner: Owner = { type: frag('?', type), id: 's.id' };
     const others = and(req.clauses.filter((_c, j) => j !== i).map((o) => pathCondition(ctx, owner, o, 0, type)));
-    return { where, type, driven: frag(`from (${source.sql}) s where (${others.sql})`, ...source.bindings, ...others.bindings) };
+    return frag(`from (${source.sql}) s where (${others.sql})`, ...source.bindings, ...others.bindings);
   }
-  return { where, type };
+  return undefined;
 }

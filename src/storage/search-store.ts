@@ -10,6 +10,7 @@ import type { SortKey } from '../search/sort.js';
 import type { Queryable } from './db.js';
 import { blindIndexCtes } from './blind-index-store.js';
 import { pace, stringifyArrayPaced } from '../fhir/pacer.js';
+import { CURRENT_COLUMNS, type CurrentRow } from './current-rows.js';
 
 // ---- index writes --------------------------------------------------------------------------------
 
@@ -135,6 +136,8 @@ export interface PageRow {
   type: string;
   id: string;
   keys: (string | null)[];
+  /** The current row of the match, read in the page's own statement. */
+  row: CurrentRow;
 }
 
 /**
@@ -176,8 +179,8 @@ function keyset(keys: SortKey[], c: PageCursor, backwards: boolean, singleType: 
   return acc;
 }
 
-function orderOf(k: SortKey, i: number, backwards: boolean): string {
-  const col = `page.k${i}`;
+function orderOf(alias: string, k: SortKey, i: number, backwards: boolean): string {
+  const col = `${alias}.k${i}`;
   const desc = backwards ? !k.desc : k.desc;
   if (k.notNull) return `${col}${desc ? ' desc' : ''}`;
   return `${col}${desc ? ' desc' : ''} ${backwards ? 'nulls first' : 'nulls last'}`;
@@ -196,22 +199,30 @@ export interface PageOptions {
   total?: boolean;
 }
 
-/** One page of rows, and the number of all matches when asked for and the page is not empty. */
+/** One page of rows (each with its current row), and the number of all matches when asked for and the page is not empty. */
 export async function searchPage(q: Queryable, plan: SearchPlan, keys: SortKey[], opts: PageOptions): Promise<{ rows: PageRow[]; total?: number }> {
   const { sql, bindings } = pageQuery(plan, keys, opts);
-  const res = (await q.raw(sql, bindings)) as { rows: Record<string, string | number | null>[] };
-  const rows = res.rows.map((row) => ({ type: row.resource_type as string, id: row.id as string, keys: keys.map((_k, i) => (row[`c${i}`] as string | null) ?? null) }));
+  const res = (await q.raw(sql, bindings)) as { rows: (CurrentRow & Record<string, unknown>)[] };
+  const rows = res.rows.map((row) => ({
+    type: row.resource_type,
+    id: row.id,
+    keys: keys.map((_k, i) => (row[`c${i}`] as string | null) ?? null),
+    row: { resource_type: row.resource_type, id: row.id, version_id: row.version_id, last_updated: row.last_updated, content: row.content, sealed: row.sealed },
+  }));
   const total = opts.total && res.rows.length ? Number(res.rows[0].total) : undefined;
   return { rows: opts.before !== undefined ? rows.reverse() : rows, ...(total !== undefined ? { total } : {}) };
 }
 
-/** The SQL of one page (exported so tests can EXPLAIN exactly what a search runs). */
+/**
+ * The SQL of one page (exported so tests can EXPLAIN exactly what a search runs). It returns the
+ * current rows of the page (CURRENT_COLUMNS) with the keys, so a page is read in this one statement.
+ */
 export function pageQuery(plan: SearchPlan, keys: SortKey[], opts: PageOptions): SqlFragment {
   const backwards = opts.before !== undefined;
   const cursor = opts.before ?? opts.after;
   const dir = backwards ? ' desc' : '';
-  const d = plan.driven;
-  if (d && plan.type !== undefined && !keys.length && (!cursor || cursor.type === plan.type)) {
+  const d = !keys.length && plan.type !== undefined && (!cursor || cursor.type === plan.type) ? plan.driven : undefined;
+  if (d && plan.type !== undefined) {
     // Index-only: the first `limit` distinct ids of the source in id order, then their resource rows.
     // Same order and keyset as below, for one type. Without a total the walk stops after a page;
     // with one, the matches are collected once (materialized) and both counted and paged.
@@ -220,20 +231,22 @@ export function pageQuery(plan: SearchPlan, keys: SortKey[], opts: PageOptions):
     if (opts.total) {
       return {
         sql:
-          `with m as materialized (select distinct s.id ${d.sql}) select r.resource_type, r.id, (select count(*) from m) as total from resource r ` +
+          `with m as materialized (select distinct s.id ${d.sql}) select r.resource_type, r.id, ${CURRENT_COLUMNS}, (select count(*) from m) as total from resource r ` +
           `where r.resource_type = ? and r.deleted = false and r.id in (select m.id from m${after} order by m.id${dir} limit ?) order by r.id${dir} limit ?`,
         bindings: [...d.bindings, plan.type, ...afterBindings, opts.limit, opts.limit],
       };
     }
     return {
-      sql: `select r.resource_type, r.id from resource r where r.resource_type = ? and r.deleted = false and r.id in (select distinct s.id ${d.sql}${after} order by s.id${dir} limit ?) order by r.id${dir} limit ?`,
+      sql: `select r.resource_type, r.id, ${CURRENT_COLUMNS} from resource r where r.resource_type = ? and r.deleted = false and r.id in (select distinct s.id ${d.sql}${after} order by s.id${dir} limit ?) order by r.id${dir} limit ?`,
       bindings: [plan.type, ...d.bindings, ...afterBindings, opts.limit, opts.limit],
     };
   }
+  // The page is chosen on ids and keys alone (a sort or a materialized count never carries the
+  // content), then its rows are joined back by primary key and put in the same order.
   const where = plan.where;
   const select = keys.map((k, i) => `, ${k.expr.sql} as k${i}`).join('');
   const bindings = [...keys.flatMap((k) => k.expr.bindings), ...where.bindings];
-  const cols = keys.map((_k, i) => `, page.k${i}::text as c${i}`).join('');
+  const cols = keys.map((_k, i) => `, page.k${i}, page.k${i}::text as c${i}`).join('');
   const matches = `select r.resource_type, r.id${select} from resource r where ${where.sql}`;
   let sql = opts.total
     ? `with m as materialized (${matches}) select page.resource_type, page.id${cols}, (select count(*) from m) as total from m page`
@@ -243,9 +256,11 @@ export function pageQuery(plan: SearchPlan, keys: SortKey[], opts: PageOptions):
     sql += ` where ${ks.sql}`;
     bindings.push(...ks.bindings);
   }
-  const order = [...keys.map((k, i) => orderOf(k, i, backwards)), `page.resource_type${dir}`, `page.id${dir}`];
-  sql += ` order by ${order.join(', ')} limit ?`;
+  const order = (alias: string) => [...keys.map((k, i) => orderOf(alias, k, i, backwards)), `${alias}.resource_type${dir}`, `${alias}.id${dir}`].join(', ');
+  sql += ` order by ${order('page')} limit ?`;
   bindings.push(opts.limit);
+  const outer = ['q.resource_type', 'q.id', ...keys.map((_k, i) => `q.c${i}`), ...(opts.total ? ['q.total'] : [])].join(', ');
+  sql = `select ${outer}, ${CURRENT_COLUMNS} from (${sql}) q join resource r on r.resource_type = q.resource_type and r.id = q.id order by ${order('q')}`;
   return { sql, bindings };
 }
 
