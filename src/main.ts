@@ -34,7 +34,7 @@ export async function serve(): Promise<void> {
     }
     throw e;
   }
-  const log = createLogger(config.logLevel, { background: true });
+  const log = createLogger(config.logLevel);
   // WEB_CONCURRENCY > 1: this process supervises that many server processes (cluster.ts), each of
   // which runs the rest of this function.
   if (config.webConcurrency > 1 && cluster.isPrimary) return superviseServers(config, log);

@@ -108,7 +108,6 @@ export async function buildServices(config: Readonly<Config>, log: Logger = crea
     config,
     db: database,
     store: new ResourceStore(codec),
-    codec,
     audit: new Auditor(database.knex, codec, { baseUrl: config.baseUrl, enabled: config.audit, log }),
     pageTokens: new PageTokens(config.pageTokenSecret),
     validator: new R4Validator({ unknownExtensions: config.unknownExtensions, maxIssues: config.validationMaxIssues }),

@@ -6,7 +6,6 @@ import type { Auditor } from '../audit/auditor.js';
 import type { AuditTrail } from '../audit/trail.js';
 import type { Database } from '../storage/db.js';
 import type { ResourceStore } from '../storage/resource-store.js';
-import type { PhiCodec } from '../crypto/phi-codec.js';
 import type { PageTokens } from '../search/page-token.js';
 import type { Issue } from '../fhir/errors.js';
 import type { AuthService } from '../auth/authenticator.js';
@@ -21,8 +20,6 @@ export interface Services {
   config: Readonly<Config>;
   db: Database;
   store: ResourceStore;
-  /** The store's PHI codec: opens the rows a search statement returns (storage/current-rows.ts). */
-  codec: PhiCodec;
   /** The audit path: builds, seals and appends AuditEvents (audit/auditor.ts). */
   audit: Auditor;
   pageTokens: PageTokens;

@@ -19,7 +19,6 @@ import { planSort, type SortKey } from '../search/sort.js';
 import type { SqlFragment } from '../search/sql.js';
 import type { StoredVersion } from '../storage/resource-store.js';
 import { countMatches, estimateMatches, referencedTargets, referringSources, searchPage, type PageCursor, type PageRow } from '../storage/search-store.js';
-import { openCurrentRow } from '../storage/current-rows.js';
 import { requireType } from './common.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
 import { allow, hopScope, narrowing, searchableTypes, visible } from './authorize.js';
@@ -90,7 +89,7 @@ function includeSource(svc: Services): IncludeSource<StoredVersion & { resourceT
 /** The current versions of a page in page order, opened from the rows its statement returned. */
 async function openPage(svc: Services, rows: PageRow[]): Promise<StoredVersion[]> {
   const out: StoredVersion[] = [];
-  for (const r of rows) out.push(await openCurrentRow(svc.codec, r.row));
+  for (const r of rows) out.push(await svc.store.openCurrent(r.row));
   return out;
 }
 

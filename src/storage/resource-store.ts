@@ -7,6 +7,7 @@ import type { IndexRows } from '../search/index-extract.js';
 import type { PhiIndexMode } from '../search/phi-seam.js';
 import { phiIndexModeOf } from '../search/blind.js';
 import { preparedRows, type Queryable, type Tx } from './db.js';
+import type { CurrentRow } from './current-rows.js';
 import { indexCtes, writeIndexRows, type IndexWrite } from './search-store.js';
 import { extractIndexRows } from '../search/index-extract.js';
 import { pace } from '../fhir/pacer.js';
@@ -142,6 +143,11 @@ export class ResourceStore {
       v.resource = { resourceType, id, meta, ...rest } as Resource;
     }
     return v;
+  }
+
+  /** A live current row a search statement returned (storage/current-rows.ts), opened as readMany opens its rows. */
+  openCurrent(row: CurrentRow): Promise<StoredVersion> {
+    return this.toVersion({ ...row, deleted: false });
   }
 
   /** The current version (possibly a deletion marker), or undefined if the resource never existed. */

@@ -169,7 +169,7 @@ describe('withoutProtected (sealing without a deep copy)', () => {
   });
 
   test('sealed content opens back to the resource, and the resource is not changed by sealing', async () => {
-    const codec = new JweCodec(new LocalKeyRing(generateKeyRing()), policy);
+    const codec = new JweCodec(await LocalKeyRing.fromFile(generateKeyRing()), policy);
     const patient = example('Patient-example.json');
     const before = JSON.stringify(patient);
     const s = await codec.seal(patient, ref(patient));
