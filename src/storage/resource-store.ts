@@ -113,6 +113,12 @@ function rowFits(v: NewVersion): boolean {
   return v.row !== undefined && v.row.versionId === v.versionId && v.row.lastUpdated === v.lastUpdated.getTime();
 }
 
+/**
+ * Largest version (characters of content, twice, and of index rows) written as one statement; a larger
+ * one is written as three, yielding between them.
+ */
+const ONE_STATEMENT_MAX_CHARS = 256 * 1024;
+
 /** Rows per multi-row INSERT of resources (9 columns: well under PostgreSQL's 65535 bind limit). */
 const BATCH_ROWS = 500;
 
@@ -223,26 +229,40 @@ export class ResourceStore {
     const recorder = recorderOf(tx);
     const { content: json, sealed, sealedKid } = (rowFits(v) ? v.row! : await this.sealRow(v));
     const deleted = !v.resource;
-    // One statement (one round trip): the history row, the current row (inserted for a first version,
-    // else updated only if it still is the previous version) and the index rows, as data-modifying
-    // CTEs. A second create of the same id fails on the current row's primary key (23505).
+    // The history row, the current row (inserted for a first version, else updated only if it still is
+    // the previous version) and the index rows. A second create of the same id fails on the current
+    // row's primary key (23505). Index rows of the new version replace the old ones (none for a
+    // deletion); a first version has no old rows to delete.
     const lastUpdated = v.lastUpdated.toISOString();
-    const ctes = [
-      'h as (insert into resource_history (resource_type, id, version_id, last_updated, deleted, method, content, sealed, sealed_kid) values (?, ?, ?, ?::timestamptz, ?, ?, ?::jsonb, ?, ?))',
+    const history = 'insert into resource_history (resource_type, id, version_id, last_updated, deleted, method, content, sealed, sealed_kid) values (?, ?, ?, ?::timestamptz, ?, ?, ?::jsonb, ?, ?)';
+    const historyBindings = [v.resourceType, v.id, v.versionId, lastUpdated, deleted, v.method, json, sealed, sealedKid];
+    const current =
       v.previous === undefined
-        ? 'c as (insert into resource (resource_type, id, version_id, last_updated, deleted, content, sealed, sealed_kid) values (?, ?, ?, ?::timestamptz, ?, ?::jsonb, ?, ?) returning 1)'
-        : 'c as (update resource set version_id = ?, last_updated = ?::timestamptz, deleted = ?, content = ?::jsonb, sealed = ?, sealed_kid = ? where resource_type = ? and id = ? and version_id = ? returning 1)',
-    ];
-    const bindings: unknown[] = [v.resourceType, v.id, v.versionId, lastUpdated, deleted, v.method, json, sealed, sealedKid];
-    if (v.previous === undefined) bindings.push(v.resourceType, v.id, v.versionId, lastUpdated, deleted, json, sealed, sealedKid);
-    else bindings.push(v.versionId, lastUpdated, deleted, json, sealed, sealedKid, v.resourceType, v.id, v.previous);
-    // Index rows of the new version replace the old ones (none for a deletion); a first version has
-    // no old rows to delete.
+        ? 'insert into resource (resource_type, id, version_id, last_updated, deleted, content, sealed, sealed_kid) values (?, ?, ?, ?::timestamptz, ?, ?::jsonb, ?, ?) returning 1'
+        : 'update resource set version_id = ?, last_updated = ?::timestamptz, deleted = ?, content = ?::jsonb, sealed = ?, sealed_kid = ? where resource_type = ? and id = ? and version_id = ? returning 1';
+    const currentBindings =
+      v.previous === undefined
+        ? [v.resourceType, v.id, v.versionId, lastUpdated, deleted, json, sealed, sealedKid]
+        : [v.versionId, lastUpdated, deleted, json, sealed, sealedKid, v.resourceType, v.id, v.previous];
     const index = await indexCtes([{ resourceType: v.resourceType, id: v.id, ...(v.resource && v.index ? { rows: v.index } : {}), replace: v.previous !== undefined }], this.phiIndexMode);
-    ctes.push(...index.ctes);
-    bindings.push(...index.bindings);
-    const res = (await tx.raw(`with ${ctes.join(', ')} select count(*)::int as n from c`, bindings as never[])) as { rows: { n: number }[] };
-    if (res.rows[0].n !== 1) throw Object.assign(new Error('current row changed under a lock'), { code: '40001' });
+    const size = (json?.length ?? 0) * 2 + index.bindings.reduce((n, b) => n + b.length, 0);
+    let written: number;
+    if (size <= ONE_STATEMENT_MAX_CHARS) {
+      // One statement, one round trip: the three writes as data-modifying CTEs.
+      const ctes = [`h as (${history})`, `c as (${current})`, ...index.ctes];
+      const res = (await tx.raw(`with ${ctes.join(', ')} select count(*)::int as n from c`, [...historyBindings, ...currentBindings, ...index.bindings] as never[])) as { rows: { n: number }[] };
+      written = res.rows[0].n;
+    } else {
+      // A large version as three statements with a turn of the event loop between them: the driver
+      // serialises a statement's values in one synchronous step, and the embedded database runs a
+      // statement in this thread (fhir/pacer.ts; test/integration/fuzz.test.ts's stall limit).
+      await tx.raw(history, historyBindings as never[]);
+      await pace();
+      written = ((await tx.raw(current, currentBindings as never[])) as { rows: unknown[] }).rows.length;
+      await pace();
+      if (index.ctes.length) await tx.raw(`with ${index.ctes.join(', ')} select 1`, index.bindings);
+    }
+    if (written !== 1) throw Object.assign(new Error('current row changed under a lock'), { code: '40001' });
     recorder.wrote(v);
   }
 
