@@ -280,7 +280,10 @@ function classOf(target: string): Ty | undefined {
 }
 
 interface Found {
-  values: unknown[];
+  /** How many values the path holds (nulls in arrays excluded). */
+  count: number;
+  /** The first of them. */
+  first: unknown;
   /** Some `_name` sibling (extensions or id on a primitive) is present at the last step. */
   siblings: boolean;
   /** The comparison class shared by every property that held a value at the last step (undefined: mixed or other). */
@@ -290,72 +293,104 @@ interface Found {
 /**
  * Values at a member path, with choice elements resolved through the definitions and nested
  * resources (contained, Bundle.entry.resource, ...) through their resourceType; undefined = unknown.
+ * Only the count and the first value are kept: every form decided here needs no more, and the
+ * common one-step paths then allocate nothing but the answer.
  */
 function navigate(node: Obj, def: DefInfo, path: string[]): Found | undefined {
-  let level: { v: Obj; d: DefInfo }[] = [{ v: node, d: def }];
-  let values: unknown[] = [];
-  let siblings = false;
-  let ty: Ty | undefined;
-  let typed = true;
-  for (let i = 0; i < path.length; i++) {
-    if (!level.length) return NOTHING; // the rest of the path is empty too
+  const lastName = path[path.length - 1];
+  if (path.length === 1) {
+    const found: Found = { count: 0, first: undefined, siblings: false, ty: undefined };
+    const state = { typed: true };
+    return lastStep(node, def, lastName, found, state) ? finish(found, state.typed) : undefined;
+  }
+  let objs: Obj[] = [node];
+  let defs: DefInfo[] = [def];
+  for (let i = 0; i < path.length - 1; i++) {
+    if (!objs.length) return NOTHING; // the rest of the path is empty too
     const name = path[i];
-    const last = i === path.length - 1;
-    const next: { v: Obj; d: DefInfo }[] = [];
-    values = [];
-    siblings = false;
-    ty = undefined;
-    typed = true;
-    for (const { v, d } of level) {
-      const props = propsOf(d, name);
+    const nextObjs: Obj[] = [];
+    const nextDefs: DefInfo[] = [];
+    for (let j = 0; j < objs.length; j++) {
+      const v = objs[j];
+      const props = propsOf(defs[j], name);
       if (!props) {
-        // Not an element of this definition (SimpleQuantity.comparator, a misspelling): empty unless
-        // the JSON carries something by that name anyway (then the schema reports it; not decided here).
-        if (Object.keys(v).some((k) => k === name || k === `_${name}` || (k.startsWith(name) && /^[A-Z]/.test(k.slice(name.length))))) return undefined;
+        if (carries(v, name)) return undefined;
         continue;
       }
       for (const prop of props) {
         const raw = v[prop.name];
         const ext = v[prop.siblingName];
-        if (ext !== undefined && ext !== null) {
-          if (!last) return undefined; // extensions on a primitive mid-path: not modelled
-          siblings = true;
-        }
+        if (ext !== undefined && ext !== null) return undefined; // extensions on a primitive mid-path: not modelled
         if (raw === undefined || raw === null) continue;
         const many = Array.isArray(raw);
         const count = many ? raw.length : 1;
         for (let k = 0; k < count; k++) {
           const it: unknown = many ? raw[k] : raw;
           if (it === null) continue;
-          if (last) {
-            const c = classOf(prop.target);
-            if (c === undefined || (ty !== undefined && ty !== c)) typed = false;
-            ty = c;
+          if (typeof it !== 'object' || Array.isArray(it)) return undefined;
+          if (prop.kind === 'resource') {
+            // a nested resource is navigated as its own type
+            const nd = definition(String((it as Obj).resourceType));
+            if (!nd?.isResource) return undefined;
+            nextObjs.push(it as Obj);
+            nextDefs.push(nd);
+            continue;
           }
-          values.push(it);
-          if (!last) {
-            if (typeof it !== 'object' || Array.isArray(it)) return undefined;
-            if (prop.kind === 'resource') {
-              // a nested resource is navigated as its own type
-              const nd = definition(String((it as Obj).resourceType));
-              if (!nd?.isResource) return undefined;
-              next.push({ v: it as Obj, d: nd });
-              continue;
-            }
-            if (isPrimitiveType(prop.target)) return undefined;
-            const nd = definition(prop.target);
-            if (!nd) return undefined;
-            next.push({ v: it as Obj, d: nd });
-          }
+          if (isPrimitiveType(prop.target)) return undefined;
+          const nd = definition(prop.target);
+          if (!nd) return undefined;
+          nextObjs.push(it as Obj);
+          nextDefs.push(nd);
         }
       }
     }
-    level = next;
+    objs = nextObjs;
+    defs = nextDefs;
   }
-  return { values, siblings, ty: typed ? ty : undefined };
+  if (!objs.length) return NOTHING;
+  const found: Found = { count: 0, first: undefined, siblings: false, ty: undefined };
+  const state = { typed: true };
+  for (let j = 0; j < objs.length; j++) if (!lastStep(objs[j], defs[j], lastName, found, state)) return undefined;
+  return finish(found, state.typed);
 }
 
-const NOTHING: Found = Object.freeze({ values: [], siblings: false, ty: undefined }) as Found;
+/**
+ * Not an element of this definition (SimpleQuantity.comparator, a misspelling): empty unless the
+ * JSON carries something by that name anyway (then the schema reports it; not decided here).
+ */
+function carries(v: Obj, name: string): boolean {
+  return Object.keys(v).some((k) => k === name || k === `_${name}` || (k.startsWith(name) && /^[A-Z]/.test(k.slice(name.length))));
+}
+
+/** Adds the values of element `name` of `v` to `found`; false = unknown. */
+function lastStep(v: Obj, d: DefInfo, name: string, found: Found, state: { typed: boolean }): boolean {
+  const props = propsOf(d, name);
+  if (!props) return !carries(v, name);
+  for (const prop of props) {
+    const raw = v[prop.name];
+    const ext = v[prop.siblingName];
+    if (ext !== undefined && ext !== null) found.siblings = true;
+    if (raw === undefined || raw === null) continue;
+    const many = Array.isArray(raw);
+    const count = many ? raw.length : 1;
+    for (let k = 0; k < count; k++) {
+      const it: unknown = many ? raw[k] : raw;
+      if (it === null) continue;
+      const c = classOf(prop.target);
+      if (c === undefined || (found.ty !== undefined && found.ty !== c)) state.typed = false;
+      found.ty = c;
+      if (found.count++ === 0) found.first = it;
+    }
+  }
+  return true;
+}
+
+function finish(found: Found, typed: boolean): Found {
+  if (!typed) found.ty = undefined;
+  return found;
+}
+
+const NOTHING: Found = Object.freeze({ count: 0, first: undefined, siblings: false, ty: undefined }) as Found;
 
 /** A FHIRPath collection of at most one primitive value; undefined = unknown. */
 type Val = { items: []; ty?: undefined } | { items: [string | number | boolean]; ty: Ty };
@@ -367,9 +402,9 @@ const FALSE: Val = { items: [false], ty: 'boolean' };
 /** The single typed value at a path (empty when absent). */
 function single(n: Found | undefined): Val | undefined {
   if (!n) return undefined;
-  if (n.values.length === 0) return n.siblings ? undefined : EMPTY;
-  if (n.values.length > 1 || !n.ty) return undefined;
-  const v = n.values[0];
+  if (n.count === 0) return n.siblings ? undefined : EMPTY;
+  if (n.count > 1 || !n.ty) return undefined;
+  const v = n.first;
   switch (n.ty) {
     case 'string':
       return typeof v === 'string' ? { items: [v], ty: 'string' } : undefined;
@@ -401,7 +436,7 @@ function value(e: Expr, node: Obj, def: DefInfo): Val | undefined {
         const n = navigate(node, def, e.path);
         // a primitive with only extensions (_name) is an item too: not counted here
         if (!n || n.siblings) return undefined;
-        return { items: [n.values.length], ty: 'integer' };
+        return { items: [n.count], ty: 'integer' };
       }
       // the other forms are boolean
       const t = truth(e, node, def);
@@ -497,7 +532,7 @@ function truth(e: Expr, node: Obj, def: DefInfo): Truth {
       if (e.fn === 'count') return 'U';
       const n = navigate(node, def, e.path);
       if (!n) return 'U';
-      const exists = n.values.length > 0 || n.siblings;
+      const exists = n.count > 0 || n.siblings;
       if (e.fn === 'all') return exists ? 'U' : 'T';
       if (e.filtered) {
         // where/select over an empty collection is empty; over items, not decided here
@@ -507,8 +542,8 @@ function truth(e: Expr, node: Obj, def: DefInfo): Truth {
       if (e.fn === 'exists') return exists ? 'T' : 'F';
       if (e.fn === 'empty') return exists ? 'F' : 'T';
       // hasValue(): a single primitive with a value
-      if (n.values.length === 0) return 'F';
-      return n.values.length === 1 && typeof n.values[0] !== 'object' ? 'T' : 'U';
+      if (n.count === 0) return 'F';
+      return n.count === 1 && typeof n.first !== 'object' ? 'T' : 'U';
     }
     case 'lit':
     case 'path':

@@ -4,6 +4,7 @@
 // entries, Parameters) are checked by the validator of their own type.
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import formatsPlugin from 'ajv-formats';
+import ucs2lengthModule from 'ajv/dist/runtime/ucs2length.js';
 import type { Issue } from '../fhir/errors.js';
 import { schemaDocument } from './artifacts.js';
 import { fhirPathOf } from './location.js';
@@ -16,6 +17,8 @@ type AnyErr = ErrorObject<string, Record<string, any>, unknown>;
 type FormatsPlugin = { get(name: string, mode?: string): unknown };
 const plugin = ((formatsPlugin as unknown as { default?: FormatsPlugin }).default ?? formatsPlugin) as unknown as FormatsPlugin;
 const rfcDate = plugin.get('date', 'full') as { validate: (s: string) => boolean };
+// The function ajv's generated code calls for minLength/maxLength (CommonJS default export).
+const ucs2length = ((ucs2lengthModule as unknown as { default?: unknown }).default ?? ucs2lengthModule) as (s: string) => number;
 
 function calendarOk(s: string): boolean {
   return s.length < 10 || rfcDate.validate(s.slice(0, 10));
@@ -93,6 +96,35 @@ export function linearErrors(code: string): string {
   if (/vErrors\.concat\(/.test(out)) throw new Error('ajv generated an error concatenation that linearErrors does not rewrite');
   return out;
 }
+
+// ajv passes every nested validator and keyword a fresh context object with the instance path built
+// by string concatenation (array indexes converted to strings), for every object and array item of
+// the resource. The `fast` validators only decide valid or invalid (their errors are discarded, see
+// checkStructure), so they share one empty context instead: no allocation per node.
+const NESTED_CXT = /\{instancePath(?::instancePath\+[^,{}]*)?,parentData(?::[\w$]+)?,parentDataProperty(?::[^,{}]*)?,rootData\}/g;
+
+export function sharedContexts(code: string): string {
+  return code.replace(NESTED_CXT, 'self.vestaCxt');
+}
+
+/**
+ * ajv counts minLength/maxLength in code points by scanning the whole string (ucs2length) at every
+ * string, narratives and attachments included, to compare with 1 or 1,048,576. A string of n code
+ * units holds between n/2 and n code points, so its length alone decides outside that band and the
+ * scan runs only inside it: the same answers, without a pass over every string. `fn` is the name
+ * ajv gave ucs2length in the generated code.
+ */
+export function lengthChecks(code: string, fn: string | undefined): string {
+  if (!fn) return code;
+  let rewritten = 0;
+  const out = code.replace(new RegExp(`\\b${fn}\\(([\\w$]+)\\) ([<>]) (\\d+)\\b`, 'g'), (_m, x: string, op: string, n: string) => {
+    rewritten++;
+    return op === '>' ? `(${x}.length > ${n} && ${fn}(${x}) > ${n})` : `(${x}.length < ${n} || (${x}.length < ${2 * Number(n)} && ${fn}(${x}) < ${n}))`;
+  });
+  // Every call must have been a comparison rewritten above; an ajv release that calls it otherwise must fail loudly.
+  if (code.split(`${fn}(`).length - 1 !== rewritten) throw new Error('ajv generated a string length check that lengthChecks does not rewrite');
+  return out;
+}
 const validators: Record<Mode, Map<string, ValidateFunction>> = { fast: new Map(), full: new Map() };
 
 function nestedErrors(errors: AnyErr[] | null | undefined, prefix: string): AnyErr[] {
@@ -105,8 +137,10 @@ function instance(mode: Mode): Ajv {
   if (cached) return cached;
   // unicodeRegExp off: the spec's primitive regexes are written for code units (no \p{..}, no astral
   // ranges), and non-unicode RegExps run markedly faster in V8.
-  const a = new Ajv({ allErrors: mode === 'full', unicodeRegExp: false, strict: true, strictTypes: false, strictTuples: false, validateSchema: false, inlineRefs: true, code: { optimize: true, regExp: regExpEngine as never, ...(mode === 'full' ? { process: linearErrors } : {}) } });
+  const rewrite = (code: string) => lengthChecks(mode === 'full' ? linearErrors(code) : sharedContexts(code), a.scope.getValue('func', ucs2length)?.str);
+  const a: Ajv = new Ajv({ allErrors: mode === 'full', unicodeRegExp: false, strict: true, strictTypes: false, strictTuples: false, validateSchema: false, inlineRefs: true, code: { optimize: true, regExp: regExpEngine as never, process: rewrite } });
   if (mode === 'full') Object.assign(a, { vestaStopAfter: Infinity, vestaEnough: (errs: AnyErr[]) => new EnoughErrors(errs) });
+  else Object.assign(a, { vestaCxt: Object.freeze({ instancePath: '' }) });
   a.addFormat('fhir-date', { type: 'string', validate: calendarOk });
   a.addFormat('fhir-dateTime', { type: 'string', validate: calendarOk });
   a.addFormat('fhir-instant', { type: 'string', validate: calendarOk });
@@ -120,7 +154,13 @@ function instance(mode: Mode): Ajv {
   };
   keyword('fhirChoice', 'object', (schema: Record<string, string[]>) => {
     const groups = Object.entries(schema).map(([base, variants]) => ({ base, keys: variants.flatMap((v) => [v, `_${v}`]) }));
+    const members = new Set(groups.flatMap((g) => g.keys));
     const check: Check = (data, cxt) => {
+      // The common case first: at most one key of any choice group present, so no group can hold two
+      // (Extension has 100 candidate keys; an element carries a handful of keys).
+      let present = 0;
+      for (const k in data) if (members.has(k) && data[k] !== undefined && ++present > 1) break;
+      if (present <= 1) return true;
       let errs: AnyErr[] | undefined;
       for (const g of groups) {
         let present = 0;

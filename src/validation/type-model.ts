@@ -20,6 +20,12 @@ export interface PropInfo {
   elementPath: string;
   /** For choice variants, the type named in ofType(): Quantity, dateTime. */
   choiceType?: string;
+  /** The FHIRPath step (see step()), built once: the walk appends it at every node. */
+  step: string;
+  /** The definition of `target` when it has elements (datatype, backbone, Element), resolved once for the walk. */
+  targetDef?: DefInfo;
+  /** What the walk derives once per property (walker.ts planOf): held here, a map lookup at every node costs more than the rest of the visit. */
+  walkPlan?: unknown;
 }
 
 export interface DefInfo {
@@ -45,6 +51,12 @@ function build(): Map<string, DefInfo> {
     if (!d.properties) continue;
     out.set(name, defInfo(name, d));
   }
+  for (const d of out.values()) {
+    for (const p of d.props.values()) {
+      const t = out.get(p.target);
+      if (t) p.targetDef = t;
+    }
+  }
   return out;
 }
 
@@ -69,12 +81,14 @@ function defInfo(name: string, d: SchemaDef): DefInfo {
       target,
       element: base ?? element,
       elementPath: `${name}.${base ? `${base}[x]` : element}`,
+      step: '',
     };
     if (base) {
       const suffix = element.slice(base.length);
       const primitiveVariant = sibling ? PRIMITIVE_TYPES.has(refName(d.properties?.[element]?.$ref) ?? '') : kind === 'primitive';
       info.choiceType = primitiveVariant ? suffix.charAt(0).toLowerCase() + suffix.slice(1) : suffix;
     }
+    info.step = info.choiceType ? `.${info.element}.ofType(${info.choiceType})` : `.${info.element}`;
     props.set(prop, info);
   }
   return { name, props, isResource: d.properties?.resourceType !== undefined };
@@ -91,16 +105,9 @@ export function isPrimitiveType(name: string): boolean {
   return PRIMITIVE_TYPES.has(name);
 }
 
-const steps = new WeakMap<PropInfo, string>();
-
-/** The FHIRPath step for a property: `.given`, `.value.ofType(Quantity)` (built once per property: the walk asks for it at every node). */
+/** The FHIRPath step for a property: `.given`, `.value.ofType(Quantity)`. */
 export function step(p: PropInfo): string {
-  let s = steps.get(p);
-  if (s === undefined) {
-    s = p.choiceType ? `.${p.element}.ofType(${p.choiceType})` : `.${p.element}`;
-    steps.set(p, s);
-  }
-  return s;
+  return p.step;
 }
 
 /** An element name safe to show in a message or location (property names are chosen by the client). */

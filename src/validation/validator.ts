@@ -34,24 +34,35 @@ export interface ValidatorOptions {
 
 /** Nesting depth and node count; the recursion stops at maxDepth, so it is bounded by the limit itself. */
 function measure(value: unknown, maxDepth: number, maxNodes: number): 'depth' | 'nodes' | undefined {
-  let nodes = 0;
-  let over: 'depth' | 'nodes' | undefined;
-  const visit = (v: unknown, d: number): void => {
-    if (over) return;
-    if (++nodes > maxNodes) {
-      over = 'nodes';
-      return;
+  const n = countNodes(value, 1, maxDepth, maxNodes, 0);
+  return n === DEPTH ? 'depth' : n === NODES ? 'nodes' : undefined;
+}
+
+const DEPTH = -1;
+const NODES = -2;
+
+/**
+ * The running node count after `v` (`seen` before it), or DEPTH / NODES once a limit is passed (the
+ * first one met, in document order). A plain recursive function: it runs on every node of every
+ * resource written.
+ */
+function countNodes(v: unknown, d: number, maxDepth: number, maxNodes: number, seen: number): number {
+  let n = seen + 1;
+  if (n > maxNodes) return NODES;
+  if (v === null || typeof v !== 'object') return n;
+  if (d > maxDepth) return DEPTH;
+  if (Array.isArray(v)) {
+    for (let i = 0; i < v.length; i++) {
+      n = countNodes(v[i], d + 1, maxDepth, maxNodes, n);
+      if (n < 0) return n;
     }
-    if (v === null || typeof v !== 'object') return;
-    if (d > maxDepth) {
-      over = 'depth';
-      return;
+  } else {
+    for (const k in v) {
+      n = countNodes((v as Record<string, unknown>)[k], d + 1, maxDepth, maxNodes, n);
+      if (n < 0) return n;
     }
-    if (Array.isArray(v)) for (const x of v) visit(x, d + 1);
-    else for (const k in v) visit((v as Record<string, unknown>)[k], d + 1);
-  };
-  visit(value, 1);
-  return over;
+  }
+  return n;
 }
 
 /**

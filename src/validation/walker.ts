@@ -5,7 +5,7 @@
 import type { Issue } from '../fhir/errors.js';
 import { codeInValueSet, codingInValueSet, requiredValueSet } from './bindings.js';
 import { ELE_1, constraintDef, constraintIds, evaluate, holds, invariant, type Invariant, type Site } from './invariants.js';
-import { definition, step, type DefInfo, type PropInfo } from './type-model.js';
+import { definition, type DefInfo, type PropInfo } from './type-model.js';
 import { precheck } from './precheck.js';
 import { checkExtension, checkTypeRules, type Host } from './rules.js';
 import { checkXhtml } from './xhtml.js';
@@ -122,25 +122,42 @@ function resourceInvariants(type: string): Invariant[] {
   return list;
 }
 
-const propLevel = new WeakMap<PropInfo, Invariant[]>();
+/**
+ * What the walk needs at every value of a property, looked up once per property rather than at
+ * every node (one map lookup per value instead of several).
+ */
+interface Plan {
+  /** Invariants of its element path and of its type (deduplicated). */
+  invariants: Invariant[];
+  /** The required value set bound to the element, if checked. */
+  valueSet: string | undefined;
+  /** The context of extensions found on the value (checkExtension). */
+  host: Host;
+}
+
+function planOf(prop: PropInfo): Plan {
+  let plan = prop.walkPlan as Plan | undefined;
+  if (!plan) {
+    plan = { invariants: propInvariants(prop), valueSet: requiredValueSet(prop.elementPath), host: { path: prop.elementPath, type: prop.target, resource: false } };
+    prop.walkPlan = plan;
+  }
+  return plan;
+}
+
 /** Invariants for a value of `prop`: those of its element path and those of its type (deduplicated). */
 function propInvariants(prop: PropInfo): Invariant[] {
   const site: Site = prop.kind === 'primitive' ? 'primitive' : 'node';
-  let list = propLevel.get(prop);
-  if (!list) {
-    const seen = new Set<string>();
-    list = [];
-    const add = (path: string) => {
-      for (const id of constraintIds(path)) {
-        if (seen.has(id)) continue;
-        seen.add(id);
-        list!.push(invariant(id, path, path === prop.elementPath ? site : 'node'));
-      }
-    };
-    add(prop.elementPath);
-    if (prop.kind === 'complex') add(prop.target);
-    propLevel.set(prop, list);
-  }
+  const seen = new Set<string>();
+  const list: Invariant[] = [];
+  const add = (path: string) => {
+    for (const id of constraintIds(path)) {
+      if (seen.has(id)) continue;
+      seen.add(id);
+      list.push(invariant(id, path, path === prop.elementPath ? site : 'node'));
+    }
+  };
+  add(prop.elementPath);
+  if (prop.kind === 'complex') add(prop.target);
   return list;
 }
 
@@ -191,8 +208,13 @@ function ele1(ctx: Ctx, path: string): void {
   ctx.out.push({ severity: 'error', code: 'invariant', diagnostics: `${ELE_1}: ${c.human}`, expression: [path] });
 }
 
-function walkChildren(ctx: Ctx, def: DefInfo, obj: Obj, path: string, host: Host): void {
-  for (const key of Object.keys(obj)) {
+/** `[0]`, `[1]`, ...: array steps of locations, built once. */
+const INDEX = Array.from({ length: 64 }, (_, i) => `[${i}]`);
+const index = (i: number) => (i < 64 ? INDEX[i] : `[${i}]`);
+
+/** `keys`: Object.keys(obj) when the caller already has them. */
+function walkChildren(ctx: Ctx, def: DefInfo, obj: Obj, path: string, host: Host, keys: string[] = Object.keys(obj)): void {
+  for (const key of keys) {
     if (spent(ctx)) return;
     const prop = def.props.get(key);
     if (!prop) continue;
@@ -207,13 +229,14 @@ function walkChildren(ctx: Ctx, def: DefInfo, obj: Obj, path: string, host: Host
     else if (prop.array) {
       if (!Array.isArray(value)) continue;
       const extension = (ctx.opts.invariants || ctx.opts.unknownExtensions === 'reject') && prop.target === 'Extension';
+      const base = path + prop.step;
       for (let i = 0; i < value.length; i++) {
         if (spent(ctx)) return;
-        const at = `${path}${step(prop)}[${i}]`;
+        const at = base + index(i);
         if (extension && isObj(value[i])) checkExtension(value[i] as Obj, at, ctx.out, host, ctx.opts.unknownExtensions === 'reject');
         visitValue(ctx, prop, value[i], at);
       }
-    } else visitValue(ctx, prop, value, `${path}${step(prop)}`);
+    } else visitValue(ctx, prop, value, path + prop.step);
   }
 }
 
@@ -230,13 +253,14 @@ function visitValue(ctx: Ctx, prop: PropInfo, value: unknown, path: string): voi
   const keys = Object.keys(value);
   if (keys.length === 0) return; // reported by the schema (empty object)
   if (keys.length === 1 && keys[0] === 'id') ele1(ctx, path);
-  const def = definition(prop.target);
+  const def = prop.targetDef;
+  const plan = planOf(prop);
   if (ctx.opts.invariants) {
-    runInvariants(ctx, propInvariants(prop), value, path, undefined, def);
+    runInvariants(ctx, plan.invariants, value, path, undefined, def);
     checkTypeRules(prop.target, value, path, ctx.out);
   }
-  if (ctx.opts.bindings && (ctx.badPaths.size === 0 || !ctx.badPaths.has(path))) checkCoded(ctx, prop, value, path);
-  if (def) walkChildren(ctx, def, value, path, { path: prop.elementPath, type: prop.target, resource: false });
+  if (ctx.opts.bindings && plan.valueSet && (ctx.badPaths.size === 0 || !ctx.badPaths.has(path))) checkCoded(ctx, prop, plan.valueSet, value, path);
+  if (def) walkChildren(ctx, def, value, path, plan.host, keys);
 }
 
 function visitPrimitive(ctx: Ctx, prop: PropInfo, value: unknown, ext: unknown, path: string, parent: Obj): void {
@@ -244,8 +268,9 @@ function visitPrimitive(ctx: Ctx, prop: PropInfo, value: unknown, ext: unknown, 
     const values = Array.isArray(value) ? value : [];
     const exts = Array.isArray(ext) ? ext : [];
     const n = Math.max(values.length, exts.length);
-    for (let i = 0; i < n && !spent(ctx); i++) primitiveItem(ctx, prop, values[i], exts[i], `${path}${step(prop)}[${i}]`, parent);
-  } else primitiveItem(ctx, prop, value, ext, `${path}${step(prop)}`, parent);
+    const base = path + prop.step;
+    for (let i = 0; i < n && !spent(ctx); i++) primitiveItem(ctx, prop, values[i], exts[i], base + index(i), parent);
+  } else primitiveItem(ctx, prop, value, ext, path + prop.step, parent);
 }
 
 const elementDef = () => definition('Element');
@@ -264,25 +289,20 @@ function primitiveItem(ctx: Ctx, prop: PropInfo, value: unknown, ext: unknown, p
     const keys = Object.keys(ext);
     if (!hasValue && keys.length > 0 && !('extension' in ext)) ele1(ctx, path);
     const def = elementDef();
-    if (def && keys.length) walkChildren(ctx, def, ext, path, { path: prop.elementPath, type: prop.target, resource: false });
+    if (def && keys.length) walkChildren(ctx, def, ext, path, planOf(prop).host, keys);
   } else if (!hasValue) return;
   if (!hasValue || Array.isArray(value) || isObj(value)) return;
   if (typeof value === 'string' && value.startsWith('#') && (prop.element === 'reference' || LOCAL_REF_TYPES.has(prop.target))) noteLocalRef(ctx, value);
-  if (ctx.opts.invariants) {
-    const list = propInvariants(prop);
-    if (list.length) runInvariants(ctx, list, value, path, parent);
-  }
-  if (ctx.opts.bindings && typeof value === 'string' && (ctx.badPaths.size === 0 || !ctx.badPaths.has(path))) {
-    const vs = requiredValueSet(prop.elementPath);
-    if (vs && !codeInValueSet(vs, value)) {
-      ctx.out.push({ severity: 'error', code: 'code-invalid', diagnostics: `the code is not in the required value set ${vs}`, expression: [path] });
+  const plan = planOf(prop);
+  if (ctx.opts.invariants && plan.invariants.length) runInvariants(ctx, plan.invariants, value, path, parent);
+  if (ctx.opts.bindings && plan.valueSet && typeof value === 'string' && (ctx.badPaths.size === 0 || !ctx.badPaths.has(path))) {
+    if (!codeInValueSet(plan.valueSet, value)) {
+      ctx.out.push({ severity: 'error', code: 'code-invalid', diagnostics: `the code is not in the required value set ${plan.valueSet}`, expression: [path] });
     }
   }
 }
 
-function checkCoded(ctx: Ctx, prop: PropInfo, value: Obj, path: string): void {
-  const vs = requiredValueSet(prop.elementPath);
-  if (!vs) return;
+function checkCoded(ctx: Ctx, prop: PropInfo, vs: string, value: Obj, path: string): void {
   const target = prop.target === 'SimpleQuantity' ? 'Quantity' : prop.target;
   if (target === 'Coding' || target === 'Quantity') {
     if (!codingInValueSet(vs, value.system, value.code)) {
