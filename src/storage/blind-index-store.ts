@@ -19,7 +19,11 @@ export async function blindIndexCtes(writes: IndexWrite[], mode: PhiIndexMode): 
   const mine = writes.filter((w) => blind.protectedTypes().has(w.resourceType));
   if (!mine.length) return { ctes, bindings };
   const replaced = mine.filter((w) => w.replace).map((w) => ({ t: w.resourceType, i: w.id }));
-  if (replaced.length) {
+  // One resource: plain equality, probed by the owner index (search-store.ts indexCtes says why).
+  if (replaced.length === 1) {
+    ctes.push('d_blind as (delete from idx_blind where resource_type = ? and resource_id = ?)');
+    bindings.push(replaced[0].t, replaced[0].i);
+  } else if (replaced.length) {
     ctes.push('d_blind as (delete from idx_blind x using json_to_recordset(?::json) as o(t text, i text) where x.resource_type = o.t and x.resource_id = o.i)');
     bindings.push(JSON.stringify(replaced));
   }
@@ -42,7 +46,10 @@ export async function blindIndexCtes(writes: IndexWrite[], mode: PhiIndexMode): 
     bindings.push(blind.kid, JSON.stringify(live));
   }
   const gone = mine.filter((w) => !w.rows && w.replace).map((w) => ({ t: w.resourceType, i: w.id }));
-  if (gone.length) {
+  if (gone.length === 1) {
+    ctes.push('g_blind as (delete from idx_blind_state where resource_type = ? and resource_id = ?)');
+    bindings.push(gone[0].t, gone[0].i);
+  } else if (gone.length) {
     ctes.push('g_blind as (delete from idx_blind_state s using json_to_recordset(?::json) as o(t text, i text) where s.resource_type = o.t and s.resource_id = o.i)');
     bindings.push(JSON.stringify(gone));
   }

@@ -92,7 +92,15 @@ export async function indexCtes(writes: IndexWrite[], mode: PhiIndexMode): Promi
   const ctes: string[] = [];
   const bindings: string[] = [];
   const owners = writes.filter((w) => w.replace).map((w) => ({ t: w.resourceType, i: w.id }));
-  if (owners.length) {
+  if (owners.length === 1) {
+    // One resource (every single write): plain equality, so each table is probed by its owner index.
+    // Joined to json_to_recordset (estimated at 100 rows) the planner chose a hash join over a full
+    // scan of the table: 10 ms at 20,000 rows, growing with the table (issue 18).
+    for (const kind of KINDS) {
+      ctes.push(`d_${kind} as (delete from ${INDEX_TABLES[kind]} where resource_type = ? and resource_id = ?)`);
+      bindings.push(owners[0].t, owners[0].i);
+    }
+  } else if (owners.length) {
     const json = JSON.stringify(owners);
     for (const kind of KINDS) {
       ctes.push(`d_${kind} as (delete from ${INDEX_TABLES[kind]} x using json_to_recordset(?::json) as o(t text, i text) where x.resource_type = o.t and x.resource_id = o.i)`);
