@@ -193,6 +193,20 @@ async function main(): Promise<void> {
     settings: { seconds: SECONDS, rounds: ROUNDS, database: 'PostgreSQL (DATABASE_URL)', phiEncryption: PHI, auth: `on (${SYSTEM_SCOPE} token); AUTH=off beside it for authCost`, phases: ONLY ? [...ONLY] : 'all', webConcurrency: WEB_CONCURRENCY },
   };
   const children: ChildProcess[] = [];
+  /** A Vesta of the run, stopped with the others at the end. */
+  const startTracked = (port: number, env: Record<string, string>) => {
+    const v = startVesta(port, env);
+    children.push(v.child);
+    return v;
+  };
+  /** A throw-away database beside the run's, and how to drop it. */
+  const scratchDatabase = async (suffix: string) => {
+    const name = `${dbName}_${suffix}`;
+    await admin(`create database ${name}`);
+    const u = new URL(ADMIN);
+    u.pathname = `/${name}`;
+    return { url: u.toString(), drop: () => admin(`drop database if exists ${name} with (force)`) };
+  };
   if (phase('validation') && process.env.BENCH_VALIDATION !== '0') {
     // In a child process, before any server runs: one core, nothing else competing. Not in this
     // process, so the validator's compiled schemas and the 188 MB package do not stay on the load
@@ -272,21 +286,11 @@ async function main(): Promise<void> {
       // The cost of the audit ledger: AUDIT=on against AUDIT=off, alternating rounds (bench/audit-cost.ts).
       const agent = new Agent({ keepAlive: true, maxSockets: 64 });
       results.auditCost = await auditCost({
-        start: (port, env) => {
-          const v = startVesta(port, env);
-          children.push(v.child);
-          return v;
-        },
+        start: startTracked,
         waitReady,
         bearer: (port) => bearer(port),
         stop,
-        database: async (suffix) => {
-          const name = `${dbName}_${suffix}`;
-          await admin(`create database ${name}`);
-          const au = new URL(ADMIN);
-          au.pathname = `/${name}`;
-          return { url: au.toString(), drop: () => admin(`drop database if exists ${name} with (force)`) };
-        },
+        database: scratchDatabase,
         agent,
         files: syntheaFiles(bundleDir(SYNTHEA)),
         seconds: SECONDS,
@@ -298,22 +302,12 @@ async function main(): Promise<void> {
     if (phase('registry')) {
       // Registry sync between two Vestas: Immunizations pushed/s and pulled/s against sequential PUTs (bench/registry-sync.ts).
       results.registry = await registryBench({
-        start: (port, env) => {
-          const v = startVesta(port, env);
-          children.push(v.child);
-          return v;
-        },
+        start: startTracked,
         env: vestaEnv,
         waitReady,
         bearer: (port) => bearer(port),
         stop,
-        database: async (suffix) => {
-          const name = `${dbName}_${suffix}`;
-          await admin(`create database ${name}`);
-          const ru = new URL(ADMIN);
-          ru.pathname = `/${name}`;
-          return { url: ru.toString(), drop: () => admin(`drop database if exists ${name} with (force)`) };
-        },
+        database: scratchDatabase,
         immunizations: REGISTRY_IMMUNIZATIONS,
         rounds: ROUNDS,
         log: (m) => process.stderr.write(m),

@@ -11,7 +11,7 @@ import { checkResourceShape } from '../validation/shape.js';
 import { requireId, requireType, writeResult, type IfMatch } from './common.js';
 import { lockAndMatch, matchScope } from './conditional.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
-import { checkIfMatch, writeNext } from './write.js';
+import { checkIfMatch, prepareVersion, writeNext } from './write.js';
 import { allow, visibleHead } from './authorize.js';
 
 type Operation = jsonpatch.Operation;
@@ -70,7 +70,7 @@ async function patchIn(svc: Services, ctx: RequestContext, tx: AuditedTx, type: 
   if (!current?.resource) throw new FhirError('conflict', 'the resource changed during the request');
   const patched = checkResourceShape(applyTo(current.resource, ops), type);
   if (patched.id !== id) throw new FhirError('unprocessable', 'a patch may not change the resource id');
-  const v = await writeNext(svc, ctx, tx, head, 'PATCH', type, id, patched);
+  const v = await writeNext(svc, ctx, tx, head, 'PATCH', type, id, await prepareVersion(svc, ctx, type, id, patched, head.versionId + 1));
   return writeResult(ctx, 200, v, `patched ${type}/${id}`, true);
 }
 

@@ -272,6 +272,10 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
       if (i !== undefined) entryRecorders[i].wrote(v);
     },
   };
+  // Each resource's conditional references, found once (a walk of the resource): they decide whether
+  // the Bundle needs lookups, and step 2 resolves them. A retried attempt sees the same ones (the
+  // rewrites of an attempt are undone first).
+  const conditionalRefs = parsed.map((e) => (e.resource ? conditionalReferences(e.resource) : []));
   // 1-3 below: identities, conditional references and the rewrite of references. They need the
   // database only for conditional entries and conditional references (searches under the lock); a
   // Bundle with neither (plain creates with fresh ids, PUT/PATCH/DELETE by id: a typical ingest) is
@@ -353,7 +357,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
     for (const e of entries) {
       if (!e.resource) continue;
       if (due()) await pause();
-      for (const ref of conditionalReferences(e.resource)) {
+      for (const ref of conditionalRefs[e.index]) {
         if (map.has(ref)) continue;
         const q = ref.indexOf('?');
         const type = ref.slice(0, q);
@@ -381,8 +385,8 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
   };
   // Plain creates (fresh server ids) are prepared one by one and written together when the POST stage
   // is reached (before the transaction when the Bundle needs no lookup, else in it).
-  const prepareBulk = async (r: Resolved): Promise<Map<number, { version: NewVersion; stored: Awaited<ReturnType<typeof prepareNew>>['stored'] }>> => {
-    const bulk = new Map<number, { version: NewVersion; stored: Awaited<ReturnType<typeof prepareNew>>['stored'] }>();
+  const prepareBulk = async (r: Pick<Resolved, 'entries' | 'assigned' | 'preExisting'>): Promise<Map<number, Awaited<ReturnType<typeof prepareNew>>>> => {
+    const bulk = new Map<number, Awaited<ReturnType<typeof prepareNew>>>();
     for (const e of r.entries) {
       // AuditEvents are appended to the ledger by create (runEntry), never written as resources.
       if (e.method !== 'POST' || e.id !== undefined || r.preExisting.has(e.index) || e.type === 'AuditEvent') continue;
@@ -396,7 +400,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
     return bulk;
   };
   type Resolved = Awaited<ReturnType<typeof resolve>>;
-  const needsLookup = parsed.some((e) => (e.method === 'POST' && e.id === undefined && e.ifNoneExist !== undefined) || ((e.method === 'PUT' || e.method === 'PATCH' || e.method === 'DELETE') && e.id === undefined) || (e.resource !== undefined && conditionalReferences(e.resource).length > 0));
+  const needsLookup = parsed.some((e) => (e.method === 'POST' && e.id === undefined && e.ifNoneExist !== undefined) || ((e.method === 'PUT' || e.method === 'PATCH' || e.method === 'DELETE') && e.id === undefined) || conditionalRefs[e.index].length > 0);
   const early = needsLookup ? undefined : await resolve(undefined);
   const earlyBulk = early ? await prepareBulk(early) : undefined;
   const results = await auditedTransaction(svc, ctx, async (tx) => {
@@ -416,7 +420,7 @@ async function transaction(svc: Services, ctx: RequestContext, raw: unknown[]): 
     const ordered = [...entries].sort((a, b) => ORDER[a.method] - ORDER[b.method] || a.index - b.index);
     // PUT and DELETE entries with an id are locked, checked and written together when their stage is
     // reached (transaction-writes.ts); the rest runs entry by entry.
-    const prepared = earlyBulk ?? (await prepareBulk({ entries, assigned, preExisting } as Resolved));
+    const prepared = earlyBulk ?? (await prepareBulk({ entries, assigned, preExisting }));
     const bulk = new Map<number, NewVersion>();
     for (const [i, { version, stored }] of prepared) {
       bulk.set(i, version);

@@ -21,14 +21,14 @@ export interface UpdateInput {
   ifMatch?: IfMatch;
 }
 
-async function updateIn(svc: Services, ctx: RequestContext, tx: AuditedTx, type: string, id: string, resource: Resource | Prepared, ifMatch: IfMatch | undefined): Promise<InteractionResult> {
+async function updateIn(svc: Services, ctx: RequestContext, tx: AuditedTx, type: string, id: string, prepared: Prepared, ifMatch: IfMatch | undefined): Promise<InteractionResult> {
   const head = await svc.store.lockCurrent(tx, type, id);
   if (head && !head.deleted && (await checkTarget(svc, ctx, tx, 'u', type, id, head.lastUpdated)) === 'hidden') {
     // The id is taken by a resource this token may not read: it can neither update nor create it.
     throw new FhirError('forbidden', `${type}/${id} cannot be written with this token (the id is not available to it)`);
   }
   checkIfMatch(type, id, head, ifMatch);
-  const v = await writeNext(svc, ctx, tx, head, 'PUT', type, id, resource);
+  const v = await writeNext(svc, ctx, tx, head, 'PUT', type, id, prepared);
   return updateResult(ctx, head, v);
 }
 

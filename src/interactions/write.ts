@@ -67,9 +67,6 @@ export function enforceValid(svc: Services, resource: Resource): Issue[] {
   return issues;
 }
 
-/** Marks a Prepared (a resource body can hold any member name, never this symbol). */
-const PREPARED: unique symbol = Symbol('vesta.prepared');
-
 /**
  * A version's content made ready before the transaction (design.md: CPU work before BEGIN):
  * stamped, validated and indexed, and sealed when its version number is known in advance (a create
@@ -78,7 +75,6 @@ const PREPARED: unique symbol = Symbol('vesta.prepared');
  * with the match whatever the body; a version mismatch is reported before a validation error).
  */
 export interface Prepared {
-  readonly [PREPARED]: true;
   resourceType: string;
   id: string;
   /** The version number it was stamped (and sealed, when `row` is set) for. */
@@ -105,10 +101,10 @@ export async function prepareVersion(svc: Services, ctx: RequestContext, type: s
     await pace();
     outcome = { warnings, index: await extractIndexRowsPaced(resource) };
   } catch (error) {
-    return { [PREPARED]: true, resourceType: type, id, versionId: v, lastUpdated, resource, outcome: { error } };
+    return { resourceType: type, id, versionId: v, lastUpdated, resource, outcome: { error } };
   }
   const row = versionId !== undefined ? await svc.store.sealRow({ resourceType: type, id, versionId, lastUpdated, resource }) : undefined;
-  return { [PREPARED]: true, resourceType: type, id, versionId: v, lastUpdated, resource, outcome, ...(row ? { row } : {}) };
+  return { resourceType: type, id, versionId: v, lastUpdated, resource, outcome, ...(row ? { row } : {}) };
 }
 
 /**
@@ -172,13 +168,9 @@ export async function prepareNext(
   };
 }
 
-function isPrepared(b: Resource | Prepared | undefined): b is Prepared {
-  return b !== undefined && (b as Partial<Prepared>)[PREPARED] === true;
-}
-
 /**
- * Writes the next version of a resource (the caller holds the lock from lockCurrent), from its
- * content prepared before the transaction or, for a body given as is, preparing it here.
+ * Writes the next version of a resource (the caller holds the lock from lockCurrent): its prepared
+ * content (prepareVersion), or a deletion marker when there is none.
  */
 export async function writeNext(
   svc: Services,
@@ -188,9 +180,9 @@ export async function writeNext(
   method: WriteMethod,
   type: string,
   id: string,
-  body: Resource | Prepared | undefined,
+  body: Prepared | undefined,
 ): Promise<StoredVersion & { warnings: Issue[] }> {
-  const { version, stored } = isPrepared(body) ? finishVersion(ctx, body, head, method, id) : await prepareNext(svc, ctx, head, method, type, id, body);
+  const { version, stored } = body ? finishVersion(ctx, body, head, method, id) : await prepareNext(svc, ctx, head, method, type, id, undefined);
   if (!version.resource && head) version.formerPatients = await formerPatients(tx, type, id);
   // The content written must be within the token's reach (a patient/ token cannot write into another
   // compartment, a constrained token outside its constraints).

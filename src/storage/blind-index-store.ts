@@ -3,7 +3,7 @@
 // (search-store.ts writeIndexRows), and the claim of resources whose blind rows are missing or were
 // computed with another blind key (jobs/blind-reindex.ts).
 import type { PhiIndexMode } from '../search/phi-seam.js';
-import type { Queryable, Tx } from './db.js';
+import { ownerDelete, type Queryable, type Tx } from './db.js';
 import type { IndexWrite } from './search-store.js';
 import { stringifyArrayPaced } from '../fhir/pacer.js';
 
@@ -19,13 +19,10 @@ export async function blindIndexCtes(writes: IndexWrite[], mode: PhiIndexMode): 
   const mine = writes.filter((w) => blind.protectedTypes().has(w.resourceType));
   if (!mine.length) return { ctes, bindings };
   const replaced = mine.filter((w) => w.replace).map((w) => ({ t: w.resourceType, i: w.id }));
-  // One resource: plain equality, probed by the owner index (search-store.ts indexCtes says why).
-  if (replaced.length === 1) {
-    ctes.push('d_blind as (delete from idx_blind where resource_type = ? and resource_id = ?)');
-    bindings.push(replaced[0].t, replaced[0].i);
-  } else if (replaced.length) {
-    ctes.push('d_blind as (delete from idx_blind x using json_to_recordset(?::json) as o(t text, i text) where x.resource_type = o.t and x.resource_id = o.i)');
-    bindings.push(JSON.stringify(replaced));
+  if (replaced.length) {
+    const d = ownerDelete('idx_blind', replaced);
+    ctes.push(`d_blind as (${d.sql})`);
+    bindings.push(...d.bindings);
   }
   // Paced: the MACs of a resource with many names or identifiers take seconds of CPU (fhir/pacer.ts).
   const records: { t: string; i: string; p: string; m: string }[] = [];
@@ -46,12 +43,10 @@ export async function blindIndexCtes(writes: IndexWrite[], mode: PhiIndexMode): 
     bindings.push(blind.kid, JSON.stringify(live));
   }
   const gone = mine.filter((w) => !w.rows && w.replace).map((w) => ({ t: w.resourceType, i: w.id }));
-  if (gone.length === 1) {
-    ctes.push('g_blind as (delete from idx_blind_state where resource_type = ? and resource_id = ?)');
-    bindings.push(gone[0].t, gone[0].i);
-  } else if (gone.length) {
-    ctes.push('g_blind as (delete from idx_blind_state s using json_to_recordset(?::json) as o(t text, i text) where s.resource_type = o.t and s.resource_id = o.i)');
-    bindings.push(JSON.stringify(gone));
+  if (gone.length) {
+    const d = ownerDelete('idx_blind_state', gone);
+    ctes.push(`g_blind as (${d.sql})`);
+    bindings.push(...d.bindings);
   }
   return { ctes, bindings };
 }

@@ -7,7 +7,7 @@ import { TEXT_SEARCH_CONFIG } from '../search/types/text.js';
 import type { SearchPlan } from '../search/plan.js';
 import type { SqlFragment } from '../search/sql.js';
 import type { SortKey } from '../search/sort.js';
-import type { Queryable } from './db.js';
+import { ownerDelete, type Queryable } from './db.js';
 import { blindIndexCtes } from './blind-index-store.js';
 import { pace, stringifyArrayPaced } from '../fhir/pacer.js';
 import { CURRENT_COLUMNS, type CurrentRow } from './current-rows.js';
@@ -92,19 +92,11 @@ export async function indexCtes(writes: IndexWrite[], mode: PhiIndexMode): Promi
   const ctes: string[] = [];
   const bindings: string[] = [];
   const owners = writes.filter((w) => w.replace).map((w) => ({ t: w.resourceType, i: w.id }));
-  if (owners.length === 1) {
-    // One resource (every single write): plain equality, so each table is probed by its owner index.
-    // Joined to json_to_recordset (estimated at 100 rows) the planner chose a hash join over a full
-    // scan of the table: 10 ms at 20,000 rows, growing with the table (issue 18).
+  if (owners.length) {
     for (const kind of KINDS) {
-      ctes.push(`d_${kind} as (delete from ${INDEX_TABLES[kind]} where resource_type = ? and resource_id = ?)`);
-      bindings.push(owners[0].t, owners[0].i);
-    }
-  } else if (owners.length) {
-    const json = JSON.stringify(owners);
-    for (const kind of KINDS) {
-      ctes.push(`d_${kind} as (delete from ${INDEX_TABLES[kind]} x using json_to_recordset(?::json) as o(t text, i text) where x.resource_type = o.t and x.resource_id = o.i)`);
-      bindings.push(json);
+      const d = ownerDelete(INDEX_TABLES[kind], owners);
+      ctes.push(`d_${kind} as (${d.sql})`);
+      bindings.push(...d.bindings);
     }
   }
   for (const kind of KINDS) {
