@@ -23,6 +23,9 @@
 //                    (vesta-<port>-<n>.cpuprofile; summarise with dist/bench/profile-summary.js)
 //   BENCH_PORT_OFFSET  added to every port the bench's servers listen on (default 0: 18301-18321)
 //   BENCH_CRUD_CONNECTIONS  connections of the CRUD cycle (default 16, as issue 18 measures it)
+//   BENCH_MEMORY_RESOURCES  resources of the memory phase (default 1000000; 0 skips): one ingest of the
+//                    generator's multiplied Synthea at BENCH_MEMORY_CONCURRENCY (default 4) into a fresh
+//                    database, the server's RSS sampled every second (start, peak, end; bench/memory.ts)
 //   BENCH_REGISTRY_IMMUNIZATIONS  Immunizations per direction of the registry phase, split over the rounds (default
 //                    2000; bench/registry-sync.ts: pushed/s and pulled/s between two Vestas against sequential PUTs)
 import { fork, spawn, type ChildProcess } from 'node:child_process';
@@ -49,6 +52,7 @@ import { tokenBench, type TokenResult } from './token.js';
 import { ledgerBench, type LedgerBenchResult } from './ledger.js';
 import { registryBench, type RegistryBenchResult } from './registry-sync.js';
 import { bundleDir, FIXTURE_SYNTHEA } from './generate-data.js';
+import { memoryIngest, type MemoryResult } from './memory.js';
 
 const root = findPackageRoot();
 const ADMIN = process.env.BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -69,7 +73,7 @@ const AUDIT = process.env.BENCH_AUDIT === 'off' ? 'off' : 'on';
 /** WEB_CONCURRENCY of every Vesta the run starts (BENCH_WEB_CONCURRENCY, default 1; `auto` = one process per core). */
 const WEB_CONCURRENCY = process.env.BENCH_WEB_CONCURRENCY?.trim() || '1';
 const SYSTEM_SCOPE = 'system/*.cruds';
-const PHASES = ['validation', 'ingest', 'cold', 'stall', 'token', 'ledger', 'audit', 'registry', 'read', 'crud', 'search'];
+const PHASES = ['validation', 'ingest', 'memory', 'cold', 'stall', 'token', 'ledger', 'audit', 'registry', 'read', 'crud', 'search'];
 const ONLY = process.env.BENCH_ONLY?.trim() ? new Set(process.env.BENCH_ONLY.split(',').map((x) => x.trim()).filter(Boolean)) : undefined;
 for (const p of ONLY ?? []) if (!PHASES.includes(p)) throw new Error(`BENCH_ONLY: unknown phase ${p} (phases: ${PHASES.join(', ')})`);
 const phase = (p: string) => !ONLY || ONLY.has(p);
@@ -82,6 +86,8 @@ const TOKEN_REQUESTS = Number(process.env.BENCH_TOKEN_REQUESTS ?? 2000);
 /** Added to every port the bench listens on (BENCH_PORT_OFFSET), so two benches can share a machine. */
 const PORT_OFFSET = Number(process.env.BENCH_PORT_OFFSET ?? 0);
 const CRUD_CONNECTIONS = Number(process.env.BENCH_CRUD_CONNECTIONS ?? 16);
+const MEMORY_RESOURCES = Number(process.env.BENCH_MEMORY_RESOURCES ?? 1_000_000);
+const MEMORY_CONCURRENCY = Number(process.env.BENCH_MEMORY_CONCURRENCY ?? 4);
 const REGISTRY_IMMUNIZATIONS = Number(process.env.BENCH_REGISTRY_IMMUNIZATIONS ?? 2000);
 
 /** Runs bench/validation.js in its own process and returns its figures. */
@@ -245,6 +251,28 @@ async function main(): Promise<void> {
         }
       }
       results.ingest = { bundles: files.length, runs: ingest, verification, freshQueries };
+    }
+
+    if (phase('memory') && MEMORY_RESOURCES > 0) {
+      // Memory over a long ingest into a fresh database (issue 18): the server's RSS at start, peak, end.
+      const db = await scratchDatabase('memory');
+      try {
+        const v = startTracked(18308 + PORT_OFFSET, { DATABASE_URL: db.url, DATABASE_POOL_MAX: '10' });
+        await waitReady(`http://127.0.0.1:${18308 + PORT_OFFSET}/readyz`, 60000);
+        await v.warm;
+        results.memory = await memoryIngest({
+          url: baseUrlOf(18308 + PORT_OFFSET),
+          pid: v.child.pid!,
+          syntheaDir: SYNTHEA,
+          resources: MEMORY_RESOURCES,
+          concurrency: MEMORY_CONCURRENCY,
+          headers: await bearer(18308 + PORT_OFFSET),
+          log: (m) => process.stderr.write(m),
+        });
+        await stop(v.child);
+      } finally {
+        await db.drop();
+      }
     }
 
     if (phase('cold')) {
@@ -523,6 +551,17 @@ async function main(): Promise<void> {
         ]
       : []),
   ];
+  const mem = results.memory as MemoryResult | undefined;
+  if (mem) {
+    lines.push(
+      '',
+      `Memory: ${mem.resources} resources (${mem.bundles} generated Bundles) ingested at concurrency ${mem.concurrency} in ${mem.seconds} s (${mem.rps} resources/s, ${mem.failures} Bundles failed); server RSS, MiB:`,
+      '',
+      '| start (warm) | peak (sampled / VmHWM) | end | along the load |',
+      '|---|---|---|---|',
+      `| ${mem.rssMiB.start} | ${mem.rssMiB.peak} / ${mem.rssMiB.hwm ?? '?'} | ${mem.rssMiB.end} | ${mem.rssMiB.along.map((a) => `${a.at}: ${a.mib}`).join(', ')} |`,
+    );
+  }
   if (ingestRes?.freshQueries) {
     lines.push(
       '',

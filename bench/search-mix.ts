@@ -253,7 +253,7 @@ export interface SearchMixOptions {
  * so, after a 67 s await it succeeds): the likely cause of the Bundles the runs of 12-02 and of 12-03
  * 15:45 lost.
  */
-async function generateInChild(syntheaDir: string, target: number, out: string): Promise<{ bundles: number; resources: number }> {
+export async function generateInChild(syntheaDir: string, target: number, out: string): Promise<{ bundles: number; resources: number }> {
   const script = join(dirname(fileURLToPath(import.meta.url)), 'generate-data.js');
   const child = spawn(process.execPath, [script, '--resources', String(target), '--out', out, '--synthea', syntheaDir], { stdio: ['ignore', 'ignore', 'inherit'] });
   const code = await new Promise<number | null>((resolve, reject) => {
