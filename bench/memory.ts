@@ -16,6 +16,8 @@ export interface MemoryResult {
   seconds: number;
   rps: number;
   failures: number;
+  /** Why Bundles failed (status and the OperationOutcome's first words), at most 10. */
+  failureReasons: string[];
   /** Server RSS in MiB (with its child processes under WEB_CONCURRENCY). */
   rssMiB: {
     /** Ready and warm (validators compiled), before the first Bundle. */
@@ -105,6 +107,7 @@ export async function memoryIngest(o: { url: string; pid: number; syntheaDir: st
       seconds: Math.round(seconds),
       rps: Math.round(loaded.resources / seconds),
       failures: loaded.failures,
+      failureReasons: loaded.reasons.slice(0, 10),
       rssMiB: {
         start: r(start),
         peak: r(Math.max(start, ...samples.map((s) => s.mib))),

@@ -560,6 +560,7 @@ async function main(): Promise<void> {
       '| start (warm) | peak (sampled / VmHWM) | end | along the load |',
       '|---|---|---|---|',
       `| ${mem.rssMiB.start} | ${mem.rssMiB.peak} / ${mem.rssMiB.hwm ?? '?'} | ${mem.rssMiB.end} | ${mem.rssMiB.along.map((a) => `${a.at}: ${a.mib}`).join(', ')} |`,
+      ...(mem.failureReasons.length ? ['', `Failed Bundles: ${mem.failureReasons.join(' / ')}`] : []),
     );
   }
   if (ingestRes?.freshQueries) {
