@@ -175,3 +175,28 @@ describe.each(backends())('work before the transaction, %s PostgreSQL', (backend
     expect(versions.sort()).toEqual([1, 2, 3, 4].map((v) => `Patient/${id}/_history/${v}`));
   });
 });
+
+describe.each(backends())('AUDIT=off, %s PostgreSQL', (backend) => {
+  let t: TestServer;
+  let api: ReturnType<typeof request>;
+  beforeAll(async () => {
+    t = await startTestServer(backend, { AUDIT: 'off' });
+    api = authed(t);
+  });
+  afterAll(async () => {
+    await t.close();
+  });
+
+  test('writes still happen when no record is kept (the write a recorder holds runs alone)', async () => {
+    const c = await api.post('/Patient').set('Content-Type', FHIR).send({ resourceType: 'Patient', name: [{ family: 'Unaudited' }] }).expect(201);
+    const id = c.body.id as string;
+    await api.put(`/Patient/${id}`).set('Content-Type', FHIR).set('If-Match', 'W/"1"').send({ resourceType: 'Patient', id, name: [{ family: 'Unaudited2' }] }).expect(200);
+    const r = await api.get(`/Patient/${id}`).expect(200);
+    expect(r.body.meta.versionId).toBe('2');
+    expect(r.body.name[0].family).toBe('Unaudited2');
+    await api.delete(`/Patient/${id}`).expect(204);
+    await api.get(`/Patient/${id}`).expect(410);
+    const ledger = (await t.svc.db.knex.raw('select count(*)::int as n from audit_ledger')) as { rows: { n: number }[] };
+    expect(ledger.rows[0].n).toBe(0);
+  });
+});
