@@ -8,8 +8,6 @@ import type { Logger } from 'pino';
 import type { PhiCodec } from '../crypto/phi-codec.js';
 import type { Principal } from '../auth/principal.js';
 import type { Queryable } from '../storage/db.js';
-import { insertEntries } from '../storage/audit-store.js';
-import type { HeldWrite } from '../storage/resource-store.js';
 import { buildAuditEvent, type AuditFacts } from './balp.js';
 import { GroupAppender } from './group-append.js';
 import { appendEvents, type LedgerEvent } from './ledger.js';
@@ -114,17 +112,10 @@ export class Auditor {
     return (await this.codec.open(plain, ext.valueString ?? null, { resourceType: 'AuditEvent', id: event.id!, versionId: 1 })) as AuditEvent;
   }
 
-  /**
-   * Appends records in the caller's transaction (they commit or roll back with it); consumes the
-   * events. `held`, a write the interaction's recorder took, goes in the same statement as the first
-   * records (and runs alone when nothing is recorded: AUDIT=off).
-   */
-  async appendInTx(tx: Queryable, events: AuditEvent[], held?: HeldWrite): Promise<void> {
-    if (!events.length || this.o.enabled === false) {
-      if (held) await insertEntries(tx, [], held);
-      return;
-    }
-    await appendEvents(tx, await this.sealAll(events), { baseUrl: this.o.baseUrl, ...(held ? { held } : {}) });
+  /** Appends records in the caller's transaction (they commit or roll back with it); consumes the events. */
+  async appendInTx(tx: Queryable, events: AuditEvent[]): Promise<void> {
+    if (!events.length || this.o.enabled === false) return;
+    await appendEvents(tx, await this.sealAll(events), { baseUrl: this.o.baseUrl });
   }
 
   /**

@@ -6,7 +6,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Queryable } from '../storage/db.js';
 import { insertEntries, type NewEntry } from '../storage/audit-store.js';
-import type { HeldWrite } from '../storage/resource-store.js';
 import { canonicalDigest, canonicalText } from './chain.js';
 import { searchColumns } from './search-columns.js';
 import { due, pause } from '../fhir/pacer.js';
@@ -21,8 +20,6 @@ export interface LedgerEvent {
 export interface AppendOptions {
   /** This server's base URL: absolute references on it are indexed as the relative ones they stand for. */
   baseUrl?: string;
-  /** A write to run in the same statement as the first entries (storage/audit-store.ts insertEntries). */
-  held?: HeldWrite;
 }
 
 /** Appends AuditEvents (ids assigned where missing), with their search columns; returns them as stored. */
@@ -35,6 +32,6 @@ export async function appendEvents(q: Queryable, events: LedgerEvent[], opts: Ap
     const canonical = canonicalText(e);
     rows.push({ canonical, digest: canonicalDigest(canonical), columns: searchColumns(e, opts.baseUrl) });
   }
-  await insertEntries(q, rows, opts.held);
+  await insertEntries(q, rows);
   return stored;
 }

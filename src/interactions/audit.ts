@@ -16,7 +16,7 @@ import type { AuditOrigin } from '../audit/auditor.js';
 import { jobPrincipal } from '../auth/principal.js';
 import { patientsOfVersion } from '../audit/patients.js';
 import { AuditTrail } from '../audit/trail.js';
-import { AUDIT_SCOPE, type AuditedTx, type HeldWrite, type WriteRecorder } from '../storage/resource-store.js';
+import { AUDIT_SCOPE, type AuditedTx, type WriteRecorder } from '../storage/resource-store.js';
 import { withTransaction, type Tx } from '../storage/db.js';
 import { due, pause } from '../fhir/pacer.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
@@ -129,7 +129,7 @@ export async function auditedTransaction<T extends InteractionResult>(
   svc: Services,
   ctx: RequestContext,
   fn: (tx: AuditedTx) => Promise<T>,
-  opts?: { retryOnUniqueViolation?: boolean; recorder?: WriteRecorder; oneStatement?: boolean },
+  opts?: { retryOnUniqueViolation?: boolean; recorder?: WriteRecorder },
 ): Promise<T>;
 export async function auditedTransaction<T>(
   svc: Services,
@@ -141,35 +141,18 @@ export async function auditedTransaction<T>(
   svc: Services,
   ctx: RequestContext,
   fn: (tx: AuditedTx) => Promise<T>,
-  opts: { retryOnUniqueViolation?: boolean; recorder?: WriteRecorder; records?: (result: T) => Promise<AuditEvent[]>; oneStatement?: boolean } = {},
+  opts: { retryOnUniqueViolation?: boolean; recorder?: WriteRecorder; records?: (result: T) => Promise<AuditEvent[]> } = {},
 ): Promise<T> {
   const trail = ctx.audit;
   return withTransaction(
     svc.db.knex,
     async (tx: Tx) => {
       trail.reset();
-      const recorder = opts.recorder ?? trailRecorder(trail);
-      // oneStatement: the caller's last statement is its one version write, nothing reads after it;
-      // storage hands that statement over and it runs with the record, one round trip fewer.
-      let held: HeldWrite | undefined;
-      const holds = opts.oneStatement === true && !trail.deferred && !opts.records;
-      const atx = withRecorder(
-        tx,
-        holds
-          ? {
-              wrote: (v) => recorder.wrote(v),
-              hold: (w) => {
-                if (held) return false;
-                held = w;
-                return true;
-              },
-            }
-          : recorder,
-      );
+      const atx = withRecorder(tx, opts.recorder ?? trailRecorder(trail));
       const result = await fn(atx);
       if (!trail.deferred) {
         const events = opts.records ? await opts.records(result) : [svc.audit.event(ctx, trail, (result as InteractionResult).status)];
-        await svc.audit.appendInTx(tx, events, held);
+        await svc.audit.appendInTx(tx, events);
       }
       return result;
     },
@@ -182,12 +165,6 @@ export async function auditedTransaction<T>(
     return r;
   });
 }
-
-/**
- * auditedTransaction's option for an interaction whose last statement is its one version write (the
- * single create, update, patch and delete): that write and its record go as one statement.
- */
-export const ONE_STATEMENT = { oneStatement: true } as const;
 
 /**
  * The results of a transaction Bundle's entries, once auditedTransaction has appended their records

@@ -3,7 +3,7 @@
 import { createAuditEvent } from './audit-event-create.js';
 import { randomUUID } from 'node:crypto';
 import { FhirError } from '../fhir/errors.js';
-import { auditedTransaction, ONE_STATEMENT } from './audit.js';
+import { auditedTransaction } from './audit.js';
 import { checkResourceShape } from '../validation/shape.js';
 import { requireType, versionHeaders, writeResult } from './common.js';
 import { lockAndMatch, matchScope } from './conditional.js';
@@ -48,5 +48,5 @@ export async function create(svc: Services, ctx: RequestContext, input: CreateIn
     }
     const v = await writeNext(svc, ctx, tx, undefined, 'POST', input.type, id, prepared);
     return writeResult(ctx, 201, v, `created ${input.type}/${id}`);
-  }, ONE_STATEMENT);
+  });
 }

@@ -4,7 +4,7 @@ import { refuseLedgerChange } from './audit-event-create.js';
 import { FhirError } from '../fhir/errors.js';
 import { info } from '../fhir/outcome.js';
 import type { AuditedTx } from '../storage/resource-store.js';
-import { auditedTransaction, ONE_STATEMENT } from './audit.js';
+import { auditedTransaction } from './audit.js';
 import { etag, requireId, requireType, type IfMatch } from './common.js';
 import { lockAndMatch, matchScope } from './conditional.js';
 import type { InteractionResult, RequestContext, Services } from './context.js';
@@ -34,7 +34,7 @@ export async function remove(svc: Services, ctx: RequestContext, input: { type: 
   requireId(input.id);
   refuseLedgerChange(input.type, 'delete');
   allow(ctx, input.type, 'd', 'delete');
-  return auditedTransaction(svc, ctx, (tx) => deleteIn(svc, ctx, tx, input.type, input.id, input.ifMatch), ONE_STATEMENT);
+  return auditedTransaction(svc, ctx, (tx) => deleteIn(svc, ctx, tx, input.type, input.id, input.ifMatch));
 }
 
 export async function conditionalDelete(svc: Services, ctx: RequestContext, input: { type: string; criteria: string; ifMatch?: IfMatch }): Promise<InteractionResult> {
@@ -47,5 +47,5 @@ export async function conditionalDelete(svc: Services, ctx: RequestContext, inpu
     if (matches.length > 1) throw new FhirError('multiple-matches', 'the criteria match more than one resource; only single deletes are supported');
     if (matches.length === 0) return deleted(ctx, 'no resource matches the criteria; nothing to delete');
     return deleteIn(svc, ctx, tx, input.type, matches[0], input.ifMatch);
-  }, ONE_STATEMENT);
+  });
 }

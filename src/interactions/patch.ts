@@ -6,7 +6,7 @@ import jsonpatch from 'fast-json-patch';
 import { findBadString } from '../fhir/strings.js';
 import { FhirError } from '../fhir/errors.js';
 import type { AuditedTx } from '../storage/resource-store.js';
-import { auditedTransaction, ONE_STATEMENT } from './audit.js';
+import { auditedTransaction } from './audit.js';
 import { checkResourceShape } from '../validation/shape.js';
 import { requireId, requireType, writeResult, type IfMatch } from './common.js';
 import { lockAndMatch, matchScope } from './conditional.js';
@@ -80,7 +80,7 @@ export async function patch(svc: Services, ctx: RequestContext, input: { type: s
   refuseLedgerChange(input.type, 'patch');
   allow(ctx, input.type, 'u', 'patch');
   const ops = checkPatchDocument(input.body);
-  return auditedTransaction(svc, ctx, (tx) => patchIn(svc, ctx, tx, input.type, input.id, ops, input.ifMatch), ONE_STATEMENT);
+  return auditedTransaction(svc, ctx, (tx) => patchIn(svc, ctx, tx, input.type, input.id, ops, input.ifMatch));
 }
 
 export async function conditionalPatch(svc: Services, ctx: RequestContext, input: { type: string; criteria: string; body: unknown; ifMatch?: IfMatch }): Promise<InteractionResult> {
@@ -94,5 +94,5 @@ export async function conditionalPatch(svc: Services, ctx: RequestContext, input
     if (matches.length > 1) throw new FhirError('multiple-matches', 'the criteria match more than one resource');
     if (matches.length === 0) throw new FhirError('not-found', 'no resource matches the criteria');
     return patchIn(svc, ctx, tx, input.type, matches[0], ops, input.ifMatch);
-  }, ONE_STATEMENT);
+  });
 }

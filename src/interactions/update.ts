@@ -5,7 +5,7 @@ import type { Resource } from 'fhir/r4.js';
 import { FhirError, type Issue } from '../fhir/errors.js';
 import type { StoredVersion, VersionHead } from '../storage/resource-store.js';
 import type { AuditedTx } from '../storage/resource-store.js';
-import { auditedTransaction, ONE_STATEMENT } from './audit.js';
+import { auditedTransaction } from './audit.js';
 import { checkResourceShape } from '../validation/shape.js';
 import { randomUUID } from 'node:crypto';
 import { requireId, requireType, writeResult, type IfMatch } from './common.js';
@@ -58,7 +58,6 @@ export async function update(svc: Services, ctx: RequestContext, input: UpdateIn
   // Two concurrent update-as-creates of one id collide on the primary key; the retry becomes an update.
   return auditedTransaction(svc, ctx, (tx) => updateIn(svc, ctx, tx, input.type, input.id, prepared, input.ifMatch), {
     retryOnUniqueViolation: true,
-    ...ONE_STATEMENT,
   });
 }
 
@@ -92,6 +91,6 @@ export async function conditionalUpdate(svc: Services, ctx: RequestContext, inpu
       // No match: create, with the client's id when it gave one (update-as-create).
       return updateIn(svc, ctx, tx, input.type, fresh, prepared, input.ifMatch);
     },
-    { retryOnUniqueViolation: true, ...ONE_STATEMENT },
+    { retryOnUniqueViolation: true },
   );
 }

@@ -4,8 +4,7 @@
 import type { AuditSearchColumns } from '../audit/search-columns.js';
 import { instantCondition, type DateQuery } from '../search/types/date.js';
 import { and, frag, or, type SqlFragment } from '../search/sql.js';
-import { preparedRaw, preparedRows, type Queryable } from './db.js';
-import type { HeldWrite } from './resource-store.js';
+import { preparedRows, type Queryable } from './db.js';
 import { pace } from '../fhir/pacer.js';
 
 type Rows<T> = { rows: T[] };
@@ -43,10 +42,9 @@ const ARRAY_NAMES = ARRAY_KEYS.map((k) => ARRAY_COLUMNS[k]);
  * (measured 2026-12-05: about 0.5 ms of the server's CPU per statement). The ledger rows go in the
  * order given; each search row joins its entry by digest (distinct within a batch: each event has its
  * own id). A search row left by an entry that is gone (a test truncating the ledger restarts seq) is
- * replaced. With `held` (a version's statement the interaction's recorder took, interactions/audit.ts),
- * the first chunk goes in the same statement as that write: one round trip for a write and its record.
+ * replaced.
  */
-export async function insertEntries(q: Queryable, entries: NewEntry[], held?: HeldWrite): Promise<void> {
+export async function insertEntries(q: Queryable, entries: NewEntry[]): Promise<void> {
   // Chunks of 500: the driver serializes a statement's parameters in one synchronous step (1.3 MB of
   // records per chunk), and the loop yields between chunks (fhir/pacer.ts).
   for (let i = 0; i < entries.length; i += 500) {
@@ -59,35 +57,20 @@ export async function insertEntries(q: Queryable, entries: NewEntry[], held?: He
       for (const key of ARRAY_KEYS) row[ARRAY_COLUMNS[key]] = c[key];
       return [row];
     });
-    const values = [part.map((e) => e.canonical), part.map((e) => e.digest), part.map((_e, k) => k), JSON.stringify(search)];
-    if (i === 0 && held) {
-      // The write the records are about, and its first records, in one statement (one round trip).
-      const res = (await preparedRaw(q, `with ${held.ctes.join(', ')}, ${ENTRY_CTES_AFTER} select (select count(*)::int from c) as n`, [...held.bindings, ...values])) as { rows: { n: number }[] };
-      held.written(res.rows[0].n);
-      continue;
-    }
     // Outside a transaction (the group append of reads): a named prepared statement on a pooled
-    // connection, planned once per connection; in a write's transaction, the same text named too.
-    await preparedRows(q, 'vesta_audit_append', INSERT_ENTRIES, values);
-  }
-  // No entries: the held write still runs.
-  if (!entries.length && held) {
-    const res = (await preparedRaw(q, `with ${held.ctes.join(', ')} select count(*)::int as n from c`, held.bindings)) as { rows: { n: number }[] };
-    held.written(res.rows[0].n);
+    // connection, planned once per connection; in a write's transaction, the same text through knex.
+    await preparedRows(q, 'vesta_audit_append', INSERT_ENTRIES, [part.map((e) => e.canonical), part.map((e) => e.digest), part.map((_e, k) => k), JSON.stringify(search)]);
   }
 }
 
-const ENTRY_CTES = `v as (select * from unnest($1::text[], $2::bytea[], $3::int[]) as v(canonical, digest, ord)),
+const INSERT_ENTRIES = `with v as (select * from unnest($1::text[], $2::bytea[], $3::int[]) as v(canonical, digest, ord)),
   l as (insert into audit_ledger (canonical, digest) select canonical, digest from v order by ord returning seq, digest),
-  s as (select * from json_to_recordset($4::json) as x(ord int, event_id text, recorded timestamptz, action text, outcome text, ${ARRAY_NAMES.map((c) => `${c} text[]`).join(', ')}))`;
-const INSERT_SEARCH = `insert into audit_search (seq, digest, event_id, recorded, action, outcome, ${ARRAY_NAMES.join(', ')})
+  s as (select * from json_to_recordset($4::json) as x(ord int, event_id text, recorded timestamptz, action text, outcome text, ${ARRAY_NAMES.map((c) => `${c} text[]`).join(', ')}))
+  insert into audit_search (seq, digest, event_id, recorded, action, outcome, ${ARRAY_NAMES.join(', ')})
   select l.seq, l.digest, s.event_id, s.recorded, s.action, s.outcome, ${ARRAY_NAMES.map((c) => `coalesce(s.${c}, '{}')`).join(', ')}
   from l join v on v.digest = l.digest join s on s.ord = v.ord
   on conflict (seq) do update set digest = excluded.digest, event_id = excluded.event_id, recorded = excluded.recorded, action = excluded.action, outcome = excluded.outcome,
     ${ARRAY_NAMES.map((c) => `${c} = excluded.${c}`).join(', ')}`;
-const INSERT_ENTRIES = `with ${ENTRY_CTES} ${INSERT_SEARCH}`;
-/** The same writes as CTEs after a held version's (`?` placeholders, in the order of INSERT_ENTRIES's). */
-const ENTRY_CTES_AFTER = `${ENTRY_CTES.replace(/\$\d+/g, '?')}, a as (${INSERT_SEARCH})`;
 
 export interface ChainHead {
   position: number;

@@ -42,21 +42,6 @@ export interface StoredVersion extends VersionHead {
  */
 export interface WriteRecorder {
   wrote(v: NewVersion): void;
-  /**
-   * Offered a version's statement before it runs: true when the recorder takes it, to run it later
-   * in the same transaction as one statement with the interaction's record (interactions/audit.ts,
-   * one round trip fewer per write). A recorder that takes it must run it before the transaction
-   * commits, and check it with `written`.
-   */
-  hold?(w: HeldWrite): boolean;
-}
-
-/** A version's statement held for the record's statement: data-modifying CTEs, one of them `c`, the current row. */
-export interface HeldWrite {
-  ctes: string[];
-  bindings: unknown[];
-  /** Throws as writeVersion does when the current row was not written (`n` rows of `c`). */
-  written(n: number): void;
 }
 
 /** The property of a transaction that holds its WriteRecorder. */
@@ -126,11 +111,6 @@ export interface SealedRow {
 /** Whether a version's row made before the transaction is still its row (same version and lastUpdated). */
 function rowFits(v: NewVersion): boolean {
   return v.row !== undefined && v.row.versionId === v.versionId && v.row.lastUpdated === v.lastUpdated.getTime();
-}
-
-/** The current row of a single version's write was written (once), or the transaction is retried (40001). */
-function currentWritten(n: number): void {
-  if (n !== 1) throw Object.assign(new Error('current row changed under a lock'), { code: '40001' });
 }
 
 /**
@@ -264,15 +244,9 @@ export class ResourceStore {
     const size = (json?.length ?? 0) * 2 + index.bindings.reduce((n, b) => n + b.length, 0);
     let written: number;
     if (size <= ONE_STATEMENT_MAX_CHARS) {
-      // One statement, one round trip: the three writes as data-modifying CTEs; or the recorder's to
-      // run with the record (then it is reported written now, as the record names it).
+      // One statement, one round trip: the three writes as data-modifying CTEs.
       const ctes = [`h as (${history})`, `c as (${current})`, ...index.ctes];
-      const bindings = [...historyBindings, ...currentBindings, ...index.bindings];
-      if (recorder.hold?.({ ctes, bindings, written: currentWritten })) {
-        recorder.wrote(v);
-        return;
-      }
-      const res = (await preparedRaw(tx, `with ${ctes.join(', ')} select count(*)::int as n from c`, bindings)) as { rows: { n: number }[] };
+      const res = (await preparedRaw(tx, `with ${ctes.join(', ')} select count(*)::int as n from c`, [...historyBindings, ...currentBindings, ...index.bindings])) as { rows: { n: number }[] };
       written = res.rows[0].n;
     } else {
       // A large version as three statements with a turn of the event loop between them: the driver
@@ -284,7 +258,7 @@ export class ResourceStore {
       await pace();
       if (index.ctes.length) await tx.raw(`with ${index.ctes.join(', ')} select 1`, index.bindings);
     }
-    currentWritten(written);
+    if (written !== 1) throw Object.assign(new Error('current row changed under a lock'), { code: '40001' });
     recorder.wrote(v);
   }
 

@@ -138,42 +138,6 @@ describe.each(backends())('work before the transaction, %s PostgreSQL', (backend
       expect(hot.filter((s) => s.name)).toEqual([]);
     }
   });
-
-  test('create, update, patch and delete: the version and its audit record are one statement (one round trip fewer per write)', async () => {
-    const seen: string[][] = [];
-    let current: string[] | undefined;
-    const listen = (q: { sql?: string }) => {
-      const sql = q.sql ?? '';
-      if (/^\s*begin/i.test(sql)) current = [];
-      else if (/^\s*commit/i.test(sql)) {
-        if (current) seen.push(current);
-        current = undefined;
-      } else current?.push(sql);
-    };
-    t.svc.db.knex.on('query', listen);
-    let id: string;
-    try {
-      const c = await api.post('/Patient').set('Content-Type', FHIR).send(patient('OneStatement')).expect(201);
-      id = c.body.id as string;
-      await api.put(`/Patient/${id}`).set('Content-Type', FHIR).set('If-Match', 'W/"1"').send({ ...patient('OneStatement2'), id }).expect(200);
-      await api.patch(`/Patient/${id}`).set('Content-Type', 'application/json-patch+json').send([{ op: 'replace', path: '/gender', value: 'male' }]).expect(200);
-      await api.delete(`/Patient/${id}`).expect(204);
-    } finally {
-      t.svc.db.knex.removeListener('query', listen);
-    }
-    // The sequencer is stopped (beforeAll): every transaction seen is one of the four requests.
-    expect(seen).toHaveLength(4);
-    for (const statements of seen) {
-      const writes = statements.filter((s) => /insert into (resource_history|audit_ledger)/.test(s));
-      expect(writes).toHaveLength(1);
-      expect(writes[0]).toContain('insert into resource_history');
-      expect(writes[0]).toContain('insert into audit_ledger');
-    }
-    // Each left its record, naming the version it wrote.
-    const trail = await api.get(`/AuditEvent?entity=Patient/${id}&_count=50`).expect(200);
-    const versions = (trail.body.entry as { resource: { entity?: { what?: { reference?: string } }[] } }[]).flatMap((e) => (e.resource.entity ?? []).map((x) => x.what?.reference)).filter((r) => r?.startsWith(`Patient/${id}/_history/`));
-    expect(versions.sort()).toEqual([1, 2, 3, 4].map((v) => `Patient/${id}/_history/${v}`));
-  });
 });
 
 describe.each(backends())('AUDIT=off, %s PostgreSQL', (backend) => {
@@ -187,7 +151,7 @@ describe.each(backends())('AUDIT=off, %s PostgreSQL', (backend) => {
     await t.close();
   });
 
-  test('writes still happen when no record is kept (the write a recorder holds runs alone)', async () => {
+  test('writes take effect when no record is kept', async () => {
     const c = await api.post('/Patient').set('Content-Type', FHIR).send({ resourceType: 'Patient', name: [{ family: 'Unaudited' }] }).expect(201);
     const id = c.body.id as string;
     await api.put(`/Patient/${id}`).set('Content-Type', FHIR).set('If-Match', 'W/"1"').send({ resourceType: 'Patient', id, name: [{ family: 'Unaudited2' }] }).expect(200);
