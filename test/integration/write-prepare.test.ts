@@ -108,36 +108,6 @@ describe.each(backends())('work before the transaction, %s PostgreSQL', (backend
     expect(e[0]).toBe('BEGIN');
     expect(e).toContain('validate');
   });
-
-  test('the statements of a write inside its transaction are named prepared statements on PostgreSQL, plain on the embedded one', async () => {
-    // Named: each connection parses and plans them once (storage/db.ts preparedRaw; issue 18 measured
-    // planning at 26 % of PostgreSQL's statement time in the CRUD bench before).
-    const statements: { sql: string; name?: string }[] = [];
-    const listen = (q: { sql?: string; options?: { name?: string } }) => statements.push({ sql: q.sql ?? '', ...(q.options?.name ? { name: q.options.name } : {}) });
-    t.svc.db.knex.on('query', listen);
-    try {
-      const c = await api.post('/Observation').set('Content-Type', FHIR).send({ resourceType: 'Observation', status: 'final', code: { text: 'named' }, subject: { reference: 'Patient/named-1' } }).expect(201);
-      const id = c.body.id as string;
-      await api.put(`/Observation/${id}`).set('Content-Type', FHIR).set('If-Match', 'W/"1"').send({ resourceType: 'Observation', id, status: 'amended', code: { text: 'named' }, subject: { reference: 'Patient/named-1' } }).expect(200);
-      await api.delete(`/Observation/${id}`).expect(204);
-    } finally {
-      t.svc.db.knex.removeListener('query', listen);
-    }
-    const inTx = statements.filter((s) => !/^\s*(begin|commit|rollback)\b/i.test(s.sql) && !/pg_try_advisory_xact_lock|audit_ledger where position/.test(s.sql));
-    const kinds = ['insert into resource_history', 'for update', 'from idx_reference', 'insert into audit_ledger'];
-    for (const k of kinds) expect(inTx.some((s) => s.sql.includes(k))).toBe(true);
-    const hot = inTx.filter((s) => kinds.some((k) => s.sql.includes(k)));
-    if (backend === 'pg') {
-      expect(hot.filter((s) => !s.name).map((s) => s.sql.slice(0, 80))).toEqual([]);
-      // One text, one name; two texts, two names.
-      const byName = new Map<string, Set<string>>();
-      for (const s of hot) byName.set(s.name!, (byName.get(s.name!) ?? new Set()).add(s.sql));
-      for (const texts of byName.values()) expect(texts.size).toBe(1);
-      expect(byName.size).toBeGreaterThanOrEqual(4);
-    } else {
-      expect(hot.filter((s) => s.name)).toEqual([]);
-    }
-  });
 });
 
 describe.each(backends())('AUDIT=off, %s PostgreSQL', (backend) => {
