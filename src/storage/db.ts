@@ -1,7 +1,6 @@
 // Database handle: pg with a pool when DATABASE_URL is set, embedded PostgreSQL (PGlite) otherwise.
 // The same migrations and SQL serve both. This folder is the only code that imports knex or pg.
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import knexPkg from 'knex';
 import type { Knex } from 'knex';
@@ -160,34 +159,8 @@ export async function preparedRows<T>(q: Queryable, name: string, text: string, 
       await client.releaseConnection(conn);
     }
   }
-  const r = (await preparedRaw(q, text.replace(/\$\d+/g, '?'), values)) as { rows: T[] };
+  const r = (await q.raw(text.replace(/\$\d+/g, '?'), values as Knex.RawBinding[])) as { rows: T[] };
   return r.rows;
-}
-
-/** Distinct statement texts given a name (preparedRaw); past this many, statements go unnamed. */
-const MAX_NAMED = 512;
-const statementNames = new Map<string, string>();
-
-/**
- * knex.raw, as a named prepared statement on PostgreSQL: each connection parses and plans the text once
- * and then only binds and executes it. For the statements every write runs (the version statement, the
- * row lock, the audit append) inside its transaction, where preparedRows's pooled path cannot go: their
- * planning was 26 % of PostgreSQL's statement time in the CRUD bench (pg_stat_statements with
- * track_planning, issue 18). The name is derived from the text, so one text always has one name (pg
- * refuses one name for two texts); texts built from parts (the version statement's index CTEs) have a
- * bounded number of shapes, and MAX_NAMED bounds what every connection keeps even if that changed.
- * PGlite parses every statement anyway: plain raw there.
- */
-export function preparedRaw(q: Queryable, sql: string, bindings: readonly unknown[]): Knex.Raw {
-  const raw = q.raw(sql, bindings as Knex.RawBinding[]);
-  if ((q.client as { config?: { client?: unknown } }).config?.client !== 'pg') return raw;
-  let name = statementNames.get(sql);
-  if (name === undefined) {
-    if (statementNames.size >= MAX_NAMED) return raw;
-    name = `vesta_${createHash('sha1').update(sql).digest('base64url')}`;
-    statementNames.set(sql, name);
-  }
-  return raw.options({ name });
 }
 
 // Request scope (design.md: "nothing a request starts may outlive it"). http/deadline.ts runs each

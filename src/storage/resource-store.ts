@@ -6,7 +6,7 @@ import type { PhiCodec } from '../crypto/phi-codec.js';
 import type { IndexRows } from '../search/index-extract.js';
 import type { PhiIndexMode } from '../search/phi-seam.js';
 import { phiIndexModeOf } from '../search/blind.js';
-import { preparedRaw, preparedRows, type Queryable, type Tx } from './db.js';
+import { preparedRows, type Queryable, type Tx } from './db.js';
 import type { CurrentRow } from './current-rows.js';
 import { indexCtes, writeIndexRows, type IndexWrite } from './search-store.js';
 import { extractIndexRows } from '../search/index-extract.js';
@@ -171,7 +171,11 @@ export class ResourceStore {
 
   /** Locks the current row for the rest of the transaction and returns its head. */
   async lockCurrent(tx: Tx, resourceType: string, id: string): Promise<VersionHead | undefined> {
-    const [row] = (await preparedRaw(tx, 'select version_id, last_updated, deleted from resource where resource_type = ? and id = ? for update', [resourceType, id])).rows as Row[];
+    const row = (await tx('resource')
+      .select('version_id', 'last_updated', 'deleted')
+      .where({ resource_type: resourceType, id })
+      .forUpdate()
+      .first()) as Row | undefined;
     if (!row) return undefined;
     return {
       versionId: row.version_id,
@@ -246,7 +250,7 @@ export class ResourceStore {
     if (size <= ONE_STATEMENT_MAX_CHARS) {
       // One statement, one round trip: the three writes as data-modifying CTEs.
       const ctes = [`h as (${history})`, `c as (${current})`, ...index.ctes];
-      const res = (await preparedRaw(tx, `with ${ctes.join(', ')} select count(*)::int as n from c`, [...historyBindings, ...currentBindings, ...index.bindings])) as { rows: { n: number }[] };
+      const res = (await tx.raw(`with ${ctes.join(', ')} select count(*)::int as n from c`, [...historyBindings, ...currentBindings, ...index.bindings] as never[])) as { rows: { n: number }[] };
       written = res.rows[0].n;
     } else {
       // A large version as three statements with a turn of the event loop between them: the driver

@@ -7,7 +7,7 @@ import { TEXT_SEARCH_CONFIG } from '../search/types/text.js';
 import type { SearchPlan } from '../search/plan.js';
 import type { SqlFragment } from '../search/sql.js';
 import type { SortKey } from '../search/sort.js';
-import { ownerDelete, preparedRaw, type Queryable } from './db.js';
+import { ownerDelete, type Queryable } from './db.js';
 import { blindIndexCtes } from './blind-index-store.js';
 import { pace, stringifyArrayPaced } from '../fhir/pacer.js';
 import { CURRENT_COLUMNS, type CurrentRow } from './current-rows.js';
@@ -304,9 +304,7 @@ export async function targetsBySource(q: Queryable, sourceType: string, ids: str
   if (!params.length) return out;
   for (let i = 0; i < ids.length; i += 1000) {
     const part = ids.slice(i, i + 1000);
-    // Named (a delete's patients are looked up in its transaction); one text per source type.
-    const res = (await preparedRaw(
-      q,
+    const res = (await q.raw(
       `select distinct x.resource_id as source, x.target_id as target from idx_reference x where x.resource_type = ? and x.resource_id = any(?::text[]) and x.param in (${params.map(() => '?').join(', ')}) and x.target_type = ? and x.target_id is not null`,
       [sourceType, part, ...params, targetType],
     )) as { rows: { source: string; target: string }[] };
