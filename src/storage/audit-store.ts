@@ -58,7 +58,7 @@ export async function insertEntries(q: Queryable, entries: NewEntry[]): Promise<
       return [row];
     });
     // Outside a transaction (the group append of reads): a named prepared statement on a pooled
-    // connection, planned once per connection; in a write's transaction, the same text named too.
+    // connection, planned once per connection; in a write's transaction, the same text through knex.
     await preparedRows(q, 'vesta_audit_append', INSERT_ENTRIES, [part.map((e) => e.canonical), part.map((e) => e.digest), part.map((_e, k) => k), JSON.stringify(search)]);
   }
 }
