@@ -66,15 +66,14 @@ export async function closedLoop(connections: number, seconds: number, op: (work
 }
 
 /**
- * CPU time (user + system) so far of a process and its live descendants (the server processes under
- * WEB_CONCURRENCY), in ms, from /proc (clock ticks of 10 ms); undefined where /proc has no such process.
+ * The sum of `read` over a process and its live descendants (the server processes under
+ * WEB_CONCURRENCY), from /proc; undefined where /proc has no such process (a descendant gone
+ * meanwhile counts 0).
  */
-export function procCpuMs(pid: number | undefined): number | undefined {
+export function overProcessTree(pid: number | undefined, read: (p: number) => number): number | undefined {
   const one = (p: number): number | undefined => {
     try {
-      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      let ms = (Number(f[11]) + Number(f[12])) * 10;
+      let sum = read(p);
       for (const task of readdirSync(`/proc/${p}/task`)) {
         let kids: string[] = [];
         try {
@@ -82,14 +81,23 @@ export function procCpuMs(pid: number | undefined): number | undefined {
         } catch {
           /* no children file (kernel without CONFIG_PROC_CHILDREN): the process alone */
         }
-        for (const k of kids) ms += one(Number(k)) ?? 0;
+        for (const k of kids) sum += one(Number(k)) ?? 0;
       }
-      return ms;
+      return sum;
     } catch {
       return undefined;
     }
   };
   return pid === undefined ? undefined : one(pid);
+}
+
+/** CPU time (user + system) so far of a process and its live descendants, in ms (clock ticks of 10 ms). */
+export function procCpuMs(pid: number | undefined): number | undefined {
+  return overProcessTree(pid, (p) => {
+    const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) * 10;
+  });
 }
 
 /** CPU of a server process and of the PostgreSQL backends serving a database, at one moment (ms by pid). */

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateInChild } from './search-mix.js';
 import { vestaLoad } from './ingest.js';
+import { overProcessTree } from './load.js';
 
 export interface MemoryResult {
   resources: number;
@@ -35,25 +36,8 @@ export interface MemoryResult {
 
 /** Resident set (MiB) of a process and its live descendants, or undefined once it is gone. */
 export function rssMiB(pid: number): number | undefined {
-  const one = (p: number): number | undefined => {
-    try {
-      const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${p}/status`, 'utf8'));
-      let kb = m ? Number(m[1]) : 0;
-      for (const task of readdirSync(`/proc/${p}/task`)) {
-        let kids: string[] = [];
-        try {
-          kids = readFileSync(`/proc/${p}/task/${task}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
-        } catch {
-          /* no children file */
-        }
-        for (const k of kids) kb += (one(Number(k)) ?? 0) * 1024;
-      }
-      return kb / 1024;
-    } catch {
-      return undefined;
-    }
-  };
-  return one(pid);
+  const kb = overProcessTree(pid, (p) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${p}/status`, 'utf8'))?.[1] ?? 0));
+  return kb === undefined ? undefined : kb / 1024;
 }
 
 function hwmMiB(pid: number): number | null {
